@@ -1,0 +1,203 @@
+"""The osteo_jax dataset folder: layout, PNG and CSV input/output.
+
+A dataset is a folder (README.md, "Dataset folder format", is the user-facing description)::
+
+    DIR/
+      subjects.csv            one row per subject: subject_id, age, sex, t_score, label, ...
+      images.csv              one row per image: image_id, subject_id, path, laterality,
+                              pixel_spacing_mm
+      images/<image_id>.png   16-bit grayscale radiograph (MONOCHROME2: bone bright)
+      masks/<annotator>/<image_id>.png
+                              8-bit label map, 0 background, 1 radius, 2 ulna, 3-7 MC1-MC5;
+                              annotator "exact" is the generator's truth, "annotator_0" ...
+                              the human-like masks; a missing file = not annotated
+      dataset.json            format version, class names, annotators, generator settings
+      oracle.json             synthetic only: the generator's oracle AUC and coupling r
+      bones.csv               synthetic only: true per-bone geometry
+      annotations.csv         synthetic only: each annotator's bias, jitter and convention
+
+Paths inside the CSVs are relative to DIR and use forward slashes.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from osteo_jax.config import CLASS_NAMES
+
+FORMAT_VERSION = 1
+SUBJECTS_CSV = "subjects.csv"
+IMAGES_CSV = "images.csv"
+EXACT = "exact"
+
+
+class DatasetError(ValueError):
+    """Bad or unreadable dataset input; the message names the file and the problem."""
+
+
+def annotator_name(m: int) -> str:
+    """Folder name of annotator ``m`` under ``masks/``."""
+    return f"annotator_{m}"
+
+
+def image_relpath(image_id: str) -> str:
+    """Relative path of an image inside the dataset folder."""
+    return f"images/{image_id}.png"
+
+
+def mask_relpath(annotator: str, image_id: str) -> str:
+    """Relative path of one annotator's mask of one image."""
+    return f"masks/{annotator}/{image_id}.png"
+
+
+def write_png16(path: str | os.PathLike, image: np.ndarray) -> None:
+    """Writes a 2-D uint16 array as a 16-bit grayscale PNG (fast, lossless compression)."""
+    image = np.asarray(image)
+    if image.ndim != 2 or image.dtype != np.uint16:
+        raise ValueError(f"{path}: expected a 2-D uint16 image, got {image.dtype} {image.shape}")
+    Image.fromarray(image).save(path, compress_level=1)
+
+
+def write_labels(path: str | os.PathLike, labels: np.ndarray) -> None:
+    """Writes a 2-D uint8 label map as an 8-bit PNG."""
+    labels = np.asarray(labels)
+    if labels.ndim != 2 or labels.dtype != np.uint8:
+        raise ValueError(f"{path}: expected a 2-D uint8 label map, got {labels.dtype} {labels.shape}")
+    Image.fromarray(labels).save(path, compress_level=1)
+
+
+def read_png(path: str | os.PathLike) -> np.ndarray:
+    """Reads a grayscale PNG (8- or 16-bit) into a 2-D integer array.
+
+    Raises:
+      DatasetError: the file is missing, unreadable, or not single-channel.
+    """
+    try:
+        with Image.open(path) as im:
+            im.load()
+            arr = np.array(im)
+    except FileNotFoundError as e:
+        raise DatasetError(f"{path}: file not found") from e
+    except OSError as e:
+        raise DatasetError(f"{path}: unreadable image ({e})") from e
+    if arr.ndim != 2:
+        raise DatasetError(f"{path}: expected a single-channel image, got shape {arr.shape}")
+    if arr.dtype == np.int32:  # some Pillow modes return 16-bit data as int32
+        arr = arr.astype(np.uint16)
+    return arr
+
+
+def read_labels(path: str | os.PathLike) -> np.ndarray:
+    """Reads a label-map PNG and checks its class ids.
+
+    Raises:
+      DatasetError: unreadable, or holding ids outside ``0..len(CLASS_NAMES) - 1``.
+    """
+    arr = read_png(path)
+    if arr.size and int(arr.max()) >= len(CLASS_NAMES):
+        raise DatasetError(
+            f"{path}: unknown class id {int(arr.max())} (expected 0..{len(CLASS_NAMES) - 1})"
+        )
+    return arr.astype(np.uint8)
+
+
+def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, object]]) -> None:
+    """Writes rows (dicts with the same keys) as a CSV with a header."""
+    if not rows:
+        raise ValueError(f"{path}: no rows to write")
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+
+def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
+    """Reads a CSV with a header into a list of dicts (values as strings)."""
+    try:
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    except FileNotFoundError as e:
+        raise DatasetError(f"{path}: file not found") from e
+
+
+def write_json(path: str | os.PathLike, obj: object) -> None:
+    """Writes pretty JSON."""
+    Path(path).write_text(json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
+
+
+def _jsonable(x):
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    raise TypeError(f"not JSON serialisable: {type(x)}")
+
+
+def annotators_of(root: str | os.PathLike) -> list[str]:
+    """Annotator folder names under ``masks/``, exact first, then sorted."""
+    masks = Path(root) / "masks"
+    if not masks.is_dir():
+        return []
+    names = sorted(p.name for p in masks.iterdir() if p.is_dir())
+    return sorted(names, key=lambda n: (n != EXACT, n))
+
+
+def load_example(root: str | os.PathLike, image_id: str) -> dict[str, np.ndarray]:
+    """Reads one image and all its masks from a dataset folder.
+
+    Returns:
+      ``{"image": [H, W] uint16, "<annotator>": [H, W] uint8, ...}`` for each annotator that
+      labelled this image.
+    """
+    root = Path(root)
+    out = {"image": read_png(root / image_relpath(image_id))}
+    for name in annotators_of(root):
+        p = root / mask_relpath(name, image_id)
+        if p.exists():
+            mask = read_labels(p)
+            if mask.shape != out["image"].shape:
+                raise DatasetError(
+                    f"{p}: mask shape {mask.shape} does not match its image {out['image'].shape}"
+                )
+            out[name] = mask
+    return out
+
+
+def ensure_new_dir(out: str | os.PathLike, overwrite: bool) -> Path:
+    """Checks that ``out`` can receive a new dataset (it is absent, empty, or overwritable)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"{out}: exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise DatasetError(f"{out}: folder is not empty (pass overwrite=True / --overwrite)")
+    return out
+
+
+def publish_dir(tmp: Path, out: Path) -> None:
+    """Atomically replaces ``out`` by the fully written ``tmp`` folder (same filesystem)."""
+    old = None
+    if out.exists():
+        old = out.with_name(out.name + f".old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        _rmtree(old)
+
+
+def _rmtree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def rows_from(columns: Mapping[str, Iterable]) -> list[dict[str, object]]:
+    """Column dict -> list of row dicts."""
+    keys = list(columns)
+    return [dict(zip(keys, vals, strict=True)) for vals in zip(*columns.values(), strict=True)]
