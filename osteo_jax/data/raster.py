@@ -245,7 +245,9 @@ def _long_bone(grid, b: LongBone, bone, adipose, soft_delta, trab_tile, pore_til
     aniso = rng.uniform(1.5, 2.5)
     trab = np.clip(1.0 + 0.7 * _sample(trab_tile, s / (0.3 * aniso) + off[0], t / 0.3 + off[1]),
                    0.0, None)
-    pores = np.clip(1.0 + _sample(pore_tile, s / 0.1 + off[2], t / 0.1 + off[3]), 0.0, None)
+    # Pores are far below the pixel; the beam averages many along its chord, so the projected
+    # porosity varies by a fraction of its mean only.
+    pores = 1.0 + 0.3 * _sample(pore_tile, s / 0.1 + off[2], t / 0.1 + off[3])
     bone[sl] += (cort * (1 - b.porosity * pores) + chord_in * frac * trab).astype(np.float32)
     adipose[sl] += (chord_in * (1 - frac * trab)).clip(0.0).astype(np.float32)
     soft_delta[sl] += (cort * b.porosity * pores - chord_out).astype(np.float32)

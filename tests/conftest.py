@@ -1,0 +1,50 @@
+"""Shared fixtures. Rendering is the slow part, so rendered subjects are session-scoped."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from osteo_jax.config import PhysicsConfig, SynthConfig
+from osteo_jax.data.synthetic import render_subject, sample_cohort
+
+jax.config.update("jax_numpy_dtype_promotion", "strict")
+jax.config.update("jax_numpy_rank_promotion", "raise")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def paper_cfg():
+    return SynthConfig()
+
+
+@pytest.fixture(scope="session")
+def paper_cohort(paper_cfg):
+    return sample_cohort(paper_cfg.cohort, seed=paper_cfg.seed)
+
+
+@pytest.fixture(scope="session")
+def noiseless_cfg():
+    return SynthConfig(physics=PhysicsConfig(noise=False))
+
+
+@pytest.fixture(scope="session")
+def noiseless_renders(paper_cohort, noiseless_cfg):
+    """Four noiseless 1024 px renders (both hands among them)."""
+    return [render_subject(paper_cohort, i, noiseless_cfg) for i in range(4)]
+
+
+@pytest.fixture(scope="session")
+def small_cfg():
+    """256 px renders (0.8 mm) for cohort-level label statistics."""
+    return dataclasses.replace(SynthConfig(), physics=PhysicsConfig(size=256))
+
+
+@pytest.fixture(scope="session")
+def small_renders(paper_cohort, small_cfg):
+    return [render_subject(paper_cohort, i, small_cfg) for i in range(16)]
