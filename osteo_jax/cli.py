@@ -20,8 +20,9 @@ def _synth_config(args: argparse.Namespace):
     from osteo_jax.config import AnnotatorConfig, CohortConfig, PhysicsConfig, SynthConfig
 
     return SynthConfig(
-        cohort=CohortConfig(preset=args.preset, n_subjects=args.subjects, r=args.r,
-                            osteopenia=args.osteopenia),
+        cohort=CohortConfig(
+            preset=args.preset, n_subjects=args.subjects, r=args.r, osteopenia=args.osteopenia
+        ),
         physics=PhysicsConfig(size=args.size),
         annotators=AnnotatorConfig(n_annotators=args.annotators),
         seed=args.seed,
@@ -29,17 +30,31 @@ def _synth_config(args: argparse.Namespace):
 
 
 def _add_synth_args(p: argparse.ArgumentParser, default_out: str | None) -> None:
-    p.add_argument("--preset", default="paper", choices=("paper", "screening"),
-                   help="cohort preset (default: paper, 192 subjects, 59 osteoporotic)")
-    p.add_argument("--subjects", type=int, default=None,
-                   help="number of subjects (default: the preset's)")
-    p.add_argument("--size", type=int, default=1024,
-                   help="image side in pixels over a 204.8 mm field (default 1024 = 0.2 mm)")
+    p.add_argument(
+        "--preset",
+        default="paper",
+        choices=("paper", "screening"),
+        help="cohort preset (default: paper, 192 subjects, 59 osteoporotic)",
+    )
+    p.add_argument(
+        "--subjects", type=int, default=None, help="number of subjects (default: the preset's)"
+    )
+    p.add_argument(
+        "--size",
+        type=int,
+        default=1024,
+        help="image side in pixels over a 204.8 mm field (default 1024 = 0.2 mm)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed; the same seed gives the same files")
-    p.add_argument("--r", type=float, default=0.6,
-                   help="correlation of the hand-level latent with the T-score (default 0.6)")
-    p.add_argument("--osteopenia", default="merge_into_normal",
-                   choices=("merge_into_normal", "exclude"))
+    p.add_argument(
+        "--r",
+        type=float,
+        default=0.6,
+        help="correlation of the hand-level latent with the T-score (default 0.6)",
+    )
+    p.add_argument(
+        "--osteopenia", default="merge_into_normal", choices=("merge_into_normal", "exclude")
+    )
     p.add_argument("--annotators", type=int, default=3, help="annotator masks per image")
     p.add_argument("--workers", type=int, default=None, help="render processes (default: cores)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
@@ -95,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="osteo-jax",
         description="Osteoporosis screening from hand radiographs (research code; synthetic "
-                    "default data; no clinical use).",
+        "default data; no clinical use).",
     )
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("synth", help="generate a synthetic cohort as a dataset folder")

@@ -104,6 +104,10 @@ def test_preview_and_help(synth_dir, tmp_path):
         assert im.format == "PNG" and im.width > 800 and im.height > 600
         # Not a blank canvas: the radiographs and the histogram put many distinct colours in.
         assert len(im.convert("RGB").getcolors(maxcolors=1 << 20)) > 1000
-    res = subprocess.run([sys.executable, "-m", "osteo_jax.cli", "--help"], capture_output=True,
-                         text=True, check=True)
+    res = subprocess.run(
+        [sys.executable, "-m", "osteo_jax.cli", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert "synth" in res.stdout and "demo" in res.stdout

@@ -54,8 +54,9 @@ def test_screening_preset_and_osteopenia_options():
     c = sample_cohort(CohortConfig(preset="screening", n_subjects=500), seed=1)
     assert np.all(c.sex == "F") and c.age.min() >= 50
     assert np.bincount(c.who, minlength=3).tolist() == [150, 250, 100]
-    ex = sample_cohort(CohortConfig(preset="screening", n_subjects=500, osteopenia="exclude"),
-                       seed=1)
+    ex = sample_cohort(
+        CohortConfig(preset="screening", n_subjects=500, osteopenia="exclude"), seed=1
+    )
     assert not np.any(ex.who == 1)
     assert int(ex.label.sum()) == 100
     with pytest.raises(ValueError, match="osteopenia"):

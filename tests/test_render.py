@@ -38,17 +38,24 @@ def _profile(att, axis, half_width_px, along_mm, spacing):
     x = np.arange(-half_width_px, half_width_px, 0.05)
     direction = (axis.p1 - axis.p0) / np.linalg.norm(axis.p1 - axis.p0)
     offsets = np.linspace(-along_mm, along_mm, 21) / spacing
-    prof = np.mean([
-        ndimage.map_coordinates(att, (axis.measure + a * direction)[:, None]
-                                + axis.normal[:, None] * x[None, :], order=3)
-        for a in offsets
-    ], axis=0)
+    prof = np.mean(
+        [
+            ndimage.map_coordinates(
+                att,
+                (axis.measure + a * direction)[:, None] + axis.normal[:, None] * x[None, :],
+                order=3,
+            )
+            for a in offsets
+        ],
+        axis=0,
+    )
     return x, prof
 
 
 @pytest.mark.parametrize("bone", ["MC2", "MC3"])
-def test_cortical_walls_measured_from_profile_match_drawn(noiseless_renders, paper_cohort,
-                                                          noiseless_cfg, bone):
+def test_cortical_walls_measured_from_profile_match_drawn(
+    noiseless_renders, paper_cohort, noiseless_cfg, bone
+):
     j = BONE_NAMES.index(bone)
     for i, rad in enumerate(noiseless_renders):
         sp = rad.pixel_spacing_mm
@@ -57,8 +64,10 @@ def test_cortical_walls_measured_from_profile_match_drawn(noiseless_renders, pap
         x, prof = _profile(att, rad.axes[bone], half + 4, 2.0, sp)
         # Two cortical walls: two maxima with the medullary canal dipping between them.
         pos = x > 0
-        peak_r, peak_u = np.argmax(np.where(pos, prof, -np.inf)), np.argmax(
-            np.where(pos, -np.inf, prof))
+        peak_r, peak_u = (
+            np.argmax(np.where(pos, prof, -np.inf)),
+            np.argmax(np.where(pos, -np.inf, prof)),
+        )
         canal = prof[peak_u:peak_r].min()
         base = np.median(prof[np.abs(x) > half + 2])
         assert canal < base + 0.85 * (min(prof[peak_r], prof[peak_u]) - base)
@@ -80,8 +89,16 @@ def test_cortical_walls_measured_from_profile_match_drawn(noiseless_renders, pap
 def test_monoenergetic_attenuation_ratio_equals_mu_ratio(paper_cohort):
     # One energy bin, no blur, no noise: -ln(T) is linear in the path lengths, so a least-squares
     # fit over the image recovers mu_bone / mu_soft exactly (up to 12-bit quantisation).
-    phys = PhysicsConfig(size=256, energies_kev=(30.0,), spectrum=(1.0,), mu_cortical=(2.56,),
-                         mu_soft=(0.402,), mu_adipose=(0.291,), blur_sigma_px=0.0, noise=False)
+    phys = PhysicsConfig(
+        size=256,
+        energies_kev=(30.0,),
+        spectrum=(1.0,),
+        mu_cortical=(2.56,),
+        mu_soft=(0.402,),
+        mu_adipose=(0.291,),
+        blur_sigma_px=0.0,
+        noise=False,
+    )
     cfg = SynthConfig(physics=phys)
     rad = render_subject(paper_cohort, 0, cfg)
     att = to_attenuation(rad.image, phys)
@@ -93,8 +110,9 @@ def test_monoenergetic_attenuation_ratio_equals_mu_ratio(paper_cohort):
     assert mu[1] == pytest.approx(0.402, rel=0.01)
 
 
-def test_polychromatic_beam_hardens_and_bone_outshines_soft_tissue(noiseless_renders,
-                                                                   noiseless_cfg):
+def test_polychromatic_beam_hardens_and_bone_outshines_soft_tissue(
+    noiseless_renders, noiseless_cfg
+):
     phys = noiseless_cfg.physics
     ratios = np.array(phys.mu_cortical) / np.array(phys.mu_soft)
     eff = effective_mu(2.0, "bone", phys) / effective_mu(2.0, "soft", phys)
@@ -107,9 +125,14 @@ def test_polychromatic_beam_hardens_and_bone_outshines_soft_tissue(noiseless_ren
     soft_only = (r.bone == 0) & (r.soft > 5)
     mu_soft_img = np.median(att[soft_only] / (r.soft[soft_only] / 10))
     shaft = (r.bone > 3) & (r.soft > 5)
-    mu_bone_img = np.median((att[shaft] - mu_soft_img * r.soft[shaft] / 10
-                             - effective_mu(3.0, "adipose", phys) * r.adipose[shaft] / 10)
-                            / (r.bone[shaft] / 10))
+    mu_bone_img = np.median(
+        (
+            att[shaft]
+            - mu_soft_img * r.soft[shaft] / 10
+            - effective_mu(3.0, "adipose", phys) * r.adipose[shaft] / 10
+        )
+        / (r.bone[shaft] / 10)
+    )
     assert ratios.min() * 0.85 < mu_bone_img / mu_soft_img < ratios.max()
     # Stored values: open beam dark, soft tissue brighter, bone brightest.
     img = rad.image.astype(float)
@@ -133,8 +156,9 @@ def test_noise_levels_are_poisson_like(paper_cohort, paper_cfg):
 
 def _boundary_distance(exact_fg):
     """Distance (px) of every pixel to the exact foreground boundary."""
-    return np.minimum(ndimage.distance_transform_edt(exact_fg),
-                      ndimage.distance_transform_edt(~exact_fg))
+    return np.minimum(
+        ndimage.distance_transform_edt(exact_fg), ndimage.distance_transform_edt(~exact_fg)
+    )
 
 
 def test_annotator_masks_differ_from_exact_by_a_bounded_amount(noiseless_renders, noiseless_cfg):

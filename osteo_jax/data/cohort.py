@@ -152,7 +152,9 @@ def _quotas(n: int, fractions: Mapping[int, float]) -> dict[int, int]:
     total = sum(fractions.values())
     raw = {k: n * v / total for k, v in fractions.items()}
     counts = {k: int(np.floor(v)) for k, v in raw.items()}
-    for k in sorted(raw, key=lambda k: raw[k] - counts[k], reverse=True)[: n - sum(counts.values())]:
+    for k in sorted(raw, key=lambda k: raw[k] - counts[k], reverse=True)[
+        : n - sum(counts.values())
+    ]:
         counts[k] += 1
     return counts
 
@@ -168,7 +170,11 @@ def _category_fractions(cfg: CohortConfig, preset: dict) -> dict[int, float] | N
         raise ValueError(
             f"osteopenia must be 'merge_into_normal' or 'exclude', got {cfg.osteopenia!r}"
         )
-    frac = preset["osteopenia_fraction"] if cfg.osteopenia_fraction is None else cfg.osteopenia_fraction
+    frac = (
+        preset["osteopenia_fraction"]
+        if cfg.osteopenia_fraction is None
+        else cfg.osteopenia_fraction
+    )
     if frac is None:
         return {2: prev, -1: 1.0 - prev}  # -1: normal or osteopenia, as the model draws them
     if prev + frac >= 1.0:
@@ -244,9 +250,7 @@ def sample_cohort(cfg: CohortConfig = CohortConfig(), seed: int = 0) -> Cohort:
     # instead have a narrower W around a normal M. Both give the nominal bone at ci_reference.
     narrow_w = rng.random(n) < cfg.narrow_w_fraction
     m_nom = w_nom * (1.0 - cfg.ci_reference)
-    width = np.where(
-        narrow_w[:, None] & (ci < cfg.ci_reference), m_nom / (1.0 - ci), w_nom
-    )
+    width = np.where(narrow_w[:, None] & (ci < cfg.ci_reference), m_nom / (1.0 - ci), w_nom)
     medullary = width * (1.0 - ci)
     walls = width - medullary
     wall_radial = walls * WALL_RATIO / (1.0 + WALL_RATIO)
@@ -254,7 +258,9 @@ def sample_cohort(cfg: CohortConfig = CohortConfig(), seed: int = 0) -> Cohort:
 
     # Cortical porosity 3-15 %, rising with age and with low bone health.
     porosity = np.clip(
-        0.045 + 0.0011 * np.maximum(age - 40.0, 0.0)[:, None] - 0.02 * hb
+        0.045
+        + 0.0011 * np.maximum(age - 40.0, 0.0)[:, None]
+        - 0.02 * hb
         + rng.normal(0.0, 0.008, (n, nb)),
         0.03,
         0.15,

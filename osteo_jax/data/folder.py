@@ -69,7 +69,9 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray) -> None:
     """Writes a 2-D uint8 label map as an 8-bit PNG."""
     labels = np.asarray(labels)
     if labels.ndim != 2 or labels.dtype != np.uint8:
-        raise ValueError(f"{path}: expected a 2-D uint8 label map, got {labels.dtype} {labels.shape}")
+        raise ValueError(
+            f"{path}: expected a 2-D uint8 label map, got {labels.dtype} {labels.shape}"
+        )
     Image.fromarray(labels).save(path, compress_level=1)
 
 

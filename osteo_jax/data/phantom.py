@@ -25,10 +25,14 @@ import numpy as np
 
 # Lengths (mm) of the phalanges per ray (thumb: proximal, distal; fingers: prox, middle, distal)
 # and their base widths; all scaled by hand size.
-_PHALANX_LENGTHS = ((31.0, 23.0), (40.0, 23.0, 17.0), (44.0, 27.0, 19.0), (41.0, 26.0, 18.0),
-                    (33.0, 19.0, 16.0))
-_PHALANX_WIDTHS = ((8.0, 6.5), (7.6, 6.6, 5.4), (7.8, 6.9, 5.6), (7.2, 6.5, 5.3),
-                   (6.4, 5.6, 4.9))
+_PHALANX_LENGTHS = (
+    (31.0, 23.0),
+    (40.0, 23.0, 17.0),
+    (44.0, 27.0, 19.0),
+    (41.0, 26.0, 18.0),
+    (33.0, 19.0, 16.0),
+)
+_PHALANX_WIDTHS = ((8.0, 6.5), (7.6, 6.6, 5.4), (7.8, 6.9, 5.6), (7.2, 6.5, 5.3), (6.4, 5.6, 4.9))
 # Metacarpal bases (mm, right hand, scale 1) and axis angles (deg, + towards the thumb).
 _MC_BASE = ((21.0, -50.0), (10.0, -41.0), (1.0, -39.5), (-8.0, -41.5), (-16.0, -44.5))
 _MC_ANGLE = (34.0, 7.0, 0.0, -6.0, -13.0)
@@ -37,9 +41,14 @@ _RAY_SPREAD = (14.0, 7.0, 0.0, -7.0, -14.0)
 # Carpals: centre (mm), semi-axes a, b (mm), angle (deg): scaphoid, lunate, triquetrum,
 # pisiform, trapezium, trapezoid, capitate, hamate.
 _CARPALS = (
-    ((12.5, -58.0), 8.0, 4.8, 40.0), ((1.5, -59.5), 5.5, 5.0, 0.0), ((-8.5, -57.5), 4.8, 4.2, 20.0),
-    ((-12.5, -54.5), 3.6, 3.4, 0.0), ((19.5, -48.5), 5.2, 4.6, 30.0), ((10.0, -47.0), 4.2, 4.0, 0.0),
-    ((1.0, -48.5), 5.2, 7.8, 0.0), ((-9.5, -48.0), 5.0, 6.6, -10.0),
+    ((12.5, -58.0), 8.0, 4.8, 40.0),
+    ((1.5, -59.5), 5.5, 5.0, 0.0),
+    ((-8.5, -57.5), 4.8, 4.2, 20.0),
+    ((-12.5, -54.5), 3.6, 3.4, 0.0),
+    ((19.5, -48.5), 5.2, 4.6, 30.0),
+    ((10.0, -47.0), 4.2, 4.0, 0.0),
+    ((1.0, -48.5), 5.2, 7.8, 0.0),
+    ((-9.5, -48.0), 5.0, 6.6, -10.0),
 )
 _WRIST_PIVOT = (0.0, -60.0)
 # The 204.8 mm field of view cannot hold forearm to fingertips: the layout is raised so the
@@ -119,8 +128,11 @@ class LongBone:
         cap_b = 0.55 * self.radius * (1.0 + self.base_flare)
         cap_h = 0.55 * self.radius * (1.0 + self.head_flare)
         cap = np.sqrt(
-            np.clip(1.0 - np.maximum((cap_b - s) / cap_b, (s - (L - cap_h)) / cap_h).clip(0.0)
-                    ** 2, 0.0, 1.0)
+            np.clip(
+                1.0 - np.maximum((cap_b - s) / cap_b, (s - (L - cap_h)) / cap_h).clip(0.0) ** 2,
+                0.0,
+                1.0,
+            )
         )
         cap = np.where((s < 0.0) | (s > L), 0.0, cap)
         r0 = self.radius * (1.0 + self.base_flare * gb + self.head_flare * gh) * cap
@@ -216,12 +228,31 @@ def build_scene(cohort, i: int) -> Scene:
     por, bv = cohort.porosity[i], cohort.bvtv[i]
     bones: list[LongBone] = []
 
-    def long_bone(label, base, angle, length, radius, wr, wu, bf, bl, hf, hl, p, b, sty=0.0,
-                  sty_side=1.0):
+    def long_bone(
+        label, base, angle, length, radius, wr, wu, bf, bl, hf, hl, p, b, sty=0.0, sty_side=1.0
+    ):
         u0 = _dir(angle)
         n0 = np.array([u0[1], -u0[0]])
-        bones.append(LongBone(label, place(base), turn(u0), turn(n0), length, radius, wr, wu,
-                              bf, bl, hf, hl, p, b, sty, sty_side))
+        bones.append(
+            LongBone(
+                label,
+                place(base),
+                turn(u0),
+                turn(n0),
+                length,
+                radius,
+                wr,
+                wu,
+                bf,
+                bl,
+                hf,
+                hl,
+                p,
+                b,
+                sty,
+                sty_side,
+            )
+        )
         return np.asarray(base) + length * u0
 
     # Radius and ulna: long shafts entering from below, distal epiphyses with styloids.
@@ -230,35 +261,84 @@ def build_scene(cohort, i: int) -> Scene:
     ):
         L = float(cohort.length[i, j])
         base = np.asarray(end) * k - L * _dir(angle)
-        long_bone(j + 1, base, angle, L, cohort.width[i, j] / 2, cohort.wall_radial[i, j],
-                  cohort.wall_ulnar[i, j], 0.3, 20.0, hf, hl * k, por[j], bv[j], sty * k, side)
+        long_bone(
+            j + 1,
+            base,
+            angle,
+            L,
+            cohort.width[i, j] / 2,
+            cohort.wall_radial[i, j],
+            cohort.wall_ulnar[i, j],
+            0.3,
+            20.0,
+            hf,
+            hl * k,
+            por[j],
+            bv[j],
+            sty * k,
+            side,
+        )
     # Metacarpals, then the phalanges of each ray.
     ci_mean = float(np.mean(cohort.ci[i, 2:]))
     for ray in range(5):
         j = ray + 2
         angle = _MC_ANGLE[ray] + 0.3 * jit[ray]
         L = float(cohort.length[i, j])
-        head = long_bone(j + 1, np.asarray(_MC_BASE[ray]) * k, angle, L, cohort.width[i, j] / 2,
-                         cohort.wall_radial[i, j], cohort.wall_ulnar[i, j], 0.38, 0.2 * L, 0.42,
-                         0.2 * L, por[j], bv[j])
+        head = long_bone(
+            j + 1,
+            np.asarray(_MC_BASE[ray]) * k,
+            angle,
+            L,
+            cohort.width[i, j] / 2,
+            cohort.wall_radial[i, j],
+            cohort.wall_ulnar[i, j],
+            0.38,
+            0.2 * L,
+            0.42,
+            0.2 * L,
+            por[j],
+            bv[j],
+        )
         angle = angle + _RAY_SPREAD[ray] * spread + jit[ray]
         for length, width in zip(_PHALANX_LENGTHS[ray], _PHALANX_WIDTHS[ray], strict=True):
             start = head + 2.0 * k * _dir(angle)
             length, width = length * k, width * k
             wall = 0.5 * width * ci_mean
-            head = long_bone(0, start, angle, length, width / 2, wall, wall, 0.25, 0.25 * length,
-                             0.2, 0.2 * length, float(np.mean(por)), float(np.mean(bv)))
+            head = long_bone(
+                0,
+                start,
+                angle,
+                length,
+                width / 2,
+                wall,
+                wall,
+                0.25,
+                0.25 * length,
+                0.2,
+                0.2 * length,
+                float(np.mean(por)),
+                float(np.mean(bv)),
+            )
     carpals = tuple(
-        Ellipsoid(place(np.asarray(c) * k), a * k, b * k, 0.8 * min(a, b) * k, turn(_dir(90 - ang)),
-                  float(np.mean(por)), min(0.25, float(np.mean(bv)) * 1.2))
+        Ellipsoid(
+            place(np.asarray(c) * k),
+            a * k,
+            b * k,
+            0.8 * min(a, b) * k,
+            turn(_dir(90 - ang)),
+            float(np.mean(por)),
+            min(0.25, float(np.mean(bv)) * 1.2),
+        )
         for c, a, b, ang in _CARPALS
     )
     # Soft tissue: forearm ~30 mm thick, palm ~25 mm, thenar ~22 mm, fingers ~16-18 mm.
     tissue = [
-        Capsule(place(np.array([0.0, -260.0]) * k), place(np.array([-1.0, -62.0]) * k), 36 * k,
-                30.0 * k),
-        Capsule(place(np.array([0.0, -50.0]) * k), place(np.array([-2.0, 0.0]) * k), 38 * k,
-                25.0 * k),
+        Capsule(
+            place(np.array([0.0, -260.0]) * k), place(np.array([-1.0, -62.0]) * k), 36 * k, 30.0 * k
+        ),
+        Capsule(
+            place(np.array([0.0, -50.0]) * k), place(np.array([-2.0, 0.0]) * k), 38 * k, 25.0 * k
+        ),
         Capsule(bones[2].p0, bones[2].p0 + bones[2].u * bones[2].length, 13 * k, 22.0 * k),
     ]
     finger_radius = (10.0, 9.0, 9.2, 8.6, 7.8)
@@ -266,9 +346,10 @@ def build_scene(cohort, i: int) -> Scene:
     first = 0
     for ray in range(5):
         nph = len(_PHALANX_LENGTHS[ray])
-        seg = finger_bones[first: first + nph]
+        seg = finger_bones[first : first + nph]
         first += nph
         tip = seg[-1].p0 + seg[-1].u * (seg[-1].length + 1.0 * k)
-        tissue.append(Capsule(seg[0].p0 - seg[0].u * 8.0 * k, tip, finger_radius[ray] * k,
-                              17.0 * k))
+        tissue.append(
+            Capsule(seg[0].p0 - seg[0].u * 8.0 * k, tip, finger_radius[ray] * k, 17.0 * k)
+        )
     return Scene(tuple(bones), carpals, tuple(tissue))

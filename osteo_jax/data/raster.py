@@ -110,8 +110,9 @@ def _jitter_table(rng: np.random.Generator, s_grid: np.ndarray, amp: float, scal
     phase = rng.uniform(0.0, 2 * np.pi, 3)
     w = rng.uniform(0.2, 1.0, 3)
     w = w / w.sum()
-    return amp * (w[:, None] * np.sin(2 * np.pi * s_grid[None, :] / lam[:, None] + phase[:, None])
-                  ).sum(0)
+    return amp * (
+        w[:, None] * np.sin(2 * np.pi * s_grid[None, :] / lam[:, None] + phase[:, None])
+    ).sum(0)
 
 
 def rasterize(
@@ -145,8 +146,9 @@ def rasterize(
     exact = np.zeros(shape, np.uint8)
     ann = np.zeros((len(annotators),) + shape, np.uint8)
     ambiguous = np.zeros(shape, bool)
-    trab_tile, pore_tile = _TILES.get(tex_seed) or _TILES.setdefault(tex_seed,
-                                                                      texture_tiles(tex_seed))
+    trab_tile, pore_tile = _TILES.get(tex_seed) or _TILES.setdefault(
+        tex_seed, texture_tiles(tex_seed)
+    )
 
     for cap in scene.tissue:
         _tissue(grid, cap, envelope)
@@ -154,8 +156,9 @@ def rasterize(
         _carpal(grid, ell, bone, adipose, soft_delta, trab_tile, rng)
     kmax = max([abs(a.bias_mm) + a.jitter_mm for a in annotators], default=0.0)
     for b in scene.bones:
-        out = _long_bone(grid, b, bone, adipose, soft_delta, trab_tile, pore_tile, rng,
-                         _MARGIN_MM + kmax)
+        out = _long_bone(
+            grid, b, bone, adipose, soft_delta, trab_tile, pore_tile, rng, _MARGIN_MM + kmax
+        )
         if out is None or b.label == 0:
             continue
         sl, s, d, d_short, side = out
@@ -212,8 +215,10 @@ def _carpal(grid, ell: Ellipsoid, bone, adipose, soft_delta, tile, rng) -> None:
     eta = (x - ell.centre[0]) * e2[0] + (y - ell.centre[1]) * e2[1]
     sh = 0.6
     out = 2 * ell.depth * np.sqrt(np.maximum(1 - (xi / ell.a) ** 2 - (eta / ell.b) ** 2, 0.0))
-    inn = 2 * (ell.depth - sh) * np.sqrt(
-        np.maximum(1 - (xi / (ell.a - sh)) ** 2 - (eta / (ell.b - sh)) ** 2, 0.0)
+    inn = (
+        2
+        * (ell.depth - sh)
+        * np.sqrt(np.maximum(1 - (xi / (ell.a - sh)) ** 2 - (eta / (ell.b - sh)) ** 2, 0.0))
     )
     off = rng.uniform(0, _TEX_SIZE, 2)
     tex = np.clip(1.0 + 0.7 * _sample(tile, xi / 0.3 + off[0], eta / 0.3 + off[1]), 0.0, None)
@@ -225,8 +230,9 @@ def _carpal(grid, ell: Ellipsoid, bone, adipose, soft_delta, tile, rng) -> None:
 
 def _long_bone(grid, b: LongBone, bone, adipose, soft_delta, trab_tile, pore_tile, rng, margin):
     rmax = b.radius * (1 + max(b.base_flare, b.head_flare)) + b.styloid + margin
-    corners = np.array([b.p0 + sa * b.u + ta * b.n
-                        for sa in (-margin, b.length + margin) for ta in (-rmax, rmax)])
+    corners = np.array(
+        [b.p0 + sa * b.u + ta * b.n for sa in (-margin, b.length + margin) for ta in (-rmax, rmax)]
+    )
     box = grid.box(corners)
     if box is None:
         return None
@@ -236,15 +242,17 @@ def _long_bone(grid, b: LongBone, bone, adipose, soft_delta, trab_tile, pore_til
     # Tabulate the profile finely along the axis, then interpolate per pixel.
     s_tab = np.arange(-margin, b.length + margin + grid.sp / 4, grid.sp / 4)
     prof = b.profile(s_tab)
-    R, o, r, delta, frac, R0 = (np.interp(s, s_tab, prof[k])
-                                for k in ("R", "o", "r", "delta", "b", "R0"))
+    R, o, r, delta, frac, R0 = (
+        np.interp(s, s_tab, prof[k]) for k in ("R", "o", "r", "delta", "b", "R0")
+    )
     chord_out = 2 * np.sqrt(np.maximum(R**2 - (t - o) ** 2, 0.0))
     chord_in = 2 * np.sqrt(np.maximum(r**2 - (t + delta) ** 2, 0.0))
     cort = np.maximum(chord_out - chord_in, 0.0)
     off = rng.uniform(0, _TEX_SIZE, 4)
     aniso = rng.uniform(1.5, 2.5)
-    trab = np.clip(1.0 + 0.7 * _sample(trab_tile, s / (0.3 * aniso) + off[0], t / 0.3 + off[1]),
-                   0.0, None)
+    trab = np.clip(
+        1.0 + 0.7 * _sample(trab_tile, s / (0.3 * aniso) + off[0], t / 0.3 + off[1]), 0.0, None
+    )
     # Pores are far below the pixel; the beam averages many along its chord, so the projected
     # porosity varies by a fraction of its mean only.
     pores = 1.0 + 0.3 * _sample(pore_tile, s / 0.1 + off[2], t / 0.1 + off[3])

@@ -162,8 +162,14 @@ def render_subject(cohort: Cohort, i: int, cfg: SynthConfig = SynthConfig()) -> 
     rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, i, 0xA7]))
     scene = build_scene(cohort, i)
     draws = annotator_draws(cfg, rng)
-    raster = rasterize(scene, size=phys.size, spacing=phys.pixel_spacing_mm, annotators=draws,
-                       rng=rng, tex_seed=cfg.seed)
+    raster = rasterize(
+        scene,
+        size=phys.size,
+        spacing=phys.pixel_spacing_mm,
+        annotators=draws,
+        rng=rng,
+        tex_seed=cfg.seed,
+    )
     trans = transmission(raster.bone, raster.soft, raster.adipose, phys)
     image = expose(trans, phys, rng)
     return Radiograph(
@@ -208,27 +214,38 @@ def _render_and_write(i: int) -> tuple[list[dict], list[dict]]:
     bones = []
     for j, name in enumerate(BONE_NAMES):
         ax = rad.axes[name]
-        bones.append(dict(
-            subject_id=sid, bone=name,
-            length_mm=round(float(cohort.length[i, j]), 4),
-            width_mm=round(float(cohort.width[i, j]), 4),
-            medullary_mm=round(float(cohort.medullary[i, j]), 4),
-            cortical_thickness_mm=round(float(cohort.cortical_thickness[i, j]), 4),
-            wall_radial_mm=round(float(cohort.wall_radial[i, j]), 4),
-            wall_ulnar_mm=round(float(cohort.wall_ulnar[i, j]), 4),
-            cortical_index=round(float(cohort.ci[i, j]), 5),
-            porosity=round(float(cohort.porosity[i, j]), 5),
-            bvtv=round(float(cohort.bvtv[i, j]), 5),
-            axis_p0_row=round(float(ax.p0[0]), 2), axis_p0_col=round(float(ax.p0[1]), 2),
-            axis_p1_row=round(float(ax.p1[0]), 2), axis_p1_col=round(float(ax.p1[1]), 2),
-            measure_row=round(float(ax.measure[0]), 2), measure_col=round(float(ax.measure[1]), 2),
-            normal_row=round(float(ax.normal[0]), 5), normal_col=round(float(ax.normal[1]), 5),
-        ))
+        bones.append(
+            dict(
+                subject_id=sid,
+                bone=name,
+                length_mm=round(float(cohort.length[i, j]), 4),
+                width_mm=round(float(cohort.width[i, j]), 4),
+                medullary_mm=round(float(cohort.medullary[i, j]), 4),
+                cortical_thickness_mm=round(float(cohort.cortical_thickness[i, j]), 4),
+                wall_radial_mm=round(float(cohort.wall_radial[i, j]), 4),
+                wall_ulnar_mm=round(float(cohort.wall_ulnar[i, j]), 4),
+                cortical_index=round(float(cohort.ci[i, j]), 5),
+                porosity=round(float(cohort.porosity[i, j]), 5),
+                bvtv=round(float(cohort.bvtv[i, j]), 5),
+                axis_p0_row=round(float(ax.p0[0]), 2),
+                axis_p0_col=round(float(ax.p0[1]), 2),
+                axis_p1_row=round(float(ax.p1[0]), 2),
+                axis_p1_col=round(float(ax.p1[1]), 2),
+                measure_row=round(float(ax.measure[0]), 2),
+                measure_col=round(float(ax.measure[1]), 2),
+                normal_row=round(float(ax.normal[0]), 5),
+                normal_col=round(float(ax.normal[1]), 5),
+            )
+        )
     ref = _REF_SPACING_MM
     anns = [
-        dict(subject_id=sid, annotator=annotator_name(m),
-             convention="short" if a.short else "full",
-             bias_px=round(a.bias_mm / ref, 3), jitter_px=round(a.jitter_mm / ref, 3))
+        dict(
+            subject_id=sid,
+            annotator=annotator_name(m),
+            convention="short" if a.short else "full",
+            bias_px=round(a.bias_mm / ref, 3),
+            jitter_px=round(a.jitter_mm / ref, 3),
+        )
         for m, a in enumerate(rad.annotations)
     ]
     return bones, anns
@@ -278,8 +295,9 @@ def write_dataset(
                 bar.update()
         else:
             ctx = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker,
-                                     initargs=(cohort, cfg, str(tmp))) as pool:
+            with ProcessPoolExecutor(
+                workers, mp_context=ctx, initializer=_init_worker, initargs=(cohort, cfg, str(tmp))
+            ) as pool:
                 results = []
                 for res in pool.map(_render_and_write, range(n), chunksize=4):
                     results.append(res)
@@ -296,46 +314,65 @@ def write_dataset(
 def _write_tables(tmp: Path, cohort: Cohort, cfg: SynthConfig, results) -> None:
     sp = cfg.physics.pixel_spacing_mm
     ids = [str(s) for s in cohort.subject_id]
-    write_csv(tmp / SUBJECTS_CSV, rows_from(dict(
-        subject_id=ids,
-        age=[float(a) for a in cohort.age],
-        sex=list(cohort.sex),
-        t_score=[round(float(t), 4) for t in cohort.t_score],
-        who_category=list(category_names(cohort.who)),
-        label=[int(v) for v in cohort.label],
-        image_path=[image_relpath(s) for s in ids],
-        pixel_spacing_mm=[sp] * len(ids),
-        laterality=list(cohort.laterality),
-        hand_latent=[round(float(h), 5) for h in cohort.hand_latent],
-        thinning=["narrow_w" if v else "endosteal" for v in cohort.narrow_w],
-    )))
-    write_csv(tmp / IMAGES_CSV, rows_from(dict(
-        image_id=ids, subject_id=ids, path=[image_relpath(s) for s in ids],
-        laterality=list(cohort.laterality), pixel_spacing_mm=[sp] * len(ids),
-    )))
+    write_csv(
+        tmp / SUBJECTS_CSV,
+        rows_from(
+            dict(
+                subject_id=ids,
+                age=[float(a) for a in cohort.age],
+                sex=list(cohort.sex),
+                t_score=[round(float(t), 4) for t in cohort.t_score],
+                who_category=list(category_names(cohort.who)),
+                label=[int(v) for v in cohort.label],
+                image_path=[image_relpath(s) for s in ids],
+                pixel_spacing_mm=[sp] * len(ids),
+                laterality=list(cohort.laterality),
+                hand_latent=[round(float(h), 5) for h in cohort.hand_latent],
+                thinning=["narrow_w" if v else "endosteal" for v in cohort.narrow_w],
+            )
+        ),
+    )
+    write_csv(
+        tmp / IMAGES_CSV,
+        rows_from(
+            dict(
+                image_id=ids,
+                subject_id=ids,
+                path=[image_relpath(s) for s in ids],
+                laterality=list(cohort.laterality),
+                pixel_spacing_mm=[sp] * len(ids),
+            )
+        ),
+    )
     write_csv(tmp / "bones.csv", [row for bones, _ in results for row in bones])
     write_csv(tmp / "annotations.csv", [row for _, anns in results for row in anns])
-    write_json(tmp / "oracle.json", dict(
-        oracle_auc=oracle_auc(cohort),
-        oracle_auc_population=population_oracle_auc(cfg),
-        r=cohort.r,
-        prevalence=cohort.prevalence,
-        n_subjects=len(cohort),
-        n_osteoporotic=int(cohort.label.sum()),
-        preset=cfg.cohort.preset,
-        note="AUC of the hand-level bone-health latent the generator drew (score = -latent): "
-             "the ceiling an image classifier should be read against. oracle_auc is this "
-             "cohort's; oracle_auc_population is that of 50,000 subjects from the same model.",
-    ))
-    write_json(tmp / "dataset.json", dict(
-        format_version=FORMAT_VERSION,
-        classes=list(CLASS_NAMES),
-        annotators=[EXACT] + [annotator_name(m) for m in range(cfg.annotators.n_annotators)],
-        image_size=cfg.physics.size,
-        pixel_spacing_mm=sp,
-        photometric="MONOCHROME2",
-        bits_stored=cfg.physics.bits_stored,
-        generator=dict(name="osteo_jax.data.synthetic", config=dataclasses.asdict(cfg)),
-        synthetic=True,
-        disclaimer="Synthetic radiographs for method development; no clinical use.",
-    ))
+    write_json(
+        tmp / "oracle.json",
+        dict(
+            oracle_auc=oracle_auc(cohort),
+            oracle_auc_population=population_oracle_auc(cfg),
+            r=cohort.r,
+            prevalence=cohort.prevalence,
+            n_subjects=len(cohort),
+            n_osteoporotic=int(cohort.label.sum()),
+            preset=cfg.cohort.preset,
+            note="AUC of the hand-level bone-health latent the generator drew (score = -latent): "
+            "the ceiling an image classifier should be read against. oracle_auc is this "
+            "cohort's; oracle_auc_population is that of 50,000 subjects from the same model.",
+        ),
+    )
+    write_json(
+        tmp / "dataset.json",
+        dict(
+            format_version=FORMAT_VERSION,
+            classes=list(CLASS_NAMES),
+            annotators=[EXACT] + [annotator_name(m) for m in range(cfg.annotators.n_annotators)],
+            image_size=cfg.physics.size,
+            pixel_spacing_mm=sp,
+            photometric="MONOCHROME2",
+            bits_stored=cfg.physics.bits_stored,
+            generator=dict(name="osteo_jax.data.synthetic", config=dataclasses.asdict(cfg)),
+            synthetic=True,
+            disclaimer="Synthetic radiographs for method development; no clinical use.",
+        ),
+    )

@@ -56,9 +56,7 @@ def effective_mu(thickness_mm: float, material: str, cfg: PhysicsConfig) -> floa
     return -np.log(t) / (thickness_mm / 10)
 
 
-def expose(
-    trans: np.ndarray, cfg: PhysicsConfig, rng: np.random.Generator | None
-) -> np.ndarray:
+def expose(trans: np.ndarray, cfg: PhysicsConfig, rng: np.random.Generator | None) -> np.ndarray:
     """Detector: counts, blur, noise, log amplifier and quantisation.
 
     Args:

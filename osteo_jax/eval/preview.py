@@ -27,8 +27,16 @@ from osteo_jax.data.folder import (  # noqa: E402
 )
 
 # One colour per class (background transparent).
-CLASS_COLOURS = ("#00000000", "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4",
-                 "#f032e6")
+CLASS_COLOURS = (
+    "#00000000",
+    "#e6194b",
+    "#3cb44b",
+    "#4363d8",
+    "#f58231",
+    "#911eb4",
+    "#42d4f4",
+    "#f032e6",
+)
 _ANNOTATOR_COLOURS = ("#ffe119", "#00ffff", "#ff7f00", "#bfef45", "#fabed4")
 
 
@@ -82,16 +90,23 @@ def dataset_preview(
         ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, interpolation="bilinear")
         if EXACT in ex:
             lab = ex[EXACT][::step, ::step]
-            ax.imshow(np.ma.masked_equal(lab, 0), cmap=cmap, vmin=0, vmax=len(CLASS_NAMES) - 1,
-                      alpha=0.35, interpolation="nearest")
+            ax.imshow(
+                np.ma.masked_equal(lab, 0),
+                cmap=cmap,
+                vmin=0,
+                vmax=len(CLASS_NAMES) - 1,
+                alpha=0.35,
+                interpolation="nearest",
+            )
         for m, name in enumerate(annotators):
             if name in ex:
                 fg = (ex[name][::step, ::step] > 0).astype(float)
                 ax.contour(fg, levels=[0.5], colors=_ANNOTATOR_COLOURS[m % 5], linewidths=0.6)
         status = "osteoporosis" if subj.get("label") == "1" else "not osteoporotic"
         t = subj.get("t_score", "")
-        ax.set_title(f"{subj['subject_id']}  {status}" + (f"\nT = {float(t):+.2f}" if t else ""),
-                     fontsize=9)
+        ax.set_title(
+            f"{subj['subject_id']}  {status}" + (f"\nT = {float(t):+.2f}" if t else ""), fontsize=9
+        )
         ax.set_axis_off()
 
     ax = fig.add_subplot(gs[rows, 0:2])
@@ -103,10 +118,16 @@ def dataset_preview(
             if b["bone"] == "MC2":
                 ci[label[b["subject_id"]]].append(float(b["cortical_index"]))
         bins = np.linspace(0.25, 0.8, 28)
-        ax.hist(ci["0"], bins=bins, alpha=0.6, label=f"not osteoporotic (n={len(ci['0'])})",
-                color="#4363d8")
-        ax.hist(ci["1"], bins=bins, alpha=0.6, label=f"osteoporosis (n={len(ci['1'])})",
-                color="#e6194b")
+        ax.hist(
+            ci["0"],
+            bins=bins,
+            alpha=0.6,
+            label=f"not osteoporotic (n={len(ci['0'])})",
+            color="#4363d8",
+        )
+        ax.hist(
+            ci["1"], bins=bins, alpha=0.6, label=f"osteoporosis (n={len(ci['1'])})", color="#e6194b"
+        )
         ax.axvline(0.5, color="k", ls="--", lw=0.8)
         ax.set_xlabel("true 2MCI (MC2 cortical index, (W - M) / W)")
         ax.set_ylabel("subjects")
@@ -117,19 +138,26 @@ def dataset_preview(
     ax = fig.add_subplot(gs[rows, 2:4])
     ax.set_axis_off()
     n_pos = sum(s.get("label") == "1" for s in subjects)
-    lines = [f"subjects: {len(subjects)}   osteoporotic: {n_pos}",
-             f"annotators: {', '.join(annotators) or 'none'} (+ exact map)"]
+    lines = [
+        f"subjects: {len(subjects)}   osteoporotic: {n_pos}",
+        f"annotators: {', '.join(annotators) or 'none'} (+ exact map)",
+    ]
     if oracle:
-        lines += [f"oracle AUC (this cohort): {oracle['oracle_auc']:.3f}",
-                  f"oracle AUC (population): {oracle['oracle_auc_population']:.3f}",
-                  f"coupling r of hand latent to T-score: {oracle['r']:.2f}",
-                  "the oracle is the ceiling any image classifier",
-                  "should be read against"]
+        lines += [
+            f"oracle AUC (this cohort): {oracle['oracle_auc']:.3f}",
+            f"oracle AUC (population): {oracle['oracle_auc_population']:.3f}",
+            f"coupling r of hand latent to T-score: {oracle['r']:.2f}",
+            "the oracle is the ceiling any image classifier",
+            "should be read against",
+        ]
     lines += ["", "SYNTHETIC DATA - method development only,", "no clinical use."]
     ax.text(0.02, 0.95, "\n".join(lines), va="top", family="monospace", fontsize=10)
     legend = ", ".join(f"{CLASS_NAMES[c]}" for c in range(1, len(CLASS_NAMES)))
-    fig.suptitle(f"{root.name}: radiographs with the exact label map (fill: {legend}) and "
-                 "annotator outlines", fontsize=11)
+    fig.suptitle(
+        f"{root.name}: radiographs with the exact label map (fill: {legend}) and "
+        "annotator outlines",
+        fontsize=11,
+    )
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=90)
