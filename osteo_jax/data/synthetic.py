@@ -268,16 +268,19 @@ def write_dataset(
       cfg: generator configuration; ``cfg.seed`` determines every file.
       out: destination folder (absent or empty, unless ``overwrite``).
       workers: processes rendering in parallel (default: all cores); output does not depend on
-        it.
+        it. Workers are spawned, so a script calling this with ``workers > 1`` needs the usual
+        ``if __name__ == "__main__":`` guard (notebooks do not).
       overwrite: replace an existing non-empty ``out``.
       progress: show a progress bar.
 
     Returns:
       The dataset folder.
     """
+    if cfg.physics.size < 32:
+        raise ValueError(f"image size must be at least 32 px, got {cfg.physics.size}")
     out = ensure_new_dir(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
     cohort = sample_cohort(cfg.cohort, seed=cfg.seed)
+    out.parent.mkdir(parents=True, exist_ok=True)
     n = len(cohort)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
