@@ -12,6 +12,7 @@ say which line each one encodes.
 from __future__ import annotations
 
 import dataclasses
+import typing
 
 # Label ids of the 8-class map: background, then the 7 bones that become segments.
 CLASS_NAMES: tuple[str, ...] = ("background", "radius", "ulna", "MC1", "MC2", "MC3", "MC4", "MC5")
@@ -154,3 +155,123 @@ class SynthConfig:
     physics: PhysicsConfig = PhysicsConfig()
     annotators: AnnotatorConfig = AnnotatorConfig()
     seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class SegConfig:
+    """The segmenter (``models/mixture.py``).
+
+    Attributes:
+      features: U-Net channels per level, finest first ((32, 64, 128, 256) on a GPU; the CPU
+        default is half as wide).
+      num_classes: classes of the label map.
+      num_experts: K decoders.
+      num_samples: S latents per decoder.
+      latent_dim: L.
+      form: ``"mixture"`` (paper), ``"mose"`` (shared decoder, learned priors) or ``"unet"``
+        (single deterministic decoder).
+      mode: decoder execution, ``"auto"`` | ``"vmap"`` | ``"scan"``.
+      head_hidden: hidden channels of the 1 x 1 head.
+      router_hidden: router width.
+      image_size: square input side the images are resized to.
+      dtype: ``"float32"`` or ``"bfloat16"`` computation.
+    """
+
+    features: tuple[int, ...] = (16, 32, 64, 128)
+    num_classes: int = len(CLASS_NAMES)
+    num_experts: int = 4
+    num_samples: int = 4
+    latent_dim: int = 6
+    form: str = "mixture"
+    mode: str = "auto"
+    head_hidden: int = 32
+    router_hidden: int = 64
+    image_size: int = 128
+    dtype: str = "float32"
+
+
+@dataclasses.dataclass(frozen=True)
+class OTConfig:
+    """The relaxed optimal-transport loss (``losses/ot.py``).
+
+    Attributes:
+      cost: pairwise cost, ``"iou"`` (1 - soft IoU, foreground mean) or ``"ce"``.
+      epsilon: entropic regularisation, absolute (costs lie in [0, 1]).
+      num_iters: fixed Sinkhorn iterations (so the solve vmaps over the batch).
+      gamma_start: initial capacity per hypothesis.
+      gamma_end: final capacity.
+      gamma_ramp_start: step at which gamma starts to grow.
+      gamma_ramp_steps: steps over which it grows linearly to ``gamma_end``.
+      kl_weight: lambda of the KL(row mass || alpha) term (MoSE: 1, 10 when M = 1).
+      balanced: the ablation where the plan's rows equal alpha and the router learns through
+        d OT / d alpha.
+    """
+
+    cost: str = "iou"
+    epsilon: float = 0.01
+    num_iters: int = 200
+    gamma_start: float = 0.5
+    gamma_end: float = 1.0
+    gamma_ramp_start: int = 200
+    gamma_ramp_steps: int = 400
+    kl_weight: float = 1.0
+    balanced: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class SegTrainConfig:
+    """Segmenter training (``train/loop.py``).
+
+    Attributes:
+      seg: the model.
+      ot: the loss.
+      batch_size: images per step (global, across devices).
+      epochs: passes over the training split.
+      learning_rate: peak AdamW learning rate (warm-up then cosine decay).
+      warmup_steps: linear warm-up steps.
+      weight_decay: AdamW weight decay.
+      val_fraction: fraction of subjects held out for validation (split by subject).
+      annotators: annotator folders used as targets (None: every ``annotator_*`` folder, else
+        ``exact``).
+      seed: seed of initialisation, split, shuffling and latents.
+      checkpoint_every: steps between checkpoints (and always at the end of an epoch).
+      max_steps: stop after this many steps (None: run all epochs).
+    """
+
+    seg: SegConfig = SegConfig()
+    ot: OTConfig = OTConfig()
+    batch_size: int = 8
+    epochs: int = 20
+    learning_rate: float = 2e-3
+    warmup_steps: int = 50
+    weight_decay: float = 1e-4
+    val_fraction: float = 0.2
+    annotators: tuple[str, ...] | None = None
+    seed: int = 0
+    checkpoint_every: int = 100
+    max_steps: int | None = None
+
+
+def from_dict(cls, data: dict):
+    """Rebuilds a (nested) config dataclass from ``dataclasses.asdict`` output (e.g. JSON).
+
+    Lists become tuples where the field is a tuple; unknown keys raise ``ValueError`` so a
+    stale or mistyped config file fails loudly.
+    """
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")
+    kwargs = {}
+    for name, value in data.items():
+        hint = hints[name]
+        target = next(
+            (t for t in (hint, *typing.get_args(hint)) if dataclasses.is_dataclass(t)), None
+        )
+        if target is not None and isinstance(value, dict):
+            value = from_dict(target, value)
+        elif isinstance(value, list):
+            value = tuple(value)
+        kwargs[name] = value
+    return cls(**kwargs)

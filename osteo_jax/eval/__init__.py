@@ -1,5 +1,27 @@
 """Evaluation: figures and metrics."""
 
 from osteo_jax.eval.preview import dataset_preview
+from osteo_jax.eval.seg_metrics import (
+    dice_iou_per_class,
+    expected_calibration_error,
+    ged,
+    hm_iou,
+    majority_consensus,
+    multiclass_iou,
+    pairwise_iou,
+    seg_report,
+    uncertainty_maps,
+)
 
-__all__ = ["dataset_preview"]
+__all__ = [
+    "dataset_preview",
+    "dice_iou_per_class",
+    "expected_calibration_error",
+    "ged",
+    "hm_iou",
+    "majority_consensus",
+    "multiclass_iou",
+    "pairwise_iou",
+    "seg_report",
+    "uncertainty_maps",
+]

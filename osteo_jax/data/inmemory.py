@@ -1,0 +1,178 @@
+"""A dataset folder loaded into memory at the model's resolution (images + annotator masks).
+
+The segmenter trains on whole radiographs resized to a small square (128 x 128 on CPU). This
+module reads the folder (``images.csv`` + ``masks/<annotator>/``), normalises each image to
+[0, 1] by robust percentiles (bit depth and exposure differ between sources), pads to a square
+(air = 0, background = 0), and resizes: area averaging for images, nearest neighbour for label
+maps. Decoding runs in a thread pool (PIL releases the GIL).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from osteo_jax.data.folder import (
+    EXACT,
+    IMAGES_CSV,
+    DatasetError,
+    annotators_of,
+    mask_relpath,
+    read_csv,
+    read_labels,
+    read_png,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class SegArrays:
+    """Images and masks of a dataset folder at one square resolution.
+
+    Attributes:
+      images: ``[n, S, S, 1]`` float32 in [0, 1].
+      masks: ``[n, M, S, S]`` uint8 label maps (annotators in ``annotators`` order).
+      image_ids: ``[n]`` image ids.
+      subject_ids: ``[n]`` subject ids (split by these, never by image).
+      annotators: names of the M mask folders.
+    """
+
+    images: np.ndarray
+    masks: np.ndarray
+    image_ids: np.ndarray
+    subject_ids: np.ndarray
+    annotators: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def take(self, idx: np.ndarray) -> SegArrays:
+        """The rows ``idx``."""
+        return dataclasses.replace(
+            self,
+            images=self.images[idx],
+            masks=self.masks[idx],
+            image_ids=self.image_ids[idx],
+            subject_ids=self.subject_ids[idx],
+        )
+
+
+def normalise(image: np.ndarray, lo_pct: float = 0.5, hi_pct: float = 99.5) -> np.ndarray:
+    """Maps an image to [0, 1] by its own robust percentiles (float32)."""
+    img = image.astype(np.float32)
+    lo, hi = np.percentile(img, [lo_pct, hi_pct])
+    if not np.isfinite(lo) or not np.isfinite(hi):
+        raise ValueError("image has non-finite pixels")
+    return np.clip((img - lo) / max(hi - lo, 1e-6), 0.0, 1.0).astype(np.float32)
+
+
+def _pad_square(arr: np.ndarray) -> np.ndarray:
+    h, w = arr.shape
+    n = max(h, w)
+    out = np.zeros((n, n), arr.dtype)
+    out[(n - h) // 2 : (n - h) // 2 + h, (n - w) // 2 : (n - w) // 2 + w] = arr
+    return out
+
+
+def resize_image(image: np.ndarray, size: int) -> np.ndarray:
+    """Normalised, square-padded, area-resized image ``[size, size]`` float32."""
+    img = _pad_square(normalise(image))
+    return np.asarray(Image.fromarray(img).resize((size, size), Image.BOX), np.float32)
+
+
+def resize_labels(labels: np.ndarray, size: int) -> np.ndarray:
+    """Square-padded, nearest-neighbour-resized label map ``[size, size]`` uint8."""
+    lab = _pad_square(labels.astype(np.uint8))
+    return np.asarray(Image.fromarray(lab).resize((size, size), Image.NEAREST), np.uint8)
+
+
+def default_annotators(root: str | os.PathLike) -> tuple[str, ...]:
+    """The human-like annotators of a folder, or ``("exact",)`` if there are none."""
+    names = [a for a in annotators_of(root) if a != EXACT]
+    if names:
+        return tuple(names)
+    if EXACT in annotators_of(root):
+        return (EXACT,)
+    raise DatasetError(f"{Path(root) / 'masks'}: no mask folders found")
+
+
+def load_seg_arrays(
+    root: str | os.PathLike,
+    size: int,
+    annotators: tuple[str, ...] | None = None,
+    *,
+    require_masks: bool = True,
+    workers: int = 8,
+) -> SegArrays:
+    """Loads a dataset folder's images and masks at ``size x size``.
+
+    Args:
+      root: dataset folder.
+      size: output side in pixels.
+      annotators: mask folders to use as targets (default :func:`default_annotators`).
+      require_masks: skip images with no mask from any of the annotators (needed for training);
+        an image missing only some annotators gets the masks it has repeated in the empty slots.
+      workers: decoding threads.
+
+    Returns:
+      A :class:`SegArrays`.
+    """
+    root = Path(root)
+    rows = read_csv(root / IMAGES_CSV)
+    annotators = tuple(annotators) if annotators else default_annotators(root)
+
+    def load(row):
+        image = read_png(root / row["path"])
+        masks = []
+        for name in annotators:
+            p = root / mask_relpath(name, row["image_id"])
+            if p.exists():
+                m = read_labels(p)
+                if m.shape != image.shape:
+                    raise DatasetError(
+                        f"{p}: mask shape {m.shape} does not match its image {image.shape}"
+                    )
+                masks.append(resize_labels(m, size))
+            else:
+                masks.append(None)
+        have = [m for m in masks if m is not None]
+        if not have:
+            return None
+        masks = [m if m is not None else have[i % len(have)] for i, m in enumerate(masks)]
+        return resize_image(image, size), np.stack(masks)
+
+    with ThreadPoolExecutor(workers) as pool:
+        loaded = list(pool.map(load, rows))
+    keep = [i for i, x in enumerate(loaded) if x is not None or not require_masks]
+    if not keep:
+        raise DatasetError(f"{root}: no image has masks from {annotators}")
+    return SegArrays(
+        images=np.stack([loaded[i][0] for i in keep])[..., None],
+        masks=np.stack([loaded[i][1] for i in keep]),
+        image_ids=np.array([rows[i]["image_id"] for i in keep]),
+        subject_ids=np.array([rows[i]["subject_id"] for i in keep]),
+        annotators=annotators,
+    )
+
+
+def split_by_subject(
+    subject_ids: np.ndarray, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic train/validation split of image indices; no subject is in both.
+
+    Returns:
+      ``(train_idx, val_idx)`` sorted index arrays.
+    """
+    subjects = np.unique(subject_ids)
+    rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5E6]))
+    perm = rng.permutation(subjects)
+    n_val = int(round(val_fraction * len(subjects)))
+    if val_fraction > 0:
+        n_val = min(max(n_val, 1), len(subjects) - 1)
+    val_subjects = set(perm[:n_val].tolist())
+    is_val = np.array([s in val_subjects for s in subject_ids])
+    return np.flatnonzero(~is_val), np.flatnonzero(is_val)

@@ -1,0 +1,222 @@
+"""The segmenter training loop: epochs, progress bar, validation, checkpoints, resume, JSONL log.
+
+Resumption is exact: batch order depends only on ``(seed, epoch)``, each step's key is
+``fold_in(base_key, step)``, and the checkpoint holds the whole :class:`TrainState`, so a run
+killed at any point and restarted continues to the same parameters as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from pathlib import Path
+
+import flax.serialization
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm.auto import tqdm
+
+from osteo_jax.config import SegTrainConfig
+from osteo_jax.data.inmemory import SegArrays, load_seg_arrays, split_by_subject
+from osteo_jax.eval.seg_eval import evaluate_segmenter, make_predict_fn
+from osteo_jax.train.state import TrainState, create_seg_state, make_segmenter, seg_optimizer
+from osteo_jax.train.steps import seg_step
+
+CHECKPOINT_DIR = "checkpoints"
+METRICS_LOG = "metrics.jsonl"
+
+
+def data_mesh(devices=None) -> Mesh:
+    """A 1-D mesh over all (or the given) devices with axis ``"data"``."""
+    devices = np.asarray(devices if devices is not None else jax.devices())
+    return Mesh(devices.reshape(-1), ("data",))
+
+
+class Checkpointer:
+    """Orbax checkpoints of a :class:`TrainState` (atomic; latest kept plus ``keep - 1`` more)."""
+
+    def __init__(self, directory: str | os.PathLike, keep: int = 2):
+        self.manager = ocp.CheckpointManager(
+            Path(directory).absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=keep)
+        )
+
+    def latest_step(self) -> int | None:
+        """Step of the newest complete checkpoint, or None."""
+        return self.manager.latest_step()
+
+    def save(self, state: TrainState) -> None:
+        """Saves ``state`` under its step (blocking until written)."""
+        tree = flax.serialization.to_state_dict(jax.device_get(state))
+        self.manager.save(int(state.step), args=ocp.args.StandardSave(tree), force=True)
+        self.manager.wait_until_finished()
+
+    def restore(self, template: TrainState, step: int | None = None) -> TrainState:
+        """Restores into the structure of ``template`` (the newest checkpoint by default)."""
+        step = self.latest_step() if step is None else step
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype),
+            flax.serialization.to_state_dict(jax.device_get(template)),
+        )
+        tree = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
+        return flax.serialization.from_state_dict(template, tree)
+
+    def close(self) -> None:
+        """Waits for pending writes and releases the manager."""
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+def _check_finite(metrics: dict[str, float], step: int) -> None:
+    for name, value in metrics.items():
+        if not np.isfinite(value):
+            raise FloatingPointError(f"non-finite {name} = {value} at step {step}; stopping")
+
+
+def _write_config(run_dir: Path, cfg: SegTrainConfig, data: str) -> None:
+    record = {"data": data, "config": dataclasses.asdict(cfg)}
+    path = run_dir / "config.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old["config"] != json.loads(json.dumps(record["config"])):
+            raise ValueError(
+                f"{path}: this run folder was started with a different configuration; use a new "
+                "--out folder (or delete it) to train with other settings"
+            )
+        return
+    path.write_text(json.dumps(record, indent=2) + "\n")
+
+
+def train_segmenter(
+    data: str | os.PathLike | SegArrays,
+    run_dir: str | os.PathLike,
+    cfg: SegTrainConfig = SegTrainConfig(),
+    *,
+    progress: bool = True,
+    log_every: int = 10,
+    validate: bool = True,
+    devices=None,
+) -> dict:
+    """Trains the segmenter on a dataset folder; resumes from ``run_dir``'s latest checkpoint.
+
+    Args:
+      data: dataset folder, or already loaded :class:`SegArrays`.
+      run_dir: run folder (``config.json``, ``checkpoints/``, ``metrics.jsonl``,
+        ``split.json``, ``val_metrics.json``).
+      cfg: training configuration.
+      progress: show a progress bar.
+      log_every: steps between metric lines in ``metrics.jsonl``.
+      validate: evaluate on the validation subjects at the end of every epoch.
+      devices: devices of the data-parallel mesh (default: all).
+
+    Returns:
+      Summary dict: steps, wall time, final training metrics and the last validation metrics.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    arrays = (
+        data
+        if isinstance(data, SegArrays)
+        else load_seg_arrays(data, cfg.seg.image_size, cfg.annotators)
+    )
+    _write_config(run_dir, cfg, str(data) if not isinstance(data, SegArrays) else "<arrays>")
+    train_idx, val_idx = split_by_subject(arrays.subject_ids, cfg.val_fraction, cfg.seed)
+    (run_dir / "split.json").write_text(
+        json.dumps(
+            {
+                "train": sorted(set(arrays.subject_ids[train_idx].tolist())),
+                "val": sorted(set(arrays.subject_ids[val_idx].tolist())),
+            },
+            indent=1,
+        )
+    )
+
+    mesh = data_mesh(devices)
+    n_dev = mesh.devices.size
+    if cfg.batch_size % n_dev:
+        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {n_dev} devices")
+    steps_per_epoch = len(train_idx) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"{len(train_idx)} training images are fewer than one batch ({cfg.batch_size})"
+        )
+    total = cfg.epochs * steps_per_epoch
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
+
+    model = make_segmenter(cfg.seg)
+    tx = seg_optimizer(cfg, total)
+    base_key = jax.random.key(cfg.seed)
+    init_key, train_key, val_key = jax.random.split(base_key, 3)
+    state = create_seg_state(cfg, init_key, tx)
+    ckpt = Checkpointer(run_dir / CHECKPOINT_DIR)
+    if ckpt.latest_step() is not None:
+        state = ckpt.restore(state)
+    replicated = NamedSharding(mesh, P())
+    sharded = NamedSharding(mesh, P("data"))
+    state = jax.device_put(state, replicated)
+    step_fn = jax.jit(functools.partial(seg_step, model=model, tx=tx, ot=cfg.ot), donate_argnums=0)
+    predict_fn = make_predict_fn(model)
+
+    start = int(state.step)
+    log = open(run_dir / METRICS_LOG, "a")
+    bar = tqdm(total=total, initial=start, desc="train-seg", unit="step", disable=not progress)
+    t0 = time.perf_counter()
+    metrics_host: dict[str, float] = {}
+    val: dict[str, float] = {}
+    try:
+        for step in range(start, total):
+            epoch, within = divmod(step, steps_per_epoch)
+            order = np.random.default_rng([cfg.seed, epoch]).permutation(train_idx)
+            idx = np.sort(order[within * cfg.batch_size : (within + 1) * cfg.batch_size])
+            batch = jax.device_put(
+                {"image": arrays.images[idx], "masks": arrays.masks[idx].astype(np.int32)},
+                sharded,
+            )
+            state, metrics = step_fn(state, batch, train_key)
+            done = step + 1
+            if done % log_every == 0 or done == total or within == steps_per_epoch - 1:
+                metrics_host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                _check_finite(metrics_host, step)
+                log.write(
+                    json.dumps({"step": done, "epoch": epoch, "split": "train", **metrics_host})
+                    + "\n"
+                )
+                log.flush()
+                bar.set_postfix(loss=f"{metrics_host['loss']:.4f}")
+            bar.update()
+            end_of_epoch = within == steps_per_epoch - 1 or done == total
+            if done % cfg.checkpoint_every == 0 or end_of_epoch:
+                ckpt.save(state)
+            if validate and len(val_idx) and end_of_epoch:
+                val = evaluate_segmenter(
+                    model,
+                    state.params["segmenter"],
+                    arrays.images[val_idx],
+                    arrays.masks[val_idx],
+                    val_key,
+                    batch_size=cfg.batch_size,
+                    annotator_names=arrays.annotators,
+                    predict_fn=predict_fn,
+                )
+                log.write(json.dumps({"step": done, "epoch": epoch, "split": "val", **val}) + "\n")
+                log.flush()
+                (run_dir / "val_metrics.json").write_text(json.dumps(val, indent=1) + "\n")
+    finally:
+        bar.close()
+        log.close()
+        ckpt.close()
+    return {
+        "steps": int(state.step),
+        "resumed_from": start,
+        "wall_s": time.perf_counter() - t0,
+        "train": metrics_host,
+        "val": val,
+        "state": state,
+        "model": model,
+    }
