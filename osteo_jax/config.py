@@ -196,7 +196,10 @@ class OTConfig:
 
     Attributes:
       cost: pairwise cost, ``"iou"`` (1 - soft IoU, foreground mean) or ``"ce"``.
-      epsilon: entropic regularisation, absolute (costs lie in [0, 1]).
+      epsilon: entropic regularisation, absolute (costs lie in [0, 1]). At 1e-3 the plan's
+        transport cost is within 1 % of the exact (unregularised) optimum.
+      epsilon_start: Sinkhorn anneals epsilon geometrically from this value to ``epsilon``
+        over the first half of the iterations (None: no annealing; then 1e-3 needs ~1000).
       num_iters: fixed Sinkhorn iterations (so the solve vmaps over the batch).
       gamma_start: initial capacity per hypothesis.
       gamma_end: final capacity.
@@ -208,7 +211,8 @@ class OTConfig:
     """
 
     cost: str = "iou"
-    epsilon: float = 0.01
+    epsilon: float = 1e-3
+    epsilon_start: float | None = 0.1
     num_iters: int = 200
     gamma_start: float = 0.5
     gamma_end: float = 1.0

@@ -82,8 +82,12 @@ def _write_config(run_dir: Path, cfg: SegTrainConfig, data: str) -> None:
     record = {"data": data, "config": dataclasses.asdict(cfg)}
     path = run_dir / "config.json"
     if path.exists():
-        old = json.loads(path.read_text())
-        if old["config"] != json.loads(json.dumps(record["config"])):
+        old = json.loads(path.read_text())["config"]
+        new = json.loads(json.dumps(record["config"]))
+        # max_steps only stops a run early; any other change would make a different run.
+        old.pop("max_steps", None)
+        new.pop("max_steps", None)
+        if old != new:
             raise ValueError(
                 f"{path}: this run folder was started with a different configuration; use a new "
                 "--out folder (or delete it) to train with other settings"
@@ -100,6 +104,7 @@ def train_segmenter(
     progress: bool = True,
     log_every: int = 10,
     validate: bool = True,
+    validate_every: int = 1,
     devices=None,
 ) -> dict:
     """Trains the segmenter on a dataset folder; resumes from ``run_dir``'s latest checkpoint.
@@ -111,7 +116,9 @@ def train_segmenter(
       cfg: training configuration.
       progress: show a progress bar.
       log_every: steps between metric lines in ``metrics.jsonl``.
-      validate: evaluate on the validation subjects at the end of every epoch.
+      validate: evaluate on the validation subjects at the end of every ``validate_every``-th
+        epoch and at the end of training.
+      validate_every: epochs between validations.
       devices: devices of the data-parallel mesh (default: all).
 
     Returns:
@@ -193,7 +200,8 @@ def train_segmenter(
             end_of_epoch = within == steps_per_epoch - 1 or done == total
             if done % cfg.checkpoint_every == 0 or end_of_epoch:
                 ckpt.save(state)
-            if validate and len(val_idx) and end_of_epoch:
+            due = (epoch + 1) % validate_every == 0 or done == total
+            if validate and len(val_idx) and end_of_epoch and due:
                 val = evaluate_segmenter(
                     model,
                     state.params["segmenter"],

@@ -25,6 +25,18 @@ from osteo_jax.models.mixture import Segmenter
 from osteo_jax.train.state import TrainState
 
 
+def apply_optimizer(tx: optax.GradientTransformation, grads, opt_state, params):
+    """``tx.update`` + ``apply_updates``; returns ``(new_params, new_opt_state)``.
+
+    optax mixes Python floats with int32 step counts (schedules, bias correction), which strict
+    dtype promotion rejects; our own code is checked strictly, the library's update is traced
+    under standard promotion.
+    """
+    with jax.numpy_dtype_promotion("standard"):
+        updates, new_opt = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), new_opt
+
+
 def seg_gamma(step: jnp.ndarray, ot: OTConfig) -> jnp.ndarray:
     """Capacity per hypothesis at ``step`` (0.5 -> 1 by default)."""
     return gamma_schedule(
@@ -71,21 +83,15 @@ def seg_loss(
     else:
         raise ValueError(f"OT cost must be 'iou' or 'ce', got {ot.cost!r}")
     alpha = jnp.exp(aux["log_alpha"])
+    solver = dict(epsilon=ot.epsilon, num_iters=ot.num_iters, epsilon_start=ot.epsilon_start)
     if ot.balanced:
-        loss, terms = jax.vmap(
-            lambda c, a: balanced_ot_loss(
-                cost=c, alpha=a, epsilon=ot.epsilon, num_iters=ot.num_iters
-            )
-        )(cost, alpha)
+        loss, terms = jax.vmap(lambda c, a: balanced_ot_loss(cost=c, alpha=a, **solver))(
+            cost, alpha
+        )
     else:
         loss, terms = jax.vmap(
             lambda c, a: relaxed_ot_loss(
-                cost=c,
-                alpha=a,
-                gamma=gamma,
-                kl_weight=ot.kl_weight,
-                epsilon=ot.epsilon,
-                num_iters=ot.num_iters,
+                cost=c, alpha=a, gamma=gamma, kl_weight=ot.kl_weight, **solver
             )
         )(cost, alpha)
     metrics = {
@@ -133,8 +139,7 @@ def seg_step(
         gamma=gamma,
         ot=ot,
     )
-    updates, new_opt = tx.update(grads, state.opt_state["seg"], state.params["segmenter"])
-    new_seg = optax.apply_updates(state.params["segmenter"], updates)
+    new_seg, new_opt = apply_optimizer(tx, grads, state.opt_state["seg"], state.params["segmenter"])
     metrics = dict(metrics, gamma=gamma, grad_norm=optax.global_norm(grads))
     new_state = state.replace(
         step=state.step + 1,
