@@ -320,3 +320,23 @@ def test_gamma_schedule_endpoints():
     np.testing.assert_allclose(gammas, [0.5, 0.5, 0.75, 1.0, 1.0], rtol=1e-6)
     jump = gamma_schedule(jnp.int32(7), ramp_start=7, ramp_steps=0)
     np.testing.assert_allclose([gamma_schedule(6, ramp_start=7, ramp_steps=0), jump], [0.5, 1.0])
+
+
+def test_log_alpha_keeps_router_gradient_exact_for_dead_experts():
+    # An expert whose weight fell below the 1e-8 floor must still be pulled back by the KL term:
+    # d KL / d logits = lambda * (softmax(logits) - p) (row mass p under stop_gradient).
+    cost = jnp.asarray([[0.2, 0.9], [0.9, 0.2], [0.5, 0.5]], jnp.float32)
+    logits = jnp.asarray([0.0, -30.0, 0.0], jnp.float32)  # expert 1: alpha ~ 1e-13
+
+    def loss(lg):
+        value, aux = relaxed_ot_loss(
+            cost=cost, log_alpha=jax.nn.log_softmax(lg), gamma=1.0, epsilon=1e-3, num_iters=1000
+        )
+        return value, aux["row_mass"]
+
+    grad, p = jax.jit(jax.grad(loss, has_aux=True))(logits)
+    expected = jax.nn.softmax(logits) - p
+    np.testing.assert_allclose(grad, expected, atol=1e-4)
+    assert float(grad[1]) < -0.3  # the dead expert's logit is pushed up
+    with pytest.raises(ValueError, match="exactly one"):
+        relaxed_ot_loss(cost=cost, gamma=1.0)

@@ -152,11 +152,17 @@ def _hm_iou_hungarian(iou: np.ndarray) -> float:
 def _hm_iou_ot(iou: np.ndarray, w: np.ndarray, beta: np.ndarray) -> float:
     """``max_P Σ P·IoU`` over plans with marginals ``w`` and ``β``, solved exactly (HiGHS LP)."""
     n, m = iou.shape
-    # Row sums of the row-major flattened plan, then column sums.
+    # Weights that are zero up to round-off (a collapsed router gives 1e-30) make HiGHS report
+    # the problem infeasible; zero them and renormalise both marginals exactly.
+    w = np.where(w < 1e-12, 0.0, w)
+    w, beta = w / w.sum(), beta / beta.sum()
+    # Row sums of the row-major flattened plan, then column sums; the last column constraint is
+    # implied by the others (both marginals sum to 1), and dropping it avoids a rank-deficient
+    # system that round-off can make infeasible.
     a_eq = np.concatenate(
-        [np.kron(np.eye(n), np.ones((1, m))), np.kron(np.ones((1, n)), np.eye(m))]
+        [np.kron(np.eye(n), np.ones((1, m))), np.kron(np.ones((1, n)), np.eye(m))[:-1]]
     )
-    b_eq = np.concatenate([w, beta])
+    b_eq = np.concatenate([w, beta[:-1]])
     res = scipy.optimize.linprog(
         -iou.ravel(), A_eq=a_eq, b_eq=b_eq, bounds=(0.0, None), method="highs"
     )

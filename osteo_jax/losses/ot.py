@@ -300,8 +300,9 @@ def capped_plan(
 def relaxed_ot_loss(
     *,
     cost: jax.Array,
-    alpha: jax.Array,
+    alpha: jax.Array | None = None,
     gamma: float | jax.Array,
+    log_alpha: jax.Array | None = None,
     beta: jax.Array | None = None,
     kl_weight: float = 1.0,
     epsilon: float = 0.01,
@@ -317,6 +318,10 @@ def relaxed_ot_loss(
     ``p`` and ``alpha`` are floored at 1e-8 inside the logarithms, so the loss and its gradients
     stay finite when a weight is 0. Gradients reach ``cost`` (it equals ``T*``, which trains the
     segmenter) and ``alpha`` (``-lambda p / alpha``, which trains the router), nothing else.
+    Pass ``log_alpha`` (e.g. a log-softmax) instead of ``alpha`` to use it without the floor:
+    the floor's ``max`` has zero gradient, so an expert whose weight fell below 1e-8 could never
+    be revived by the KL term, whereas through ``log_alpha`` the router's logit gradient
+    ``lambda (alpha_i - p_i)`` stays exact.
 
     Args:
       cost: ``[N, M]`` differentiable cost between hypotheses and annotations.
@@ -333,9 +338,17 @@ def relaxed_ot_loss(
       ``row_mass`` ``[N]`` (``p``) and ``plan`` ``[N, M]`` (``T*``), all float32.
     """
     cost = _check_cost(cost)
-    alpha = jnp.asarray(alpha, jnp.float32)
-    if alpha.shape != cost.shape[:1]:
-        raise ValueError(f"alpha must have shape ({cost.shape[0]},); got {alpha.shape}.")
+    if (alpha is None) == (log_alpha is None):
+        raise ValueError("pass exactly one of alpha and log_alpha")
+    if log_alpha is not None:
+        log_alpha = jnp.asarray(log_alpha, jnp.float32)
+        shape = log_alpha.shape
+    else:
+        alpha = jnp.asarray(alpha, jnp.float32)
+        log_alpha = jnp.log(jnp.maximum(alpha, _FLOOR))
+        shape = alpha.shape
+    if shape != cost.shape[:1]:
+        raise ValueError(f"alpha must have shape ({cost.shape[0]},); got {shape}.")
     plan = capped_plan(
         cost=cost,
         gamma=gamma,
@@ -347,7 +360,7 @@ def relaxed_ot_loss(
     transport = jnp.sum(plan * cost)
     row_mass = jnp.sum(plan, axis=1)
     p = row_mass / jnp.sum(row_mass)
-    kl = jnp.sum(p * (jnp.log(jnp.maximum(p, _FLOOR)) - jnp.log(jnp.maximum(alpha, _FLOOR))))
+    kl = jnp.sum(p * (jnp.log(jnp.maximum(p, _FLOOR)) - log_alpha))
     loss = transport + kl_weight * kl
     return loss, {"transport": transport, "kl": kl, "row_mass": p, "plan": plan}
 

@@ -90,10 +90,10 @@ def seg_loss(
         )
     else:
         loss, terms = jax.vmap(
-            lambda c, a: relaxed_ot_loss(
-                cost=c, alpha=a, gamma=gamma, kl_weight=ot.kl_weight, **solver
+            lambda c, la: relaxed_ot_loss(
+                cost=c, log_alpha=la, gamma=gamma, kl_weight=ot.kl_weight, **solver
             )
-        )(cost, alpha)
+        )(cost, aux["log_alpha"])
     metrics = {
         "loss": jnp.mean(loss),
         "cost_min": jnp.mean(jnp.min(cost, axis=1)),
