@@ -326,6 +326,7 @@ def relaxed_ot_loss(
     Args:
       cost: ``[N, M]`` differentiable cost between hypotheses and annotations.
       alpha: ``[N]`` router weights of the hypotheses (a probability vector).
+      log_alpha: ``[N]`` log router weights, instead of ``alpha`` (no floor; preferred).
       gamma: capacity per hypothesis (see :func:`capped_plan`); MoSE moves it from 1/2 to 1.
       beta: ``[M]`` annotation weights summing to 1; uniform if ``None``.
       kl_weight: ``lambda``; MoSE uses 1 (10 when M = 1).
