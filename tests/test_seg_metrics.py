@@ -353,3 +353,19 @@ def test_seg_report(rng):
     only0 = (annots[0] > 0) & (annots[1] == 0)
     gap = agree.sum() * (1 - 0.75) + only0.sum() * (1 - (0.45 + 0.2 / 7))
     assert report["ece"] == pytest.approx(gap / (agree.sum() + only0.sum()))
+
+
+def test_hm_iou_ot_with_collapsed_router_weights(rng):
+    # A collapsed router gives weights like 1e-30 next to 0.25 (float32 round-off); the exact
+    # LP must still solve and equal the solution with those weights set to zero.
+    hyps = rng.integers(0, 3, (8, 6, 6))
+    annots = rng.integers(0, 3, (3, 6, 6))
+    w = np.zeros(8)
+    w[4:8] = 0.25
+    w[0] = 1e-30
+    w = w / w.sum()
+    value = hm_iou(hyps, w, annots, num_classes=3)
+    iou = pairwise_iou(hyps, annots, num_classes=3)
+    w0 = np.where(w < 1e-12, 0.0, w)
+    plan = ot.emd(w0 / w0.sum(), np.full(3, 1 / 3), 1.0 - iou)
+    assert value == pytest.approx(float((plan * iou).sum()), abs=1e-9)
