@@ -11,7 +11,9 @@ the same subject split with the same number of steps, and scores them on the val
 subjects at the model's resolution: per-bone Dice against the annotators' majority consensus,
 GED and HM-IoU against the three annotators, ECE. Targets: mean foreground Dice >= 0.90 and
 GED(mixture) < GED(U-Net). Prints a table and writes ``OUT/seg_quality.json``.
-Runs resume from their checkpoints when re-launched.
+Runs resume from their checkpoints when re-launched. ``--ce-weight 0.1`` adds a cross-entropy
+term to the IoU cost of both models (the pure IoU cost can leave the U-Net labelling the
+background with a saturated bone class).
 """
 
 from __future__ import annotations
@@ -44,6 +46,12 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--models", default="mixture,unet")
+    parser.add_argument(
+        "--ce-weight",
+        type=float,
+        default=0.0,
+        help="add this times the cross-entropy to the IoU cost (both models)",
+    )
     args = parser.parse_args()
 
     data = Path(args.data)
@@ -51,12 +59,20 @@ def main() -> None:
         write_dataset(SynthConfig(), data)
     arrays = load_seg_arrays(data, args.size)
     configs = get_config(args.size, args.epochs)
+    configs = {
+        k: dataclasses.replace(c, ot=dataclasses.replace(c.ot, ce_weight=args.ce_weight))
+        for k, c in configs.items()
+    }
     out = Path(args.out)
-    results = {}
+    previous = out / "seg_quality.json"
+    results = json.loads(previous.read_text())["models"] if previous.exists() else {}
     for name in args.models.split(","):
+        if name not in configs:
+            raise SystemExit(f"unknown model {name!r}; choose from {sorted(configs)}")
         t0 = time.perf_counter()
         res = train_segmenter(arrays, out / name, configs[name], validate_every=10)
         results[name] = {
+            "alpha_max(train)": res["train"].get("alpha_max"),
             "wall_s": round(time.perf_counter() - t0, 1),
             "steps": res["steps"],
             "resumed_from": res["resumed_from"],

@@ -196,6 +196,10 @@ class OTConfig:
 
     Attributes:
       cost: pairwise cost, ``"iou"`` (1 - soft IoU, foreground mean) or ``"ce"``.
+      ce_weight: with ``cost="iou"``, add this times the cross-entropy cost. The IoU cost
+        ignores the background class, and a model can get stuck labelling the background with
+        a saturated bone class (seen with the single U-Net); a small CE term anchors every
+        pixel. 0 keeps MoSE's pure IoU cost.
       epsilon: entropic regularisation, absolute (costs lie in [0, 1]). 0.01 keeps the plan
         soft while hypotheses are nearly tied, so every expert receives gradient early on (at
         1e-3 the plan is nearly hard and the first expert to win takes every annotation: the
@@ -214,6 +218,7 @@ class OTConfig:
     """
 
     cost: str = "iou"
+    ce_weight: float = 0.0
     epsilon: float = 0.01
     epsilon_start: float | None = None
     num_iters: int = 200

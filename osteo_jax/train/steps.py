@@ -74,14 +74,15 @@ def seg_loss(
     """
     logits, aux = model.apply({"params": seg_params}, images, rngs={"sample": rng})
     labels = masks.astype(jnp.int32)
+    if ot.cost not in ("iou", "ce"):
+        raise ValueError(f"OT cost must be 'iou' or 'ce', got {ot.cost!r}")
     if ot.cost == "iou":
         cost = jax.vmap(lambda lo, y: soft_iou_cost(probs=jax.nn.softmax(lo, -1), labels=y))(
             logits, labels
         )
-    elif ot.cost == "ce":
-        cost = jax.vmap(lambda lo, y: cross_entropy_cost(logits=lo, labels=y))(logits, labels)
-    else:
-        raise ValueError(f"OT cost must be 'iou' or 'ce', got {ot.cost!r}")
+    if ot.cost == "ce" or ot.ce_weight > 0:
+        ce = jax.vmap(lambda lo, y: cross_entropy_cost(logits=lo, labels=y))(logits, labels)
+        cost = ce if ot.cost == "ce" else cost + ot.ce_weight * ce
     alpha = jnp.exp(aux["log_alpha"])
     solver = dict(epsilon=ot.epsilon, num_iters=ot.num_iters, epsilon_start=ot.epsilon_start)
     if ot.balanced:
