@@ -193,3 +193,31 @@ def test_train_seg_and_eval_seg_cli_resume(tmp_path):
     metrics = json.loads((run / "seg_metrics.json").read_text())
     assert metrics["step"] == 3 and 0.0 <= metrics["dice/consensus/mean"] <= 1.0
     assert (run / "seg_figure.png").stat().st_size > 10_000
+
+
+def test_ce_weight_adds_the_cross_entropy_cost(setup):
+    from osteo_jax.losses.ot import cross_entropy_cost, soft_iou_cost
+    from osteo_jax.train.steps import seg_loss
+
+    model, _, _, state = setup
+    batch = _batch(5)
+    p = state.params["segmenter"]
+    logits, _ = jax.jit(model.apply)(
+        {"params": p}, batch["image"], rngs={"sample": jax.random.key(2)}
+    )
+    iou = jax.vmap(lambda lo, y: soft_iou_cost(probs=jax.nn.softmax(lo), labels=y))(
+        logits, batch["masks"]
+    )
+    ce = jax.vmap(lambda lo, y: cross_entropy_cost(logits=lo, labels=y))(logits, batch["masks"])
+    # cost_min reports the cheapest hypothesis per annotation, averaged: it must see iou + w ce.
+    for w in (0.0, 0.5):
+        ot = dataclasses.replace(TINY.ot, ce_weight=w)
+        _, m = jax.jit(functools.partial(seg_loss, model=model, ot=ot))(
+            p,
+            images=batch["image"],
+            masks=batch["masks"],
+            rng=jax.random.key(2),
+            gamma=jnp.float32(1.0),
+        )
+        expected = jnp.mean(jnp.min(iou + w * ce, axis=1))
+        np.testing.assert_allclose(float(m["cost_min"]), float(expected), rtol=1e-5)
