@@ -141,7 +141,7 @@ def seg_step(
         ot=ot,
     )
     new_seg, new_opt = apply_optimizer(tx, grads, state.opt_state["seg"], state.params["segmenter"])
-    metrics = dict(metrics, gamma=gamma, grad_norm=optax.global_norm(grads))
+    metrics = dict(metrics, gamma=gamma, grad_norm=optax.tree.norm(grads))
     new_state = state.replace(
         step=state.step + 1,
         params={**state.params, "segmenter": new_seg},
