@@ -199,7 +199,7 @@ class OTConfig:
       ce_weight: with ``cost="iou"``, add this times the cross-entropy cost. The IoU cost
         ignores the background class, and a model can get stuck labelling the background with
         a saturated bone class (seen with the single U-Net); a small CE term anchors every
-        pixel. 0 keeps MoSE's pure IoU cost.
+        pixel. 0 gives MoSE's pure IoU cost.
       epsilon: entropic regularisation, absolute (costs lie in [0, 1]). 0.01 keeps the plan
         soft while hypotheses are nearly tied, so every expert receives gradient early on (at
         1e-3 the plan is nearly hard and the first expert to win takes every annotation: the
@@ -208,7 +208,12 @@ class OTConfig:
       epsilon_start: Sinkhorn anneals epsilon geometrically from this value to ``epsilon``
         over the first half of the iterations (None: no annealing; then 1e-3 needs ~1000).
       num_iters: fixed Sinkhorn iterations (so the solve vmaps over the batch).
-      gamma_start: initial capacity per hypothesis.
+      gamma_start: initial capacity per hypothesis; ``None`` (default) starts at 1/N (N = K S
+        hypotheses), where the plan must give every hypothesis an equal share of the
+        annotations, so every decoder trains before the cap relaxes. MoSE's 0.5 lets the
+        first decoder to win take every annotation: on the synthetic cohort the router then
+        put all its weight on one expert by step ~80 (experiments/seg_quality.py,
+        ``mixture_gamma05``).
       gamma_end: final capacity.
       gamma_ramp_start: step at which gamma starts to grow.
       gamma_ramp_steps: steps over which it grows linearly to ``gamma_end``.
@@ -218,11 +223,11 @@ class OTConfig:
     """
 
     cost: str = "iou"
-    ce_weight: float = 0.0
+    ce_weight: float = 0.1
     epsilon: float = 0.01
     epsilon_start: float | None = None
     num_iters: int = 200
-    gamma_start: float = 0.5
+    gamma_start: float | None = None
     gamma_end: float = 1.0
     gamma_ramp_start: int = 200
     gamma_ramp_steps: int = 400
@@ -287,3 +292,153 @@ def from_dict(cls, data: dict):
             value = tuple(value)
         kwargs[name] = value
     return cls(**kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentConfig:
+    """How bone segments are cut from a radiograph and its label map (``data/segments.py``).
+
+    Attributes:
+      size: side of the square segment in pixels (DESIGN default 128; 64 is enough on CPU).
+      frame: ``"aligned"``: the crop box follows the bone's principal axis (long axis vertical)
+        and is stretched to fill the square, so every bone's shaft spans the segment; width
+        ratios such as the cortical index survive the anisotropic stretch. ``"box"``: the
+        axis-aligned square bounding box (the paper's wording, "cropped using the
+        segmentation"), aspect ratio kept.
+      dilate_mm: the bone mask is dilated by this much before the background is zeroed, so
+        the periosteal edge is never cut off.
+      margin: extra fraction of the box side added on every side.
+      min_area_mm2: a bone whose largest connected component is smaller than this is flagged
+        missing (its segment is all zeros and ``valid`` is False).
+    """
+
+    size: int = 128
+    frame: str = "aligned"
+    dilate_mm: float = 0.8
+    margin: float = 0.05
+    min_area_mm2: float = 20.0
+
+
+@dataclasses.dataclass(frozen=True)
+class CropConfig:
+    """Multi-crop views for self-supervised learning (``data/augment.py``).
+
+    Attributes:
+      n_global: global views per segment.
+      n_local: local (small) views per segment.
+      global_size: output side of a global view, pixels.
+      local_size: output side of a local view, pixels.
+      global_scale: area fraction range of a global view.
+      local_scale: area fraction range of a local view.
+      custom: the paper's customised multi-crop: every view keeps at least
+        ``min_bone_fraction`` bone (non-zero) pixels; False is ordinary multi-crop.
+      min_bone_fraction: see ``custom``.
+    """
+
+    n_global: int = 2
+    n_local: int = 4
+    global_size: int = 48
+    local_size: int = 24
+    global_scale: tuple[float, float] = (0.4, 1.0)
+    local_scale: tuple[float, float] = (0.1, 0.4)
+    custom: bool = True
+    min_bone_fraction: float = 0.10
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneConfig:
+    """The ResNet backbone (``models/resnet.py``).
+
+    Attributes:
+      depth: 18, 34 or 50 (paper: 50).
+      width: channels of the first stage (64 in the standard ResNets; 16 on CPU).
+      stem: ``"small"`` (3 x 3 conv, no pooling: for 32-128 px segments) or ``"imagenet"``.
+      dtype: ``"float32"`` or ``"bfloat16"`` computation.
+    """
+
+    depth: int = 18
+    width: int = 16
+    stem: str = "small"
+    dtype: str = "float32"
+
+
+@dataclasses.dataclass(frozen=True)
+class SSLConfig:
+    """Self-supervised pretraining of the backbone on bone segments (``train/ssl_loop.py``).
+
+    Attributes:
+      method: ``"simclr"`` (paper's best), ``"vicreg"``, ``"supcon"`` (uses labels), ``"swav"``.
+      backbone: the ResNet.
+      crops: multi-crop views.
+      projector_hidden: hidden width of the projector MLP.
+      projector_out: embedding size.
+      projector_layers: MLP depth (SimCLR 2, VICReg 3).
+      temperature: NT-Xent / SupCon temperature (DESIGN: 0.2); SwAV uses ``swav_temperature``.
+      num_prototypes: SwAV prototypes.
+      swav_temperature: SwAV softmax temperature.
+      swav_epsilon: SwAV Sinkhorn regularisation.
+      swav_iters: SwAV Sinkhorn iterations.
+      batch_size: segments per step.
+      epochs: passes over the training segments.
+      learning_rate: LARS base rate at batch 256 (scaled linearly with ``batch_size``).
+      weight_decay: LARS weight decay (not applied to biases and norm scales).
+      warmup_epochs: linear warm-up, then cosine decay.
+      seed: initialisation, shuffling and augmentation.
+      checkpoint_every: steps between checkpoints (and at the end).
+      max_steps: stop early (None: all epochs).
+    """
+
+    method: str = "simclr"
+    backbone: BackboneConfig = BackboneConfig()
+    crops: CropConfig = CropConfig()
+    projector_hidden: int = 256
+    projector_out: int = 64
+    projector_layers: int = 2
+    temperature: float = 0.2
+    num_prototypes: int = 32
+    swav_temperature: float = 0.1
+    swav_epsilon: float = 0.05
+    swav_iters: int = 3
+    batch_size: int = 64
+    epochs: int = 20
+    learning_rate: float = 1.2
+    weight_decay: float = 1e-6
+    warmup_epochs: float = 2.0
+    seed: int = 0
+    checkpoint_every: int = 200
+    max_steps: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ClsConfig:
+    """Segment classifier and the evaluation protocol (``train/cls_loop.py``, ``eval/``).
+
+    Attributes:
+      mode: ``"probe"`` (frozen backbone, linear head: the paper's figure) or ``"finetune"``
+        (backbone trained too: the paper's abstract; also "supervised from scratch" when no
+        SSL checkpoint is given).
+      bones: which segments a subject contributes (default all 7).
+      epochs: passes over the training segments.
+      batch_size: segments per step.
+      learning_rate: peak AdamW rate of the head (fine-tuning uses ``backbone_lr_scale`` of it
+        for the backbone).
+      backbone_lr_scale: see ``learning_rate``.
+      weight_decay: AdamW weight decay.
+      class_weight: ``"balanced"`` weights the cross-entropy by inverse class frequency (the
+        cohort is ~30 % osteoporotic and the checkpoint is picked by macro-F1); None: plain.
+      split: train/val/test fractions of subjects (stratified by label).
+      seeds: the protocol's seeds (split, init, shuffling).
+      bootstrap: bootstrap resamples for the 95 % confidence intervals.
+    """
+
+    mode: str = "probe"
+    bones: tuple[str, ...] = BONE_NAMES
+    epochs: int = 60
+    batch_size: int = 64
+    learning_rate: float = 3e-3
+    backbone_lr_scale: float = 0.1
+    weight_decay: float = 1e-4
+    class_weight: str | None = "balanced"
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seeds: tuple[int, ...] = (0, 1, 2)
+    bootstrap: int = 1000

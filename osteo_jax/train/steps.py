@@ -37,11 +37,12 @@ def apply_optimizer(tx: optax.GradientTransformation, grads, opt_state, params):
         return optax.apply_updates(params, updates), new_opt
 
 
-def seg_gamma(step: jnp.ndarray, ot: OTConfig) -> jnp.ndarray:
-    """Capacity per hypothesis at ``step`` (0.5 -> 1 by default)."""
+def seg_gamma(step: jnp.ndarray, ot: OTConfig, num_hypotheses: int) -> jnp.ndarray:
+    """Capacity per hypothesis at ``step`` (1/N -> 1 by default, N = ``num_hypotheses``)."""
+    start = 1.0 / num_hypotheses if ot.gamma_start is None else ot.gamma_start
     return gamma_schedule(
         step,
-        start=ot.gamma_start,
+        start=start,
         end=ot.gamma_end,
         ramp_start=ot.gamma_ramp_start,
         ramp_steps=ot.gamma_ramp_steps,
@@ -129,7 +130,7 @@ def seg_step(
       ``(new_state, metrics)`` with loss terms, gamma and the gradient norm.
     """
     key = jax.random.fold_in(rng, state.step)
-    gamma = seg_gamma(state.step, ot)
+    gamma = seg_gamma(state.step, ot, model.num_experts * model.num_samples)
     grad_fn = jax.value_and_grad(seg_loss, has_aux=True)
     (_, metrics), grads = grad_fn(
         state.params["segmenter"],

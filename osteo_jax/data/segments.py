@@ -1,0 +1,250 @@
+"""Bone segments: the 7 bones (radius, ulna, MC1-MC5) cut out of a radiograph by a label map.
+
+The classifier never sees the whole hand: it sees one small square image per bone, the bone's
+pixels with the background zeroed (PAPER.md section 3). Cutting works at the radiograph's full
+resolution from any label map of the same shape: the exact map of the synthetic generator, an
+annotator's mask, the argmax of the segmenter's mixture mean, or one hypothesis of the mixture
+(:func:`labels_from_probs` brings a prediction made at the model's resolution back to the
+image's).
+
+For each bone class: keep the largest connected component (a prediction can leave specks),
+flag the bone missing when it is smaller than ``min_area_mm2``, dilate the mask by
+``dilate_mm`` so the periosteal edge is kept, then resample the box around it onto a
+``size x size`` grid with one bilinear interpolation, zeroing everything outside the dilated
+mask. In the ``aligned`` frame the box follows the bone's principal axis (long axis vertical)
+and is stretched to fill the square; in the ``box`` frame it is the axis-aligned square
+bounding box. Bone pixels are kept strictly positive so that "non-zero" means "bone" for the
+multi-crop rule of :mod:`osteo_jax.data.augment`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+from PIL import Image
+from scipy import ndimage
+
+from osteo_jax.config import BONE_NAMES, CLASS_NAMES, SegmentConfig
+
+__all__ = [
+    "Segments",
+    "cut_segments",
+    "labels_from_probs",
+    "segment_masks",
+    "segments_from_prediction",
+]
+
+_FRAMES = ("aligned", "box")
+# Smallest value a bone pixel may take, so that "non-zero" means "inside the bone mask".
+_BONE_FLOOR = 1.0 / 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class Segments:
+    """The bone segments of one radiograph.
+
+    Attributes:
+      images: ``[7, size, size]`` float32 in [0, 1]; zero outside the dilated bone mask, and
+        all zero for a missing bone.
+      valid: ``[7]`` bool, False where the bone is missing or too small.
+      area_mm2: ``[7]`` area of the bone's largest component (before dilation).
+      boxes: ``[7, 3, 2]`` float64 affine map of each segment: full-image ``(row, col)`` =
+        ``boxes[b, 0] + (i + 0.5) * boxes[b, 1] + (j + 0.5) * boxes[b, 2]`` for segment
+        pixel ``(i, j)``, in index coordinates (image pixel ``k`` is centred at ``k``).
+    """
+
+    images: np.ndarray
+    valid: np.ndarray
+    area_mm2: np.ndarray
+    boxes: np.ndarray
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    lab, n = ndimage.label(mask)
+    if n <= 1:
+        return mask
+    sizes = np.bincount(lab.ravel())[1:]
+    return lab == (1 + int(np.argmax(sizes)))
+
+
+def _frame(mask: np.ndarray, frame: str, margin: float, size: int) -> np.ndarray:
+    """Affine ``[3, 2]`` map from segment pixel (i, j) to image (row, col) for a mask."""
+    rows, cols = np.nonzero(mask)
+    pts = np.stack([rows, cols], axis=1).astype(np.float64)
+    if frame == "aligned":
+        centre = pts.mean(axis=0)
+        cov = np.cov((pts - centre).T)
+        _, vecs = np.linalg.eigh(cov)
+        u = vecs[:, 1]  # long axis
+        if u[0] < 0 or (u[0] == 0 and u[1] < 0):  # point "down" the image, a fixed convention
+            u = -u
+        v = np.array([-u[1], u[0]])  # then v points right (v[1] = u[0] >= 0)
+        pu, pv = (pts - centre) @ u, (pts - centre) @ v
+        lo_u, hi_u, lo_v, hi_v = pu.min() - 0.5, pu.max() + 0.5, pv.min() - 0.5, pv.max() + 0.5
+        len_u, len_v = hi_u - lo_u, hi_v - lo_v
+        lo_u, len_u = lo_u - margin * len_u, len_u * (1 + 2 * margin)
+        lo_v, len_v = lo_v - margin * len_v, len_v * (1 + 2 * margin)
+        origin = centre + lo_u * u + lo_v * v
+        return np.stack([origin, u * len_u / size, v * len_v / size])
+    lo, hi = pts.min(axis=0) - 0.5, pts.max(axis=0) + 0.5
+    side = float((hi - lo).max()) * (1 + 2 * margin)
+    centre = (lo + hi) / 2
+    origin = centre - side / 2
+    return np.stack([origin, np.array([side / size, 0.0]), np.array([0.0, side / size])])
+
+
+def _sample(image: np.ndarray, affine: np.ndarray, size: int, order: int) -> np.ndarray:
+    # Segment pixel centres (i + 0.5, j + 0.5) mapped to image index coordinates (the centre of
+    # image pixel k is k, its edges k -/+ 0.5, as the box edges in _frame).
+    ij = np.arange(size, dtype=np.float64) + 0.5
+    coords = (
+        affine[0][:, None, None]
+        + affine[1][:, None, None] * ij[None, :, None]
+        + affine[2][:, None, None] * ij[None, None, :]
+    )
+    return ndimage.map_coordinates(image, coords, order=order, mode="constant", cval=0.0)
+
+
+def cut_segments(
+    image: np.ndarray,
+    labels: np.ndarray,
+    *,
+    spacing_mm: float | None,
+    cfg: SegmentConfig = SegmentConfig(),
+) -> Segments:
+    """Cuts the 7 bone segments of one radiograph.
+
+    Args:
+      image: ``[H, W]`` radiograph, float in [0, 1] (bone bright, e.g. :func:`normalise`d).
+      labels: ``[H, W]`` integer label map with the ids of ``CLASS_NAMES``.
+      spacing_mm: pixel spacing; ``None`` (unknown) takes 0.2 mm, the synthetic detector's.
+      cfg: segment settings.
+
+    Returns:
+      :class:`Segments`.
+    """
+    image = np.asarray(image, np.float32)
+    labels = np.asarray(labels)
+    if image.ndim != 2 or labels.shape != image.shape:
+        raise ValueError(
+            f"image and labels must be the same 2-D shape, got {image.shape} and {labels.shape}"
+        )
+    if cfg.frame not in _FRAMES:
+        raise ValueError(f"segment frame must be one of {_FRAMES}, got {cfg.frame!r}")
+    spacing = 0.2 if spacing_mm is None else float(spacing_mm)
+    dilate_px = max(int(round(cfg.dilate_mm / spacing)), 0)
+    min_px = cfg.min_area_mm2 / spacing**2
+    n = len(BONE_NAMES)
+    out = np.zeros((n, cfg.size, cfg.size), np.float32)
+    valid = np.zeros(n, bool)
+    area = np.zeros(n, np.float64)
+    boxes = np.zeros((n, 3, 2), np.float64)
+    structure = ndimage.generate_binary_structure(2, 1)
+    for b, name in enumerate(BONE_NAMES):
+        mask = labels == CLASS_NAMES.index(name)
+        if not mask.any():
+            continue
+        mask = _largest_component(mask)
+        area[b] = mask.sum() * spacing**2
+        if mask.sum() < min_px:
+            continue
+        # Work in a window around the bone (dilation and blur on the full image are slow).
+        rows, cols = np.nonzero(mask)
+        pad = dilate_px + 2 + int(np.ceil(0.4 * max(np.ptp(rows), np.ptp(cols)) / cfg.size * 4))
+        r0, c0 = max(rows.min() - pad, 0), max(cols.min() - pad, 0)
+        r1, c1 = (
+            min(rows.max() + pad + 1, image.shape[0]),
+            min(cols.max() + pad + 1, image.shape[1]),
+        )
+        win_mask, win_img = mask[r0:r1, c0:c1], image[r0:r1, c0:c1]
+        if dilate_px:
+            win_mask = ndimage.binary_dilation(win_mask, structure, iterations=dilate_px)
+        affine = _frame(win_mask, cfg.frame, cfg.margin, cfg.size)
+        # Anti-alias when the box is shrunk: blur by about half the step between samples.
+        step = float(np.linalg.norm(affine[1:], axis=1).max())
+        src = np.where(win_mask, np.maximum(win_img, _BONE_FLOOR), 0.0).astype(np.float32)
+        if step > 1.5:
+            src = ndimage.gaussian_filter(src, sigma=0.4 * step)
+        seg = _sample(src, affine, cfg.size, order=1)
+        inside = _sample(win_mask.astype(np.float32), affine, cfg.size, order=1) > 0.5
+        out[b] = np.where(inside, np.clip(seg, _BONE_FLOOR, 1.0), 0.0)
+        valid[b] = True
+        boxes[b] = affine + np.array([[r0, c0], [0.0, 0.0], [0.0, 0.0]])
+    return Segments(images=out, valid=valid, area_mm2=area, boxes=boxes)
+
+
+def segment_masks(segments: Segments) -> np.ndarray:
+    """``[7, size, size]`` bool: the pixels of each segment that belong to the dilated bone."""
+    return segments.images > 0
+
+
+def labels_from_probs(probs: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Label map at an image's full resolution from class probabilities at the model's.
+
+    The segmenter sees the image padded to a square and resized (``data/inmemory.py``); this
+    undoes both: each class probability is resized bilinearly to the padded square's side,
+    the padding is cut off, and the argmax is taken at full resolution (smoother boundaries
+    than upsampling the low-resolution argmax).
+
+    Args:
+      probs: ``[h, w, C]`` probabilities (or any per-class scores) of the square model input.
+      shape: ``(H, W)`` of the original image.
+
+    Returns:
+      ``[H, W]`` uint8 label map.
+    """
+    probs = np.asarray(probs, np.float32)
+    if probs.ndim != 3 or probs.shape[0] != probs.shape[1]:
+        raise ValueError(f"probs must be [h, h, C], got {probs.shape}")
+    h, w = shape
+    side = max(h, w)
+    top, left = (side - h) // 2, (side - w) // 2
+    best = np.zeros((h, w), np.float32)
+    arg = np.zeros((h, w), np.uint8)
+    for c in range(probs.shape[-1]):
+        up = np.asarray(Image.fromarray(probs[..., c]).resize((side, side), Image.BILINEAR))
+        up = up[top : top + h, left : left + w]
+        better = up > best
+        arg[better] = c
+        best = np.where(better, up, best)
+    return arg
+
+
+def segments_from_prediction(
+    image: np.ndarray,
+    probs: np.ndarray,
+    weights: np.ndarray,
+    *,
+    spacing_mm: float | None,
+    cfg: SegmentConfig = SegmentConfig(),
+    per_hypothesis: bool = False,
+) -> Segments | list[Segments]:
+    """Segments cut with a mixture segmenter's prediction for one radiograph.
+
+    Args:
+      image: ``[H, W]`` radiograph in [0, 1].
+      probs: ``[N, h, h, C]`` class probabilities of the N hypotheses at the model's input.
+      weights: ``[N]`` hypothesis weights (sum to 1).
+      spacing_mm: pixel spacing of ``image``.
+      cfg: segment settings.
+      per_hypothesis: False: one :class:`Segments` from the argmax of the mixture mean
+        ``sum_n w_n probs_n``; True: one per hypothesis (for uncertainty propagation).
+
+    Returns:
+      :class:`Segments`, or a list of N of them.
+    """
+    probs = np.asarray(probs, np.float32)
+    weights = np.asarray(weights, np.float32)
+    if probs.ndim != 4 or weights.shape != probs.shape[:1]:
+        raise ValueError(
+            f"probs [N, h, h, C] and weights [N] expected, got {probs.shape}, {weights.shape}"
+        )
+    if not per_hypothesis:
+        mean = np.tensordot(weights, probs, axes=1)
+        labels = labels_from_probs(mean, image.shape)
+        return cut_segments(image, labels, spacing_mm=spacing_mm, cfg=cfg)
+    return [
+        cut_segments(image, labels_from_probs(p, image.shape), spacing_mm=spacing_mm, cfg=cfg)
+        for p in probs
+    ]
