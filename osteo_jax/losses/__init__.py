@@ -1,6 +1,7 @@
-"""Losses: relaxed optimal transport between segmentation hypotheses and annotations."""
+"""Losses: relaxed optimal transport for segmentation and self-supervised pretraining losses."""
 
 from osteo_jax.losses.ot import (
+    balanced_assignment,
     balanced_ot_loss,
     capped_plan,
     cross_entropy_cost,
@@ -8,12 +9,18 @@ from osteo_jax.losses.ot import (
     relaxed_ot_loss,
     soft_iou_cost,
 )
+from osteo_jax.losses.ssl import nt_xent, supcon, swav, vicreg
 
 __all__ = [
+    "balanced_assignment",
     "balanced_ot_loss",
     "capped_plan",
     "cross_entropy_cost",
     "gamma_schedule",
+    "nt_xent",
     "relaxed_ot_loss",
     "soft_iou_cost",
+    "supcon",
+    "swav",
+    "vicreg",
 ]

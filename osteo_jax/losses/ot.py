@@ -12,8 +12,9 @@ solves for ``T*`` greedily; here it is the entropic plan of ott-jax Sinkhorn on 
 balanced problem (a zero-cost dummy annotation absorbs the unused capacity), with an explicit
 absolute epsilon and a fixed iteration count so that it vmaps over a batch.
 
-This is the only module of the package that imports ``ott``. Two ott-jax 0.6.0 pitfalls are
-handled here:
+The balanced entropic assignment of SwAV (:func:`balanced_assignment`, used by
+:func:`osteo_jax.losses.ssl.swav`) lives here too: this is the only module of the package that
+imports ``ott``. Two ott-jax 0.6.0 pitfalls are handled here:
 
 * Its Sinkhorn relies on implicit rank and dtype promotion, so it fails under
   ``jax_numpy_rank_promotion="raise"`` or ``jax_numpy_dtype_promotion="strict"``. Every trace of
@@ -36,6 +37,7 @@ from ott.problems.linear import linear_problem
 from ott.solvers.linear import sinkhorn
 
 __all__ = [
+    "balanced_assignment",
     "balanced_ot_loss",
     "capped_plan",
     "cross_entropy_cost",
@@ -420,6 +422,52 @@ def balanced_ot_loss(
         "plan": jax.lax.stop_gradient(plan),
     }
     return transport, aux
+
+
+def balanced_assignment(
+    *,
+    scores: jax.Array,
+    epsilon: float = 0.05,
+    num_iters: int = 3,
+) -> jax.Array:
+    """Balanced soft assignment of examples to prototypes (the codes of SwAV).
+
+    Entropic optimal transport with cost ``-S`` and uniform marginals (Caron et al., "Unsupervised
+    Learning of Visual Features by Contrasting Cluster Assignments", NeurIPS 2020)::
+
+        T* = argmax_T  sum_bp T_bp S_bp + epsilon H(T)   s.t.  T 1_P = 1_B / B,  T^T 1_B = 1_P / P
+        Q = B T*   (each row sums to 1)
+
+    so every prototype receives the same share of the batch, which keeps the codes from
+    collapsing onto one prototype. It is ott-jax Sinkhorn in the log domain with an absolute
+    ``epsilon`` and exactly ``num_iters`` iterations from zero potentials; each iteration first
+    matches the prototype marginal, then the example marginal, as SwAV's ``distributed_sinkhorn``
+    does, so the result is the same as SwAV's for the same number of iterations (SwAV uses 3,
+    which does not converge: the column sums of ``Q`` are only roughly ``B / P``, while the row
+    sums are exact because the example marginal is matched last). Rows are renormalised to sum
+    to 1 (``Q = T / (T 1_P)``, which is ``B T`` up to rounding).
+
+    The codes are targets: inputs and output are under ``stop_gradient``.
+
+    Args:
+      scores: ``[B, P]`` scores of B examples against P prototypes (cosine similarities in SwAV).
+      epsilon: absolute entropic regularisation, in the units of ``scores`` (SwAV: 0.05).
+      num_iters: number of Sinkhorn iterations (SwAV: 3).
+
+    Returns:
+      ``[B, P]`` float32 codes ``Q``, non-negative with rows summing to 1 (without gradient).
+    """
+    settings = _settings(epsilon, num_iters, None)
+    scores = jax.lax.stop_gradient(jnp.asarray(scores, jnp.float32))
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be [B, P]; got shape {scores.shape}.")
+    n, k = scores.shape
+    a = jnp.full((n,), 1.0 / n, jnp.float32)
+    b = jnp.full((k,), 1.0 / k, jnp.float32)
+    with _ott_promotion_rules():
+        plan = _solve(-scores, a, b, **settings._asdict())
+    codes = plan / jnp.sum(plan, axis=1, keepdims=True)
+    return jax.lax.stop_gradient(codes)
 
 
 def gamma_schedule(

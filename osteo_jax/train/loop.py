@@ -72,14 +72,26 @@ class Checkpointer:
         self.manager.close()
 
 
-def _check_finite(metrics: dict[str, float], step: int) -> None:
+def check_finite(metrics: dict[str, float], step: int) -> None:
+    """Raises ``FloatingPointError`` naming the first non-finite metric and the step."""
     for name, value in metrics.items():
         if not np.isfinite(value):
             raise FloatingPointError(f"non-finite {name} = {value} at step {step}; stopping")
 
 
-def _write_config(run_dir: Path, cfg: SegTrainConfig, data: str) -> None:
-    record = {"data": data, "config": dataclasses.asdict(cfg)}
+def write_config(run_dir: Path, cfg, data: str) -> None:
+    """Writes ``run_dir/config.json``, or checks that a resumed run has the same config.
+
+    ``max_steps`` may differ (it only stops a run early); any other change raises
+    ``ValueError``.
+    """
+
+    def plain(x):
+        if dataclasses.is_dataclass(x):
+            return dataclasses.asdict(x)
+        return {k: plain(v) for k, v in x.items()} if isinstance(x, dict) else x
+
+    record = {"data": data, "config": plain(cfg)}
     path = run_dir / "config.json"
     if path.exists():
         old = json.loads(path.read_text())["config"]
@@ -131,7 +143,7 @@ def train_segmenter(
         if isinstance(data, SegArrays)
         else load_seg_arrays(data, cfg.seg.image_size, cfg.annotators)
     )
-    _write_config(run_dir, cfg, str(data) if not isinstance(data, SegArrays) else "<arrays>")
+    write_config(run_dir, cfg, str(data) if not isinstance(data, SegArrays) else "<arrays>")
     train_idx, val_idx = split_by_subject(arrays.subject_ids, cfg.val_fraction, cfg.seed)
     (run_dir / "split.json").write_text(
         json.dumps(
@@ -189,7 +201,7 @@ def train_segmenter(
             done = step + 1
             if done % log_every == 0 or done == total or within == steps_per_epoch - 1:
                 metrics_host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                _check_finite(metrics_host, step)
+                check_finite(metrics_host, step)
                 log.write(
                     json.dumps({"step": done, "epoch": epoch, "split": "train", **metrics_host})
                     + "\n"

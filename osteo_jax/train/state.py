@@ -16,8 +16,18 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from osteo_jax.config import SegConfig, SegTrainConfig
+from osteo_jax.config import (
+    BackboneConfig,
+    ClsConfig,
+    CropConfig,
+    SegConfig,
+    SegTrainConfig,
+    SSLConfig,
+)
+from osteo_jax.data.augment import CropPolicy
+from osteo_jax.models.heads import LinearClassifier, Projector, Prototypes
 from osteo_jax.models.mixture import Segmenter
+from osteo_jax.models.resnet import ResNet, make_resnet
 
 PyTree = Any
 
@@ -37,11 +47,17 @@ class TrainState:
     opt_state: dict[str, PyTree]
 
 
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def _dtype(name: str):
+    if name not in _DTYPES:
+        raise ValueError(f"dtype must be one of {tuple(_DTYPES)}, got {name!r}")
+    return _DTYPES[name]
+
+
 def make_segmenter(cfg: SegConfig, mode: str | None = None) -> Segmenter:
     """The Flax segmenter module described by ``cfg`` (``mode`` overrides ``cfg.mode``)."""
-    dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-    if cfg.dtype not in dtypes:
-        raise ValueError(f"dtype must be one of {tuple(dtypes)}, got {cfg.dtype!r}")
     return Segmenter(
         features=tuple(cfg.features),
         num_classes=cfg.num_classes,
@@ -52,7 +68,7 @@ def make_segmenter(cfg: SegConfig, mode: str | None = None) -> Segmenter:
         mode=mode or cfg.mode,
         head_hidden=cfg.head_hidden,
         router_hidden=cfg.router_hidden,
-        dtype=dtypes[cfg.dtype],
+        dtype=_dtype(cfg.dtype),
     )
 
 
@@ -95,3 +111,130 @@ def create_seg_state(
         params=params,
         opt_state={"seg": tx.init(params["segmenter"])},
     )
+
+
+# ------------------------------------------------------------------ SSL and classification
+
+SSL_METHODS = ("simclr", "vicreg", "supcon", "swav")
+
+
+def make_backbone(cfg: BackboneConfig) -> ResNet:
+    """The ResNet of ``cfg`` (GroupNorm with 8 groups, or fewer for narrow widths)."""
+    return make_resnet(
+        cfg.depth,
+        width=cfg.width,
+        stem=cfg.stem,
+        norm_groups=min(8, cfg.width),
+        dtype=_dtype(cfg.dtype),
+    )
+
+
+def make_projector(cfg: SSLConfig) -> Projector:
+    """The projector / expander MLP of ``cfg``."""
+    return Projector(
+        hidden=cfg.projector_hidden, out=cfg.projector_out, num_layers=cfg.projector_layers
+    )
+
+
+def crop_policy(cfg: CropConfig) -> CropPolicy:
+    """The static :class:`~osteo_jax.data.augment.CropPolicy` of a :class:`CropConfig`."""
+    return CropPolicy(
+        global_size=cfg.global_size,
+        local_size=cfg.local_size,
+        n_global=cfg.n_global,
+        n_local=cfg.n_local,
+        global_scale=tuple(cfg.global_scale),
+        local_scale=tuple(cfg.local_scale),
+        min_bone_fraction=cfg.min_bone_fraction,
+        custom=cfg.custom,
+    )
+
+
+def init_backbone_params(cfg: BackboneConfig, rng: jax.Array, size: int) -> PyTree:
+    """Initial backbone parameters for ``size x size`` single-channel inputs."""
+    x = jnp.zeros((1, size, size, 1), jnp.float32)
+    return jax.jit(make_backbone(cfg).init)(rng, x)["params"]
+
+
+def init_ssl_params(cfg: SSLConfig, rng: jax.Array) -> dict[str, PyTree]:
+    """``{"backbone": ..., "ssl_head": {"projector": ..., ["prototypes": ...]}}``."""
+    if cfg.method not in SSL_METHODS:
+        raise ValueError(f"SSL method must be one of {SSL_METHODS}, got {cfg.method!r}")
+    k_bb, k_proj, k_proto = jax.random.split(rng, 3)
+    dim = make_backbone(cfg.backbone).features_dim
+    head = {
+        "projector": make_projector(cfg).init(k_proj, jnp.zeros((1, dim), jnp.float32))["params"]
+    }
+    if cfg.method == "swav":
+        protos = Prototypes(cfg.num_prototypes)
+        z = jnp.zeros((1, cfg.projector_out), jnp.float32)
+        head["prototypes"] = protos.init(k_proto, z)["params"]
+    return {
+        "backbone": init_backbone_params(cfg.backbone, k_bb, cfg.crops.global_size),
+        "ssl_head": head,
+    }
+
+
+def init_classifier_params(features_dim: int, rng: jax.Array) -> PyTree:
+    """Initial linear-head parameters for ``features_dim`` inputs."""
+    return LinearClassifier(2).init(rng, jnp.zeros((1, features_dim), jnp.float32))["params"]
+
+
+def _decay_mask(params: PyTree) -> PyTree:
+    """True for weight matrices / kernels; biases and norm scales (1-D) are not decayed."""
+    return jax.tree.map(lambda p: p.ndim > 1, params)
+
+
+def ssl_optimizer(cfg: SSLConfig, total_steps: int) -> optax.GradientTransformation:
+    """LARS (You et al. 2017; optax) with linear warm-up and cosine decay, as SimCLR.
+
+    The peak rate is ``learning_rate * batch_size / 256``; weight decay and the trust ratio
+    skip biases and norm parameters.
+    """
+    peak = cfg.learning_rate * cfg.batch_size / 256
+    steps_per_epoch = max(total_steps / max(cfg.epochs, 1), 1.0)
+    warmup = int(min(cfg.warmup_epochs * steps_per_epoch, max(total_steps - 1, 0)))
+    schedule = optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=peak,
+        warmup_steps=warmup,
+        decay_steps=max(total_steps, warmup + 1),
+        end_value=0.0,
+    )
+    return optax.lars(
+        schedule,
+        weight_decay=cfg.weight_decay,
+        weight_decay_mask=_decay_mask,
+        trust_ratio_mask=_decay_mask,
+        momentum=0.9,
+    )
+
+
+def cls_trainable(cfg: ClsConfig) -> tuple[str, ...]:
+    """The parameter subtrees a classifier step trains: the head, plus the backbone to fine-tune."""
+    if cfg.mode not in ("probe", "finetune"):
+        raise ValueError(f"classifier mode must be 'probe' or 'finetune', got {cfg.mode!r}")
+    return ("backbone", "classifier") if cfg.mode == "finetune" else ("classifier",)
+
+
+def cls_optimizer(cfg: ClsConfig, total_steps: int) -> optax.GradientTransformation:
+    """AdamW with warm-up + cosine on the dict of :func:`cls_trainable` subtrees.
+
+    The classifier gets ``learning_rate``; when fine-tuning the backbone gets
+    ``backbone_lr_scale`` of it.
+    """
+    warmup = min(max(total_steps // 20, 1), max(total_steps - 1, 0))
+
+    def adamw(peak):
+        schedule = optax.warmup_cosine_decay_schedule(
+            init_value=0.0,
+            peak_value=peak,
+            warmup_steps=warmup,
+            decay_steps=max(total_steps, warmup + 1),
+            end_value=peak * 0.01,
+        )
+        return optax.adamw(schedule, weight_decay=cfg.weight_decay, mask=_decay_mask)
+
+    rates = {"backbone": cfg.learning_rate * cfg.backbone_lr_scale, "classifier": cfg.learning_rate}
+    names = cls_trainable(cfg)
+    return optax.multi_transform({k: adamw(rates[k]) for k in names}, {k: k for k in names})

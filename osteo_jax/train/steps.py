@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from osteo_jax.config import OTConfig
+from osteo_jax.config import OTConfig, SSLConfig
+from osteo_jax.data.augment import CropPolicy, multi_crop_batch, random_resized_crop
 from osteo_jax.losses.ot import (
     balanced_ot_loss,
     cross_entropy_cost,
@@ -21,7 +22,10 @@ from osteo_jax.losses.ot import (
     relaxed_ot_loss,
     soft_iou_cost,
 )
+from osteo_jax.losses.ssl import nt_xent, supcon, swav, vicreg
+from osteo_jax.models.heads import LinearClassifier, Projector, Prototypes
 from osteo_jax.models.mixture import Segmenter
+from osteo_jax.models.resnet import ResNet
 from osteo_jax.train.state import TrainState
 
 
@@ -149,3 +153,229 @@ def seg_step(
         opt_state={**state.opt_state, "seg": new_opt},
     )
     return new_state, metrics
+
+
+# ------------------------------------------------------------------------------------ SSL
+
+
+def _embed(backbone: ResNet, params, views: jnp.ndarray) -> jnp.ndarray:
+    """``[B, V, h, h]`` views -> ``[B, V, D]`` backbone features (one call for all views)."""
+    b, v, h, w = views.shape
+    feats, _ = backbone.apply({"params": params}, views.reshape(b * v, h, w, 1))
+    return feats.reshape(b, v, -1)
+
+
+def ssl_loss(
+    params,
+    *,
+    backbone: ResNet,
+    projector: Projector,
+    views: dict[str, jnp.ndarray],
+    labels: jnp.ndarray,
+    cfg: SSLConfig,
+) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+    """Self-supervised loss of a batch of multi-crop views.
+
+    Args:
+      params: ``{"backbone": ..., "ssl_head": {"projector": ..., ["prototypes": ...]}}``.
+      backbone: the ResNet.
+      projector: the projector MLP.
+      views: ``{"global": [B, G, g, g], "local": [B, L, l, l]}``; global views come first
+        along the view axis (SwAV computes its codes on them).
+      labels: ``[B]`` int, used by SupCon only.
+      cfg: SSL settings (``method`` and its hyper-parameters).
+
+    Returns:
+      ``(loss, metrics)``.
+    """
+    feats = [_embed(backbone, params["backbone"], views["global"])]
+    if views["local"].shape[1]:
+        feats.append(_embed(backbone, params["backbone"], views["local"]))
+    feats = jnp.concatenate(feats, axis=1)  # [B, V, D]
+    b, v, d = feats.shape
+    emb = projector.apply({"params": params["ssl_head"]["projector"]}, feats.reshape(b * v, d))
+    emb = emb.reshape(b, v, -1)
+    metrics = {"feature_std": jnp.mean(jnp.std(feats, axis=0))}
+    if cfg.method == "simclr":
+        loss = jnp.mean(nt_xent(embeddings=emb, temperature=cfg.temperature))
+    elif cfg.method == "supcon":
+        loss = jnp.mean(supcon(embeddings=emb, labels=labels, temperature=cfg.temperature))
+    elif cfg.method == "vicreg":
+        loss, terms = vicreg(embeddings=emb)
+        metrics.update({f"vicreg_{k}": val for k, val in terms.items()})
+    elif cfg.method == "swav":
+        protos = Prototypes(cfg.num_prototypes)
+        scores = protos.apply(
+            {"params": params["ssl_head"]["prototypes"]}, emb.reshape(b * v, -1)
+        ).reshape(b, v, -1)
+        loss = jnp.mean(
+            swav(
+                scores=scores,
+                temperature=cfg.swav_temperature,
+                epsilon=cfg.swav_epsilon,
+                num_iters=cfg.swav_iters,
+                assign_views=tuple(range(views["global"].shape[1])),
+            )
+        )
+    else:
+        raise ValueError(f"unknown SSL method {cfg.method!r}")
+    return loss, dict(metrics, loss=loss)
+
+
+def ssl_step(
+    state: TrainState,
+    batch: dict[str, jnp.ndarray],
+    rng: jax.Array,
+    *,
+    backbone: ResNet,
+    projector: Projector,
+    tx: optax.GradientTransformation,
+    policy: CropPolicy,
+    cfg: SSLConfig,
+) -> tuple[TrainState, dict[str, jnp.ndarray]]:
+    """One LARS step on ``backbone`` and ``ssl_head``; the rest of ``state.params`` passes through.
+
+    The multi-crop views are made inside the step (jitted, one key per example from
+    ``fold_in(rng, step)``), so the host only feeds raw segments.
+
+    Args:
+      state: train state with ``opt_state["ssl"]``.
+      batch: ``{"image": [B, S, S] segments (background 0), "label": [B] int}``.
+      rng: the run's base key.
+      backbone: the ResNet (static).
+      projector: the projector MLP (static).
+      tx: the SSL optimizer over ``{"backbone", "ssl_head"}`` (static).
+      policy: multi-crop policy (static).
+      cfg: SSL settings (static).
+
+    Returns:
+      ``(new_state, metrics)``.
+    """
+    key = jax.random.fold_in(rng, state.step)
+    views = multi_crop_batch(key, batch["image"], policy=policy)
+    trained = {k: state.params[k] for k in ("backbone", "ssl_head")}
+    grad_fn = jax.value_and_grad(ssl_loss, has_aux=True)
+    (_, metrics), grads = grad_fn(
+        trained,
+        backbone=backbone,
+        projector=projector,
+        views=views,
+        labels=batch["label"],
+        cfg=cfg,
+    )
+    new, new_opt = apply_optimizer(tx, grads, state.opt_state["ssl"], trained)
+    metrics = dict(
+        metrics,
+        grad_norm=optax.tree.norm(grads),
+        bone_fraction_min=jnp.minimum(
+            jnp.min(views["global_fraction"]),
+            jnp.min(views["local_fraction"], initial=1.0),
+        ),
+    )
+    return (
+        state.replace(
+            step=state.step + 1,
+            params={**state.params, **new},
+            opt_state={**state.opt_state, "ssl": new_opt},
+        ),
+        metrics,
+    )
+
+
+# ------------------------------------------------------------------------- classification
+
+
+def cls_logits(
+    params,
+    *,
+    backbone: ResNet,
+    images: jnp.ndarray | None = None,
+    features: jnp.ndarray | None = None,
+) -> jnp.ndarray:
+    """``[B, 2]`` logits from segments ``[B, S, S]`` or precomputed backbone ``features``."""
+    if features is None:
+        features, _ = backbone.apply({"params": params["backbone"]}, images[..., None])
+    return LinearClassifier(2).apply({"params": params["classifier"]}, features)
+
+
+def cls_loss(
+    params,
+    *,
+    backbone: ResNet,
+    batch: dict[str, jnp.ndarray],
+) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
+    """Weighted cross-entropy of the segment classifier.
+
+    ``batch``: ``"image"`` ``[B, S, S]`` or ``"features"`` ``[B, D]``, ``"label"`` ``[B]`` and
+    ``"weight"`` ``[B]`` (class weight of each example, 0 for padding).
+    """
+    logits = cls_logits(
+        params, backbone=backbone, images=batch.get("image"), features=batch.get("features")
+    )
+    xent = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+    weight = batch["weight"]
+    loss = jnp.sum(weight * xent) / jnp.maximum(jnp.sum(weight), 1e-6)
+    correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
+    accuracy = jnp.sum((weight > 0) * correct) / jnp.maximum(jnp.sum(weight > 0), 1)
+    return loss, {"loss": loss, "accuracy": accuracy}
+
+
+def cls_step(
+    state: TrainState,
+    batch: dict[str, jnp.ndarray],
+    rng: jax.Array,
+    *,
+    backbone: ResNet,
+    tx: optax.GradientTransformation,
+    trainable: tuple[str, ...],
+    augment: CropPolicy | None = None,
+) -> tuple[TrainState, dict[str, jnp.ndarray]]:
+    """One step of the classifier; only the ``trainable`` subtrees are differentiated.
+
+    A linear probe trains ``("classifier",)``: the backbone is read (or its features come
+    precomputed in ``batch["features"]``) and passes through bit-identical. Fine-tuning trains
+    ``("backbone", "classifier")``.
+
+    Args:
+      state: train state with ``opt_state["cls"]``.
+      batch: see :func:`cls_loss`.
+      rng: the run's base key (augmentation of ``batch["image"]`` uses ``fold_in(rng, step)``).
+      backbone: the ResNet (static).
+      tx: the classifier optimizer over the ``trainable`` dict (static).
+      trainable: subtree names (static).
+      augment: if given, each image is replaced by one random resized crop of this policy's
+        global size and scales (no custom rule, no photometric change) (static).
+
+    Returns:
+      ``(new_state, metrics)``.
+    """
+    if augment is not None and "image" in batch:
+        keys = jax.random.split(jax.random.fold_in(rng, state.step), batch["image"].shape[0])
+        crops, _ = jax.vmap(
+            lambda k, im: random_resized_crop(
+                k,
+                im,
+                size=augment.global_size,
+                scale=augment.global_scale,
+                ratio=augment.ratio,
+                max_rotation_deg=augment.max_rotation_deg,
+                flip=augment.flip,
+            )
+        )(keys, batch["image"])
+        batch = dict(batch, image=crops)
+    trained = {k: state.params[k] for k in trainable}
+    frozen = {k: jax.lax.stop_gradient(v) for k, v in state.params.items() if k not in trainable}
+
+    def loss_fn(tr):
+        return cls_loss({**frozen, **tr}, backbone=backbone, batch=batch)
+
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(trained)
+    new, new_opt = apply_optimizer(tx, grads, state.opt_state["cls"], trained)
+    return (
+        state.replace(
+            step=state.step + 1,
+            params={**state.params, **new},
+            opt_state={**state.opt_state, "cls": new_opt},
+        ),
+        dict(metrics, grad_norm=optax.tree.norm(grads)),
+    )

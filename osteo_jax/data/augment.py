@@ -1,0 +1,614 @@
+"""Multi-crop augmentation of bone segments for self-supervised learning (DINO-style).
+
+A bone segment is a float32 ``[H, W]`` image in ``[0, 1]`` whose background is exactly 0 and
+whose bone pixels are ``> 0``; its bone mask is ``image > 0``. A view is one affine resample
+(crop box, horizontal flip, small rotation about the box centre) followed by photometric ops
+on bone pixels only, so the background stays exactly 0 and ``crop > 0`` is the crop's mask.
+
+Geometry, in edge coordinates (the image spans ``[0, H] x [0, W]``, pixel ``(i, j)`` has centre
+``(i + 1/2, j + 1/2)``). A box has centre ``c``, extent ``(h, w)``, angle ``θ`` and a flip bit;
+output pixel ``(i, j)`` of an ``S x S`` crop reads the source point
+
+    t_k = (k + 1/2) / S - 1/2,   v = t_i h,   u = ±t_j w  (minus when flipped),
+    (y, x) = c + R(θ) (v, u),    R(θ) = [[cos θ, -sin θ], [sin θ, cos θ]],
+
+with ``map_coordinates`` (zero outside the image). The crop's mask ``m`` is the nearest
+neighbour (order 0) resample of ``image > 0`` (one gather per sample keeps the custom rule's
+candidate tests cheap). Bone values are bilinear (order 1) and renormalised by the bilinear
+mask, ``crop = bilinear(image) / bilinear(image > 0)`` on ``m``, 0 elsewhere, so the zero
+background does not darken the bone border (where ``m`` holds, the nearest pixel has bilinear
+weight >= 1/4, so the ratio is a weighted mean of bone values). A crop's bone fraction is
+``mean(m) == mean(crop > 0)``.
+
+Custom multi-crop rule: every crop must hold at least ``min_bone_fraction`` bone pixels; see
+:func:`multi_crop` for the selection and its guarantee.
+
+All functions are pure and jittable with static sizes, counts and policies; randomness comes
+from explicit keys, drawn in a few vectorised calls (each threefry call site costs XLA compile
+time). Reference: Caron et al., "Emerging Properties in Self-Supervised Vision Transformers"
+(DINO), ICCV 2021 (multi-crop, photometric views).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.ndimage import map_coordinates
+
+__all__ = [
+    "CropPolicy",
+    "PhotometricPolicy",
+    "adjust_brightness",
+    "adjust_contrast",
+    "adjust_gamma",
+    "affine_crop",
+    "gaussian_blur",
+    "gaussian_noise",
+    "multi_crop",
+    "multi_crop_batch",
+    "photometric",
+    "random_resized_crop",
+]
+
+_F32 = jnp.float32
+# Photometric ops keep bone pixels in [_BONE_FLOOR, 1] so that `crop > 0` stays the bone mask
+# (one grey level of a 12-bit radiograph).
+_BONE_FLOOR = 1.0 / 4096.0
+# Fallback ladder: squares with sides geometric from the policy's smallest box down to
+# _FALLBACK_MIN_SIDE input pixels. All samples of the last rung (any rotation) lie within
+# 0.5 / sqrt(2) < 0.36 px of the bone pixel centre it is centred on, so their nearest pixel is
+# that bone pixel: the last rung always has bone fraction 1.
+_FALLBACK_RUNGS = 3
+_FALLBACK_MIN_SIDE = 0.5
+_N_BOX_UNIFORMS = 6  # area, ratio, centre row, centre col, angle, flip
+_N_PHOTO_UNIFORMS = 5  # brightness, contrast, gamma, blur apply, blur sigma
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class PhotometricPolicy:
+    """Strengths of the photometric ops (the keyword arguments of :func:`photometric`).
+
+    Attributes:
+      brightness: bone pixels are multiplied by ``b ~ U[1 - brightness, 1 + brightness]``.
+      contrast: factor ``c ~ U[1 - contrast, 1 + contrast]`` about the bone mean.
+      gamma: exponent ``γ = exp(g)``, ``g ~ U[-gamma, gamma]``.
+      blur_prob: probability of a Gaussian blur.
+      blur_sigma: ``(lo, hi)`` range of the blur's σ, in crop pixels.
+      noise_std: standard deviation of the additive Gaussian noise on bone pixels.
+    """
+
+    brightness: float = 0.2
+    contrast: float = 0.2
+    gamma: float = 0.2
+    blur_prob: float = 0.5
+    blur_sigma: tuple[float, float] = (0.1, 1.0)
+    noise_std: float = 0.02
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class CropPolicy:
+    """How :func:`multi_crop` cuts views from one segment (frozen, hashable: a static arg).
+
+    Attributes:
+      global_size: output side of a global crop, in pixels.
+      local_size: output side of a local crop, in pixels.
+      n_global: number of global crops (>= 1).
+      n_local: number of local crops (>= 0).
+      global_scale: ``(lo, hi)`` box area as a fraction of the segment's area, global crops.
+      local_scale: the same for local crops.
+      ratio: ``(lo, hi)`` box aspect ratio ``w / h``, sampled log-uniformly.
+      max_rotation_deg: the box angle is ``U[-max, max]`` degrees.
+      flip: flip horizontally with probability 1/2.
+      min_bone_fraction: the custom rule's minimum bone fraction of every crop.
+      custom: apply the custom multi-crop rule; if False, the first random box is kept.
+      max_tries: random candidate boxes per crop under the custom rule.
+      photometric: photometric strengths, or None for geometric views only.
+    """
+
+    global_size: int
+    local_size: int
+    n_global: int = 2
+    n_local: int = 4
+    global_scale: tuple[float, float] = (0.4, 1.0)
+    local_scale: tuple[float, float] = (0.1, 0.4)
+    ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    max_rotation_deg: float = 10.0
+    flip: bool = True
+    min_bone_fraction: float = 0.10
+    custom: bool = True
+    max_tries: int = 8
+    photometric: PhotometricPolicy | None = PhotometricPolicy()
+
+    def __post_init__(self):
+        if self.global_size < 1 or self.local_size < 1:
+            raise ValueError("crop sizes must be positive")
+        if self.n_global < 1 or self.n_local < 0 or self.max_tries < 1:
+            raise ValueError("need n_global >= 1, n_local >= 0 and max_tries >= 1")
+        for name in ("global_scale", "local_scale", "ratio"):
+            lo, hi = getattr(self, name)
+            if not 0.0 < lo <= hi:
+                raise ValueError(f"{name} must satisfy 0 < lo <= hi, got {(lo, hi)}")
+        if not 0.0 <= self.min_bone_fraction <= 1.0:
+            raise ValueError(f"min_bone_fraction must lie in [0, 1], got {self.min_bone_fraction}")
+
+
+class _Box(NamedTuple):
+    """Crop boxes in edge coordinates; fields may carry a leading batch axis ``[...]``."""
+
+    center: jax.Array  # [..., 2] (row, col)
+    extent: jax.Array  # [..., 2] (height, width) in input pixels
+    angle: jax.Array  # [...] radians
+    flip: jax.Array  # [...] bool
+
+
+# ----------------------------------------------------------------------------- geometry
+
+
+def _source_coords(box: _Box, size: int) -> jax.Array:
+    """Pixel-index coordinates ``[2, S, S]`` read by each output pixel (module equation)."""
+    t = (jnp.arange(size, dtype=_F32) + 0.5) / size - 0.5
+    v = (t * box.extent[0])[:, None]
+    u = (jnp.where(box.flip, -t, t) * box.extent[1])[None, :]
+    cos, sin = jnp.cos(box.angle), jnp.sin(box.angle)
+    y = box.center[0] + (cos * v - sin * u)
+    x = box.center[1] + (sin * v + cos * u)
+    return jnp.stack([y - 0.5, x - 0.5])
+
+
+def _interp(a: jax.Array, coords: jax.Array, order: int) -> jax.Array:
+    """Samples of ``a`` ``[H, W]`` at ``coords`` ``[2, S, S]`` (order 0 or 1), zero outside."""
+    return map_coordinates(a, [coords[0], coords[1]], order=order, mode="constant", cval=0.0)
+
+
+def _nearest_mask(mask_f: jax.Array, coords: jax.Array) -> jax.Array:
+    """Nearest-neighbour bone mask ``[S, S]`` bool of the float mask ``[H, W]``."""
+    return _interp(mask_f, coords, 0) > 0.5
+
+
+def _compose(image: jax.Array, mask_f: jax.Array, coords: jax.Array, mask: jax.Array):
+    """The crop ``[S, S]``: bilinear bone values renormalised by the bilinear mask, on ``mask``."""
+    both = jax.vmap(_interp, in_axes=(0, None, None))(jnp.stack([image, mask_f]), coords, 1)
+    # A weighted mean of bone values (> 0); `tiny` only guards float underflow so that
+    # `crop > 0` is exactly `mask`.
+    value = jnp.maximum(both[0] / jnp.where(mask, both[1], 1.0), np.finfo(np.float32).tiny)
+    return jnp.where(mask, value, 0.0)
+
+
+def _boxes(
+    u: jax.Array,
+    *,
+    shape: tuple[int, int],
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    max_rotation_deg: float,
+    flip: bool,
+) -> _Box:
+    """Boxes ``[n]`` from uniforms ``u`` ``[n, 6]``: area ``U[scale] H W``, log-uniform ratio.
+
+    A side longer than the image is clipped to it (the area then shrinks); the centre is
+    uniform over the positions that keep the unrotated box inside the image.
+    """
+    height, width = shape
+    area = (scale[0] + (scale[1] - scale[0]) * u[:, 0]) * (height * width)
+    lo, hi = math.log(ratio[0]), math.log(ratio[1])
+    r = jnp.exp(lo + (hi - lo) * u[:, 1])
+    h = jnp.minimum(jnp.sqrt(area / r), float(height))
+    w = jnp.minimum(jnp.sqrt(area * r), float(width))
+    cy = h / 2 + u[:, 2] * (height - h)
+    cx = w / 2 + u[:, 3] * (width - w)
+    angle = math.radians(max_rotation_deg) * (2.0 * u[:, 4] - 1.0)
+    flips = (u[:, 5] < 0.5) & flip
+    return _Box(jnp.stack([cy, cx], -1), jnp.stack([h, w], -1), angle, flips)
+
+
+def _bone_point(mask: jax.Array) -> jax.Array:
+    """Centre ``[2]`` of the bone pixel nearest the bone centroid (pixel (0, 0) if no bone)."""
+    height, width = mask.shape
+    rows = jnp.arange(height, dtype=_F32)[:, None]
+    cols = jnp.arange(width, dtype=_F32)[None, :]
+    m = mask.astype(_F32)
+    n = jnp.maximum(m.sum(), 1.0)
+    cy, cx = (m * rows).sum() / n, (m * cols).sum() / n
+    d2 = jnp.where(mask, (rows - cy) ** 2 + (cols - cx) ** 2, jnp.inf)
+    r, c = jnp.divmod(jnp.argmin(d2.ravel()), width)
+    return jnp.stack([r, c]).astype(_F32) + 0.5
+
+
+def _ladder(point: jax.Array, *, side0: float, angle: jax.Array, flip: jax.Array) -> _Box:
+    """The fallback ladder ``[K]``: squares centred on ``point``, largest first."""
+    sides = np.geomspace(max(side0, _FALLBACK_MIN_SIDE), _FALLBACK_MIN_SIDE, _FALLBACK_RUNGS)
+    k = _FALLBACK_RUNGS
+    return _Box(
+        jnp.broadcast_to(point, (k, 2)),
+        jnp.asarray(np.stack([sides, sides], -1), _F32),
+        jnp.broadcast_to(angle, (k,)),
+        jnp.broadcast_to(flip, (k,)),
+    )
+
+
+def _min_count(fraction: float, n: int) -> int:
+    """Smallest count ``c`` with ``c / n >= fraction`` in float64 (as a test would measure)."""
+    c = max(0, math.ceil(fraction * n))
+    while c / n < fraction:
+        c += 1
+    while c > 0 and (c - 1) / n >= fraction:
+        c -= 1
+    return c
+
+
+def affine_crop(
+    image: jax.Array,
+    *,
+    size: int,
+    center: jax.Array,
+    extent: jax.Array,
+    angle: jax.Array | float = 0.0,
+    flip: jax.Array | bool = False,
+) -> tuple[jax.Array, jax.Array]:
+    """Resamples one box of a segment (module equation): nearest mask, bilinear values.
+
+    Args:
+      image: ``[H, W]`` float32 segment, background exactly 0.
+      size: output side ``S`` (static).
+      center: ``[2]`` box centre ``(row, col)`` in edge coordinates.
+      extent: ``[2]`` box ``(height, width)`` in input pixels.
+      angle: scalar box rotation ``θ`` in radians.
+      flip: scalar bool, horizontal flip of the output.
+
+    Returns:
+      ``(crop, mask)``: ``[S, S]`` float32 crop and ``[S, S]`` bool mask, ``mask == crop > 0``.
+    """
+    image = jnp.asarray(image, _F32)
+    box = _Box(
+        jnp.asarray(center, _F32),
+        jnp.asarray(extent, _F32),
+        jnp.asarray(angle, _F32),
+        jnp.asarray(flip, bool),
+    )
+    coords = _source_coords(box, size)
+    mask_f = (image > 0).astype(_F32)
+    mask = _nearest_mask(mask_f, coords)
+    return _compose(image, mask_f, coords, mask), mask
+
+
+def random_resized_crop(
+    key: jax.Array,
+    image: jax.Array,
+    *,
+    size: int,
+    scale: tuple[float, float],
+    ratio: tuple[float, float],
+    max_rotation_deg: float,
+    flip: bool,
+) -> tuple[jax.Array, jax.Array]:
+    """One random box (area, ratio, position, angle, flip) resampled by :func:`affine_crop`.
+
+    Args:
+      key: PRNG key.
+      image: ``[H, W]`` float32 segment, background exactly 0.
+      size: output side ``S`` (static).
+      scale: ``(lo, hi)`` box area as a fraction of ``H W``.
+      ratio: ``(lo, hi)`` aspect ratio ``w / h``, log-uniform.
+      max_rotation_deg: angle ``~ U[-max, max]`` degrees.
+      flip: flip horizontally with probability 1/2 if True.
+
+    Returns:
+      ``(crop, bone_fraction)``: ``[S, S]`` float32 and the float32 scalar ``mean(crop > 0)``.
+    """
+    image = jnp.asarray(image, _F32)
+    u = jax.random.uniform(key, (1, _N_BOX_UNIFORMS), _F32)
+    box = _boxes(
+        u,
+        shape=image.shape,
+        scale=scale,
+        ratio=ratio,
+        max_rotation_deg=max_rotation_deg,
+        flip=flip,
+    )
+    box = jax.tree.map(lambda a: a[0], box)
+    crop, mask = affine_crop(
+        image, size=size, center=box.center, extent=box.extent, angle=box.angle, flip=box.flip
+    )
+    return crop, mask.mean(dtype=_F32)
+
+
+def _select_crop(u, image, mask_f, point, *, size, scale, policy: CropPolicy):
+    """One crop from candidate uniforms ``u`` ``[T, 6]``: ``([S, S] crop, bone fraction)``."""
+    height, width = image.shape
+    boxes = _boxes(
+        u,
+        shape=(height, width),
+        scale=scale,
+        ratio=policy.ratio,
+        max_rotation_deg=policy.max_rotation_deg,
+        flip=policy.flip,
+    )
+    if policy.custom:
+        side0 = math.sqrt(scale[0] * height * width)
+        ladder = _ladder(point, side0=side0, angle=boxes.angle[0], flip=boxes.flip[0])
+        boxes = jax.tree.map(lambda a, b: jnp.concatenate([a, b]), boxes, ladder)
+    coords = jax.vmap(_source_coords, in_axes=(0, None))(boxes, size)  # [N, 2, S, S]
+    masks = jax.vmap(_nearest_mask, in_axes=(None, 0))(mask_f, coords)  # [N, S, S]
+    counts = masks.sum(axis=(1, 2), dtype=jnp.int32)
+    idx = 0
+    if policy.custom:
+        tries = u.shape[0]
+        ok = counts >= _min_count(policy.min_bone_fraction, size * size)
+        first_ladder = jnp.where(
+            ok[tries:].any(), tries + jnp.argmax(ok[tries:]), jnp.argmax(counts)
+        )
+        idx = jnp.where(ok[:tries].any(), jnp.argmax(ok[:tries]), first_ladder)
+    crop = _compose(image, mask_f, coords[idx], masks[idx])
+    return crop, counts[idx].astype(_F32) / (size * size)
+
+
+# ----------------------------------------------------------------------------- photometric
+
+
+def _on_bone(values: jax.Array, mask: jax.Array) -> jax.Array:
+    """Bone pixels clipped to ``[_BONE_FLOOR, 1]``; background exactly 0."""
+    return jnp.where(mask, jnp.clip(values, _BONE_FLOOR, 1.0), 0.0)
+
+
+def _sym(u: jax.Array, strength: float) -> jax.Array:
+    """``U[-strength, strength]`` from ``u ~ U[0, 1)``."""
+    return strength * (2.0 * u - 1.0)
+
+
+def _brightness(x, mask, u, strength):
+    return _on_bone(x * (1.0 + _sym(u, strength)), mask)
+
+
+def _contrast(x, mask, u, strength):
+    m = mask.astype(_F32)
+    mu = (x * m).sum() / jnp.maximum(m.sum(), 1.0)
+    return _on_bone(mu + (1.0 + _sym(u, strength)) * (x - mu), mask)
+
+
+def _gamma(x, mask, u, strength):
+    return _on_bone(jnp.power(jnp.where(mask, x, 1.0), jnp.exp(_sym(u, strength))), mask)
+
+
+def _blur(x, mask, u_apply, u_sigma, sigma, prob):
+    if prob <= 0.0:
+        return _on_bone(x, mask)
+    size = x.shape[0]
+    radius = max(1, math.ceil(3.0 * sigma[1]))
+    s = sigma[0] + (sigma[1] - sigma[0]) * u_sigma
+    t = jnp.arange(size, dtype=_F32)
+    d = t[:, None] - t[None, :]
+    # Banded [S, S] Gaussian: zero beyond `radius` taps and outside the crop (zero padding);
+    # unnormalised, since the normalised convolution divides the normalisation out.
+    g = jnp.where(jnp.abs(d) <= radius, jnp.exp(-0.5 * (d / s) ** 2), 0.0)
+    m = mask.astype(_F32)
+    both = jnp.einsum("ij,cjk,lk->cil", g, jnp.stack([x * m, m]), g)
+    blurred = both[0] / jnp.where(mask, both[1], 1.0)
+    return _on_bone(jnp.where(u_apply < prob, blurred, x), mask)
+
+
+def _noise(x, mask, z, std):
+    return _on_bone(x + std * z, mask)
+
+
+def adjust_brightness(key, x, mask, *, strength: float = 0.2) -> jax.Array:
+    """Multiplies bone pixels by ``b ~ U[1 - strength, 1 + strength]``.
+
+    Args:
+      key: PRNG key.
+      x: ``[S, S]`` float32 crop, background 0.
+      mask: ``[S, S]`` bool bone mask.
+      strength: half-width of the factor's range (0: identity).
+
+    Returns:
+      ``[S, S]`` float32: bone pixels clipped to ``[1/4096, 1]``, background exactly 0.
+    """
+    return _brightness(x, mask, jax.random.uniform(key, (), _F32), strength)
+
+
+def adjust_contrast(key, x, mask, *, strength: float = 0.2) -> jax.Array:
+    """Bone pixels ``μ + c (x - μ)`` about the bone mean ``μ``, ``c ~ U[1 ± strength]``.
+
+    Args:
+      key: PRNG key.
+      x: ``[S, S]`` float32 crop, background 0.
+      mask: ``[S, S]`` bool bone mask.
+      strength: half-width of the factor's range (0: identity).
+
+    Returns:
+      ``[S, S]`` float32: bone pixels clipped to ``[1/4096, 1]``, background exactly 0.
+    """
+    return _contrast(x, mask, jax.random.uniform(key, (), _F32), strength)
+
+
+def adjust_gamma(key, x, mask, *, strength: float = 0.2) -> jax.Array:
+    """Bone pixels ``x^γ``, ``γ = exp(g)``, ``g ~ U[-strength, strength]``.
+
+    Args:
+      key: PRNG key.
+      x: ``[S, S]`` float32 crop, bone pixels in ``(0, 1]``, background 0.
+      mask: ``[S, S]`` bool bone mask.
+      strength: half-width of ``log γ``'s range (0: identity).
+
+    Returns:
+      ``[S, S]`` float32: bone pixels clipped to ``[1/4096, 1]``, background exactly 0.
+    """
+    return _gamma(x, mask, jax.random.uniform(key, (), _F32), strength)
+
+
+def gaussian_blur(
+    key, x, mask, *, sigma: tuple[float, float] = (0.1, 1.0), prob: float = 0.5
+) -> jax.Array:
+    """With probability ``prob``, a Gaussian blur of the bone, renormalised on the mask.
+
+    Normalised convolution ``(g * (x m)) / (g * m)`` on bone pixels, so the zero background
+    neither darkens the bone border nor receives bone signal. ``g`` is separable with
+    ``σ ~ U[sigma]`` crop pixels, truncated beyond ``ceil(3 max(sigma))`` taps, zero padded;
+    each 1-D pass is a product with a banded ``[S, S]`` matrix (a per-crop σ then batches into
+    matrix products, cheaper on CPU than a grouped convolution).
+
+    Args:
+      key: PRNG key.
+      x: ``[S, S]`` float32 square crop, background 0.
+      mask: ``[S, S]`` bool bone mask.
+      sigma: ``(lo, hi)`` range of σ in pixels, ``lo > 0``.
+      prob: probability of blurring (0: identity).
+
+    Returns:
+      ``[S, S]`` float32: bone pixels clipped to ``[1/4096, 1]``, background exactly 0.
+    """
+    u = jax.random.uniform(key, (2,), _F32)
+    return _blur(x, mask, u[0], u[1], sigma, prob)
+
+
+def gaussian_noise(key, x, mask, *, std: float = 0.02) -> jax.Array:
+    """Adds ``N(0, std²)`` noise to bone pixels.
+
+    Args:
+      key: PRNG key.
+      x: ``[S, S]`` float32 crop, background 0.
+      mask: ``[S, S]`` bool bone mask.
+      std: noise standard deviation (0: identity).
+
+    Returns:
+      ``[S, S]`` float32: bone pixels clipped to ``[1/4096, 1]``, background exactly 0.
+    """
+    return _noise(x, mask, jax.random.normal(key, jnp.shape(x), _F32), std)
+
+
+def _photometric(x, mask, u, z, *, brightness, contrast, gamma, blur_prob, blur_sigma, noise_std):
+    """:func:`photometric` from uniforms ``u`` ``[5]`` and standard normals ``z`` ``[S, S]``."""
+    x = _brightness(jnp.asarray(x, _F32), mask, u[0], brightness)
+    x = _contrast(x, mask, u[1], contrast)
+    x = _gamma(x, mask, u[2], gamma)
+    x = _blur(x, mask, u[3], u[4], blur_sigma, blur_prob)
+    return x if z is None else _noise(x, mask, z, noise_std)
+
+
+def photometric(
+    key: jax.Array,
+    crop: jax.Array,
+    mask: jax.Array,
+    *,
+    brightness: float = 0.2,
+    contrast: float = 0.2,
+    gamma: float = 0.2,
+    blur_prob: float = 0.5,
+    blur_sigma: tuple[float, float] = (0.1, 1.0),
+    noise_std: float = 0.02,
+) -> jax.Array:
+    """Brightness, contrast, gamma, blur, then noise, each on bone pixels only.
+
+    Zero strengths and ``blur_prob = 0`` give the identity (up to float rounding of the
+    contrast and gamma maps). Bone pixels stay in ``[1/4096, 1]``, so ``result > 0 == mask``.
+
+    Args:
+      key: PRNG key.
+      crop: ``[S, S]`` float32 crop, background 0.
+      mask: ``[S, S]`` bool bone mask (``crop > 0`` for crops from this module).
+      brightness: see :func:`adjust_brightness`.
+      contrast: see :func:`adjust_contrast`.
+      gamma: see :func:`adjust_gamma`.
+      blur_prob: see :func:`gaussian_blur`.
+      blur_sigma: see :func:`gaussian_blur`.
+      noise_std: see :func:`gaussian_noise`.
+
+    Returns:
+      ``[S, S]`` float32, background exactly 0.
+    """
+    k_u, k_z = jax.random.split(key)
+    u = jax.random.uniform(k_u, (_N_PHOTO_UNIFORMS,), _F32)
+    z = jax.random.normal(k_z, jnp.shape(crop), _F32) if noise_std > 0 else None
+    strengths = dict(brightness=brightness, contrast=contrast, gamma=gamma)
+    blur = dict(blur_prob=blur_prob, blur_sigma=blur_sigma, noise_std=noise_std)
+    return _photometric(crop, mask, u, z, **strengths, **blur)
+
+
+# ----------------------------------------------------------------------------- multi-crop
+
+
+def _crops(key, image, mask_f, point, *, n, size, scale, policy: CropPolicy):
+    """``n`` crops of one kind, ``([n, S, S], [n])``; all random draws in three calls."""
+    if n == 0:
+        return jnp.zeros((0, size, size), _F32), jnp.zeros((0,), _F32)
+    k_box, k_u, k_z = jax.random.split(key, 3)
+    tries = policy.max_tries if policy.custom else 1
+    u_box = jax.random.uniform(k_box, (n, tries, _N_BOX_UNIFORMS), _F32)
+    crops, fractions = jax.vmap(
+        lambda u: _select_crop(u, image, mask_f, point, size=size, scale=scale, policy=policy)
+    )(u_box)
+    photo = policy.photometric
+    if photo is not None:
+        u = jax.random.uniform(k_u, (n, _N_PHOTO_UNIFORMS), _F32)
+        z = jax.random.normal(k_z, (n, size, size), _F32) if photo.noise_std > 0 else None
+        apply = lambda x, u, z: _photometric(x, x > 0, u, z, **dataclasses.asdict(photo))  # noqa: E731
+        crops = jax.vmap(apply)(crops, u, z)
+    return crops, fractions
+
+
+def multi_crop(key: jax.Array, image: jax.Array, *, policy: CropPolicy) -> dict[str, jax.Array]:
+    """Global and local views of ONE segment.
+
+    Custom rule (``policy.custom``). Per crop, ``max_tries`` random boxes are drawn at once and
+    the first with bone fraction ``>= min_bone_fraction`` is kept; if none passes, the largest
+    passing box of a ladder of 3 squares centred on the bone pixel nearest the bone centroid
+    (sides geometric from ``sqrt(scale_lo H W)`` down to 0.5 px; angle and flip of the first
+    random box).
+
+    Guarantee: if the segment has at least one bone pixel, EVERY returned crop has
+    ``mean(crop > 0) >= min_bone_fraction`` -- whatever the segment's own bone fraction,
+    because the last rung always has fraction 1 (its samples all lie within 0.36 px of one
+    bone pixel centre). That rung is a last resort, a magnified one-pixel patch, reached only
+    when the bone is too sparse or thin for the larger boxes. A segment with no bone pixel
+    gets the first random box (fraction 0). Without the rule, the first random box is kept.
+
+    Photometric ops (``policy.photometric``) act on bone pixels only and keep them ``> 0``, so
+    the returned fractions are exactly ``mean(crop > 0)`` of the returned crops.
+
+    Args:
+      key: PRNG key.
+      image: ``[H, W]`` float32 segment in ``[0, 1]``, background exactly 0.
+      policy: static :class:`CropPolicy`.
+
+    Returns:
+      ``{"global": [n_global, G, G], "local": [n_local, L, L], "global_fraction": [n_global],
+      "local_fraction": [n_local]}``, all float32.
+    """
+    image = jnp.asarray(image, _F32)
+    if image.ndim != 2:
+        raise ValueError(f"expected one [H, W] segment, got shape {image.shape}")
+    mask = image > 0
+    common = dict(image=image, mask_f=mask.astype(_F32), point=_bone_point(mask), policy=policy)
+    k_global, k_local = jax.random.split(key)
+    glob, glob_frac = _crops(
+        k_global, n=policy.n_global, size=policy.global_size, scale=policy.global_scale, **common
+    )
+    loc, loc_frac = _crops(
+        k_local, n=policy.n_local, size=policy.local_size, scale=policy.local_scale, **common
+    )
+    return {"global": glob, "local": loc, "global_fraction": glob_frac, "local_fraction": loc_frac}
+
+
+def multi_crop_batch(
+    key: jax.Array, images: jax.Array, *, policy: CropPolicy
+) -> dict[str, jax.Array]:
+    """:func:`multi_crop` over a batch, one split key per example.
+
+    Jit with ``jax.jit(multi_crop_batch, static_argnames="policy")``.
+
+    Args:
+      key: PRNG key.
+      images: ``[B, H, W]`` float32 segments, background exactly 0.
+      policy: static :class:`CropPolicy`.
+
+    Returns:
+      ``{"global": [B, n_global, G, G], "local": [B, n_local, L, L],
+      "global_fraction": [B, n_global], "local_fraction": [B, n_local]}``, float32.
+    """
+    images = jnp.asarray(images, _F32)
+    keys = jax.random.split(key, images.shape[0])
+    return jax.vmap(lambda k, im: multi_crop(k, im, policy=policy))(keys, images)

@@ -1,0 +1,259 @@
+"""Segment classifier loop: linear probe on a frozen backbone, or fine-tuning; pick by val macro-F1.
+
+Each valid segment is one training example carrying its subject's label, weighted by inverse
+class frequency (``ClsConfig.class_weight``). After every epoch the validation subjects are
+scored (subject probability = mean of its segments' probabilities, class by argmax) and the
+parameters with the best macro-F1 are kept (the paper's checkpoint selection). A linear probe
+computes the frozen backbone's features once and trains the head on them; fine-tuning runs the
+backbone in every step with a random resized crop of each segment.
+
+Both the running state and the best state are checkpointed at the end of every epoch, so a
+killed run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from osteo_jax.config import BackboneConfig, ClsConfig
+from osteo_jax.data.augment import CropPolicy
+from osteo_jax.eval.cls_metrics import binary_metrics, subject_probabilities
+from osteo_jax.eval.extract import SegmentSet
+from osteo_jax.train.loop import (
+    CHECKPOINT_DIR,
+    METRICS_LOG,
+    Checkpointer,
+    check_finite,
+    write_config,
+)
+from osteo_jax.train.state import (
+    TrainState,
+    cls_optimizer,
+    cls_trainable,
+    init_backbone_params,
+    init_classifier_params,
+    make_backbone,
+)
+from osteo_jax.train.steps import cls_logits, cls_step
+
+__all__ = ["backbone_features", "predict_segments", "train_classifier"]
+
+BEST_DIR = "best"
+
+
+def _valid_pairs(segments: SegmentSet) -> tuple[np.ndarray, np.ndarray]:
+    return np.nonzero(segments.valid)
+
+
+def backbone_features(
+    backbone_params, backbone_cfg: BackboneConfig, images: np.ndarray, batch_size: int = 128
+) -> np.ndarray:
+    """``[m, D]`` pooled backbone features of segments ``[m, S, S]`` (batched, one compile)."""
+    backbone = make_backbone(backbone_cfg)
+
+    @jax.jit
+    def embed(p, x):
+        return backbone.apply({"params": p}, x[..., None])[0]
+
+    out = []
+    for start in range(0, len(images), batch_size):
+        chunk = images[start : start + batch_size]
+        pad = batch_size - len(chunk)
+        if pad:
+            chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
+        out.append(np.asarray(embed(backbone_params, jnp.asarray(chunk)))[: batch_size - pad])
+    return np.concatenate(out) if out else np.zeros((0, backbone.features_dim), np.float32)
+
+
+def predict_segments(
+    params: dict,
+    backbone_cfg: BackboneConfig,
+    segments: SegmentSet,
+    *,
+    features: np.ndarray | None = None,
+    batch_size: int = 128,
+) -> np.ndarray:
+    """``[n, B]`` probability of osteoporosis per segment (0.5 where a segment is invalid)."""
+    img, bone = _valid_pairs(segments)
+    if features is None:
+        features = backbone_features(
+            params["backbone"], backbone_cfg, segments.images[img, bone], batch_size
+        )
+    logits = cls_logits(
+        params, backbone=make_backbone(backbone_cfg), features=jnp.asarray(features)
+    )
+    probs = np.full(segments.valid.shape, 0.5)
+    probs[img, bone] = np.asarray(jax.nn.softmax(logits, axis=-1)[:, 1], np.float64)
+    return probs
+
+
+def _class_weights(labels: np.ndarray, mode: str | None) -> np.ndarray:
+    if mode is None:
+        return np.ones(len(labels), np.float32)
+    if mode != "balanced":
+        raise ValueError(f"class_weight must be 'balanced' or None, got {mode!r}")
+    counts = np.bincount(labels, minlength=2).astype(np.float64)
+    w = len(labels) / (2 * np.maximum(counts, 1))
+    return w[labels].astype(np.float32)
+
+
+def subject_scores(probs: np.ndarray, segments: SegmentSet) -> tuple[np.ndarray, np.ndarray]:
+    """``(subject_probs, subject_labels)`` from segment probabilities ``[n, B]``."""
+    subjects, p = subject_probabilities(probs, segments.valid, segments.subject_ids)
+    first = {s: i for i, s in reversed(list(enumerate(segments.subject_ids)))}
+    return p, segments.labels[[first[s] for s in subjects]]
+
+
+def train_classifier(
+    train: SegmentSet,
+    val: SegmentSet,
+    run_dir: str | Path,
+    cfg: ClsConfig = ClsConfig(),
+    *,
+    backbone_cfg: BackboneConfig = BackboneConfig(),
+    params: dict | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
+    """Trains the segment classifier; returns the parameters with the best val macro-F1.
+
+    Args:
+      train: training segments (labels 0/1).
+      val: validation segments (model selection).
+      run_dir: run folder (``config.json``, ``checkpoints/``, ``best/``, ``metrics.jsonl``).
+      cfg: classifier settings.
+      backbone_cfg: the backbone's architecture.
+      params: the one parameter pytree holding a (pretrained) ``backbone``; None initialises
+        the backbone randomly (supervised from scratch with ``mode="finetune"``; with
+        ``mode="probe"`` a random-feature baseline).
+      seed: initialisation and shuffling.
+      progress: show a progress bar.
+
+    Returns:
+      ``{"params": best params, "best_epoch", "val": best val metrics, "wall_s"}``.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_config(
+        run_dir, {"cls": cfg, "backbone": backbone_cfg, "seed": seed}, train.meta.get("data", "")
+    )
+    trainable = cls_trainable(cfg)
+    img, bone = _valid_pairs(train)
+    labels = train.labels[img].astype(np.int32)
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError("training segments need labels 0/1 (a subject without a label?)")
+    weights = _class_weights(labels, cfg.class_weight)
+    batch_size = min(cfg.batch_size, len(labels))
+    steps_per_epoch = len(labels) // batch_size
+    if steps_per_epoch == 0:
+        raise ValueError("no valid training segment")
+    total = cfg.epochs * steps_per_epoch
+
+    k_bb, k_cls, k_train = jax.random.split(jax.random.key(seed), 3)
+    size = train.images.shape[-1]
+    params = dict(params or {})
+    if "backbone" not in params:
+        params["backbone"] = init_backbone_params(backbone_cfg, k_bb, size)
+    dim = make_backbone(backbone_cfg).features_dim
+    params["classifier"] = init_classifier_params(dim, k_cls)
+    tx = cls_optimizer(cfg, total)
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state={"cls": tx.init({k: params[k] for k in trainable})},
+    )
+    ckpt, best_ckpt = Checkpointer(run_dir / CHECKPOINT_DIR), Checkpointer(run_dir / BEST_DIR)
+    best_file = run_dir / "best.json"
+    best = {"epoch": -1, "f1_macro": -1.0}
+    best_state = state
+    if ckpt.latest_step() is not None:
+        state = ckpt.restore(state)
+        if best_ckpt.latest_step() is not None:
+            best_state = best_ckpt.restore(state)
+            best = json.loads(best_file.read_text())
+
+    probe = cfg.mode == "probe"
+    augment = None
+    if probe:
+        train_x = backbone_features(params["backbone"], backbone_cfg, train.images[img, bone])
+        vi, vb = _valid_pairs(val)
+        val_x = backbone_features(params["backbone"], backbone_cfg, val.images[vi, vb])
+    else:
+        train_x, val_x = train.images[img, bone], None
+        augment = CropPolicy(
+            global_size=size, local_size=size, n_local=0, global_scale=(0.6, 1.0), photometric=None
+        )
+    key_name = "features" if probe else "image"
+    step_fn = jax.jit(
+        functools.partial(
+            cls_step,
+            backbone=make_backbone(backbone_cfg),
+            tx=tx,
+            trainable=trainable,
+            augment=augment,
+        ),
+        donate_argnums=0,
+    )
+
+    start_epoch = int(state.step) // steps_per_epoch
+    bar = tqdm(
+        total=cfg.epochs,
+        initial=start_epoch,
+        desc=f"train-cls ({cfg.mode})",
+        unit="epoch",
+        disable=not progress,
+    )
+    log = open(run_dir / METRICS_LOG, "a")
+    t0 = time.perf_counter()
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            order = np.random.default_rng([seed, epoch, 0xC15]).permutation(len(labels))
+            for within in range(steps_per_epoch):
+                idx = np.sort(order[within * batch_size : (within + 1) * batch_size])
+                batch = {key_name: train_x[idx], "label": labels[idx], "weight": weights[idx]}
+                state, metrics = step_fn(state, batch, k_train)
+            train_m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+            check_finite(train_m, int(state.step))
+            probs = predict_segments(state.params, backbone_cfg, val, features=val_x)
+            p, y = subject_scores(probs, val)
+            val_m = binary_metrics(p, y)
+            log.write(
+                json.dumps(
+                    {
+                        "epoch": epoch,
+                        "step": int(state.step),
+                        **train_m,
+                        **{f"val_{k}": v for k, v in val_m.items()},
+                    }
+                )
+                + "\n"
+            )
+            log.flush()
+            if val_m["f1_macro"] > best["f1_macro"]:
+                best = {"epoch": epoch, **val_m}
+                best_state = jax.tree.map(jnp.copy, state)  # `state` is donated next step
+                best_ckpt.save(best_state)
+                best_file.write_text(json.dumps(best, indent=1) + "\n")
+            ckpt.save(state)
+            bar.set_postfix(loss=f"{train_m['loss']:.3f}", val_f1=f"{val_m['f1_macro']:.2f}")
+            bar.update()
+    finally:
+        bar.close()
+        log.close()
+        ckpt.close()
+        best_ckpt.close()
+    return {
+        "params": best_state.params,
+        "best_epoch": best["epoch"],
+        "val": best,
+        "wall_s": time.perf_counter() - t0,
+        "features_dim": dim,
+    }

@@ -1,0 +1,191 @@
+"""Self-supervised pretraining loop: segments in, a pretrained ``backbone`` (and ``ssl_head``) out.
+
+Every valid segment of the given images is one example; the multi-crop views are made inside
+the jitted :func:`~osteo_jax.train.steps.ssl_step`. Batch order depends only on
+``(seed, epoch)`` and each step's key on the step, so a killed run resumes from its newest
+checkpoint to the same parameters as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm.auto import tqdm
+
+from osteo_jax.config import SSLConfig
+from osteo_jax.eval.extract import SegmentSet
+from osteo_jax.train.loop import (
+    CHECKPOINT_DIR,
+    METRICS_LOG,
+    Checkpointer,
+    check_finite,
+    data_mesh,
+    write_config,
+)
+from osteo_jax.train.state import (
+    TrainState,
+    crop_policy,
+    init_ssl_params,
+    make_backbone,
+    make_projector,
+    ssl_optimizer,
+)
+from osteo_jax.train.steps import ssl_step
+
+__all__ = ["flatten_segments", "restore_ssl_params", "train_ssl"]
+
+
+def flatten_segments(segments: SegmentSet) -> tuple[np.ndarray, np.ndarray]:
+    """``(images [m, S, S], labels [m])`` of every valid segment (image-major order)."""
+    img, bone = np.nonzero(segments.valid)
+    return segments.images[img, bone], segments.labels[img].astype(np.int32)
+
+
+def train_ssl(
+    segments: SegmentSet,
+    run_dir: str | Path,
+    cfg: SSLConfig = SSLConfig(),
+    *,
+    init_params: dict | None = None,
+    progress: bool = True,
+    log_every: int = 10,
+    devices=None,
+) -> dict:
+    """Pretrains the backbone on ``segments`` (resuming from ``run_dir`` if it has checkpoints).
+
+    Args:
+      segments: the training segments (a split's training subjects: never the test ones).
+      run_dir: run folder (``config.json``, ``checkpoints/``, ``metrics.jsonl``).
+      cfg: SSL settings.
+      init_params: other subtrees of the one parameter pytree to carry along unchanged (e.g.
+        ``{"segmenter": ...}``).
+      progress: show a progress bar.
+      log_every: steps between lines of ``metrics.jsonl``.
+      devices: devices of the data-parallel mesh (default: all).
+
+    Returns:
+      ``{"state", "steps", "resumed_from", "wall_s", "train"}``.
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_config(run_dir, cfg, segments.meta.get("data", "<segments>"))
+    images, labels = flatten_segments(segments)
+    if images.shape[-1] < cfg.crops.global_size:
+        raise ValueError(
+            f"segments are {images.shape[-1]} px, smaller than the global crop "
+            f"({cfg.crops.global_size} px)"
+        )
+    mesh = data_mesh(devices)
+    if cfg.batch_size % mesh.devices.size:
+        raise ValueError(
+            f"batch_size {cfg.batch_size} not divisible by {mesh.devices.size} devices"
+        )
+    steps_per_epoch = len(images) // cfg.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(images)} segments are fewer than one batch ({cfg.batch_size})")
+    total = cfg.epochs * steps_per_epoch
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
+
+    backbone, projector = make_backbone(cfg.backbone), make_projector(cfg)
+    tx = ssl_optimizer(cfg, total)
+    init_key, train_key = jax.random.split(jax.random.key(cfg.seed))
+    params = {**(init_params or {}), **init_ssl_params(cfg, init_key)}
+    trained = {k: params[k] for k in ("backbone", "ssl_head")}
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state={"ssl": tx.init(trained)}
+    )
+    ckpt = Checkpointer(run_dir / CHECKPOINT_DIR)
+    if ckpt.latest_step() is not None:
+        state = ckpt.restore(state)
+    state = jax.device_put(state, NamedSharding(mesh, P()))
+    sharded = NamedSharding(mesh, P("data"))
+    step_fn = jax.jit(
+        functools.partial(
+            ssl_step,
+            backbone=backbone,
+            projector=projector,
+            tx=tx,
+            policy=crop_policy(cfg.crops),
+            cfg=cfg,
+        ),
+        donate_argnums=0,
+    )
+    start = int(state.step)
+    bar = tqdm(
+        total=total,
+        initial=start,
+        desc=f"pretrain ({cfg.method})",
+        unit="step",
+        disable=not progress,
+    )
+    log = open(run_dir / METRICS_LOG, "a")
+    t0 = time.perf_counter()
+    metrics_host: dict[str, float] = {}
+    try:
+        for step in range(start, total):
+            epoch, within = divmod(step, steps_per_epoch)
+            order = np.random.default_rng([cfg.seed, epoch, 0x551]).permutation(len(images))
+            idx = np.sort(order[within * cfg.batch_size : (within + 1) * cfg.batch_size])
+            batch = jax.device_put({"image": images[idx], "label": labels[idx]}, sharded)
+            state, metrics = step_fn(state, batch, train_key)
+            done = step + 1
+            end_of_epoch = within == steps_per_epoch - 1 or done == total
+            if done % log_every == 0 or end_of_epoch:
+                metrics_host = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                check_finite(metrics_host, step)
+                log.write(json.dumps({"step": done, "epoch": epoch, **metrics_host}) + "\n")
+                log.flush()
+                bar.set_postfix(loss=f"{metrics_host['loss']:.3f}")
+            bar.update()
+            if done % cfg.checkpoint_every == 0 or end_of_epoch:
+                ckpt.save(state)
+    finally:
+        bar.close()
+        log.close()
+        ckpt.close()
+    return {
+        "state": state,
+        "steps": int(state.step),
+        "resumed_from": start,
+        "wall_s": time.perf_counter() - t0,
+        "train": metrics_host,
+    }
+
+
+def restore_ssl_params(
+    run_dir: str | Path, init_params: dict | None = None
+) -> tuple[dict, SSLConfig]:
+    """``(params, cfg)`` of a pretraining run's newest checkpoint.
+
+    ``init_params`` must name the same extra subtrees the run carried (default none).
+    """
+    from osteo_jax.config import from_dict
+
+    run_dir = Path(run_dir)
+    path = run_dir / "config.json"
+    if not path.exists():
+        raise ValueError(f"{path}: not found; is {run_dir} a pretrain run folder?")
+    cfg = from_dict(SSLConfig, json.loads(path.read_text())["config"])
+    ckpt = Checkpointer(run_dir / CHECKPOINT_DIR)
+    step = ckpt.latest_step()
+    if step is None:
+        raise ValueError(f"{run_dir / CHECKPOINT_DIR}: no checkpoint")
+    params = {**(init_params or {}), **init_ssl_params(cfg, jax.random.key(0))}
+    trained = {k: params[k] for k in ("backbone", "ssl_head")}
+    template = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state={"ssl": ssl_optimizer(cfg, max(step, 1)).init(trained)},
+    )
+    state = ckpt.restore(template, step)
+    ckpt.close()
+    return state.params, cfg
