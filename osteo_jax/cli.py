@@ -4,6 +4,11 @@ Subcommands:
   synth    generate a synthetic cohort as a dataset folder
   preview  write a preview figure of a dataset folder
   demo     the main job on the synthetic paper cohort (for now: synth + preview)
+  train-seg / eval-seg      train and score the mixture segmenter
+  segment                   cut the 7 bone segments of every image (segmenter, mask or raw)
+  pretrain                  self-supervised pretraining of the ResNet on segments
+  train-cls                 classifier (linear probe or fine-tune) on one split
+  evaluate                  the paper's protocol: 3 seeds, table, ROC, reliability
 
 Heavy imports happen inside each subcommand so that ``osteo-jax --help`` is instant.
 """
@@ -197,6 +202,192 @@ def cmd_eval_seg(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_segment(args: argparse.Namespace) -> int:
+    """Cuts the bone segments of every image of a dataset folder."""
+    from osteo_jax.config import SegmentConfig
+    from osteo_jax.eval.extract import extract_segments
+
+    cfg = SegmentConfig(size=args.size, frame=args.frame)
+    out = extract_segments(
+        args.data, args.out, source=args.source, cfg=cfg, overwrite=args.overwrite
+    )
+    meta = json.loads((out / "segments.json").read_text())
+    print(
+        f"wrote {meta['n_images']} images' segments to {out}; valid fraction per bone: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in meta["valid_fraction"].items())
+    )
+    return 0
+
+
+def _protocol_config(args: argparse.Namespace):
+    """ProtocolConfig from --config (JSON or experiments/*.py) and the CLI overrides."""
+    import dataclasses
+
+    from osteo_jax.config import ProtocolConfig, from_dict
+
+    cfg = _load_config(args.config, ProtocolConfig, from_dict) if args.config else ProtocolConfig()
+    ssl, cls, backbone = cfg.ssl, cfg.cls, cfg.backbone
+    method = getattr(args, "method", None)
+    if method == "none":
+        ssl = None
+    elif method is not None:
+        ssl = dataclasses.replace(ssl or _default_ssl(), method=method)
+    bb_over = {k: v for k, v in dict(depth=args.depth, width=args.width).items() if v is not None}
+    if ssl is not None:
+        ssl_over = {
+            k: v
+            for k, v in dict(
+                epochs=getattr(args, "ssl_epochs", None),
+                batch_size=getattr(args, "ssl_batch_size", None),
+                max_steps=getattr(args, "max_steps", None),
+            ).items()
+            if v is not None
+        }
+        crops = ssl.crops
+        if getattr(args, "crop", None):
+            crops = dataclasses.replace(crops, custom=args.crop == "custom")
+        ssl = dataclasses.replace(
+            ssl, backbone=dataclasses.replace(ssl.backbone, **bb_over), crops=crops, **ssl_over
+        )
+    backbone = dataclasses.replace(backbone, **bb_over)
+    cls_over = {
+        k: v
+        for k, v in dict(
+            mode=getattr(args, "mode", None), epochs=getattr(args, "cls_epochs", None)
+        ).items()
+        if v is not None
+    }
+    if getattr(args, "seeds", None):
+        cls_over["seeds"] = tuple(int(x) for x in args.seeds.split(","))
+    cls = dataclasses.replace(cls, **cls_over)
+    return dataclasses.replace(cfg, ssl=ssl, cls=cls, backbone=backbone)
+
+
+def _default_ssl():
+    from osteo_jax.config import SSLConfig
+
+    return SSLConfig()
+
+
+def _split_of(segments, cls, seed: int):
+    from osteo_jax.data.splits import stratified_subject_split
+
+    labelled = segments.take(segments.labels >= 0)
+    tr, va, te = stratified_subject_split(
+        labelled.subject_ids, labelled.labels, tuple(cls.split), seed
+    )
+    return labelled, tr, va, te
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    """Self-supervised pretraining on the training subjects of one split (or all segments)."""
+    import dataclasses
+
+    from osteo_jax.eval.extract import load_segments
+    from osteo_jax.train.ssl_loop import train_ssl
+
+    cfg = _protocol_config(args)
+    if cfg.ssl is None:
+        raise ValueError("pretrain needs an SSL method (got --method none)")
+    seg = load_segments(args.segments).select_bones(tuple(cfg.cls.bones))
+    if not args.all:
+        seg, tr, _, _ = _split_of(seg, cfg.cls, args.split_seed)
+        seg = seg.take(tr)
+    res = train_ssl(seg, args.out, dataclasses.replace(cfg.ssl, seed=args.split_seed))
+    print(
+        f"pretrained {res['steps']} steps ({cfg.ssl.method}) in {res['wall_s']:.0f} s; "
+        f"final loss {res['train'].get('loss', float('nan')):.4f}; run folder {args.out}"
+    )
+    return 0
+
+
+def cmd_train_cls(args: argparse.Namespace) -> int:
+    """Trains the classifier on one split; selects on val macro-F1; reports the test subjects."""
+    from osteo_jax.eval.cls_metrics import binary_metrics
+    from osteo_jax.eval.extract import load_segments
+    from osteo_jax.train.cls_loop import predict_segments, subject_scores, train_classifier
+    from osteo_jax.train.ssl_loop import restore_ssl_params
+
+    cfg = _protocol_config(args)
+    backbone, params = cfg.backbone, None
+    if args.ssl_run:
+        ssl_params, ssl_cfg = restore_ssl_params(args.ssl_run)
+        params, backbone = {"backbone": ssl_params["backbone"]}, ssl_cfg.backbone
+    seg = load_segments(args.segments).select_bones(tuple(cfg.cls.bones))
+    seg, tr, va, te = _split_of(seg, cfg.cls, args.seed)
+    res = train_classifier(
+        seg.take(tr),
+        seg.take(va),
+        args.out,
+        cfg.cls,
+        backbone_cfg=backbone,
+        params=params,
+        seed=args.seed,
+    )
+    test = seg.take(te)
+    p, y = subject_scores(predict_segments(res["params"], backbone, test), test)
+    m = binary_metrics(p, y)
+    print(
+        f"best epoch {res['best_epoch']} (val macro-F1 {res['val']['f1_macro']:.3f}); test "
+        f"subjects ({len(y)}): " + ", ".join(f"{k} {v:.3f}" for k, v in m.items())
+    )
+    return 0
+
+
+def _oracle_of(segments_dir: str) -> float | None:
+    """The oracle AUC of the dataset the segments came from, if it is synthetic."""
+    try:
+        meta = json.loads((Path(segments_dir) / "segments.json").read_text())
+        return json.loads((Path(meta["data"]) / "oracle.json").read_text())["oracle_auc"]
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """The paper's protocol on a segments folder: table, ROC and reliability figures."""
+    from osteo_jax.train.protocol import run_protocol
+
+    cfg = _protocol_config(args)
+    res = run_protocol(
+        args.segments,
+        args.out,
+        ssl=cfg.ssl,
+        cls=cfg.cls,
+        backbone=cfg.backbone,
+        name=cfg.name,
+        oracle_auc=_oracle_of(args.segments),
+    )
+    print("SYNTHETIC DATA - method development only, no clinical use.\n" + res["table"])
+    print(
+        f"wall time {res['wall_s']:.0f} s; results in {args.out} (cls_metrics.json, "
+        "table.md, roc.png, reliability.png)"
+    )
+    return 0
+
+
+def _add_protocol_args(p: argparse.ArgumentParser, *, ssl: bool, cls: bool) -> None:
+    p.add_argument("--segments", required=True, help="segments folder (osteo-jax segment)")
+    p.add_argument("--out", required=True, help="run / output folder (resumes)")
+    p.add_argument("--config", default=None, help="JSON or experiments/*.py (ProtocolConfig)")
+    p.add_argument("--depth", type=int, default=None, choices=(18, 34, 50))
+    p.add_argument("--width", type=int, default=None, help="ResNet base width (default 16)")
+    if ssl:
+        p.add_argument(
+            "--method", default=None, choices=("simclr", "vicreg", "supcon", "swav", "none")
+        )
+        p.add_argument("--ssl-epochs", type=int, default=None)
+        p.add_argument("--ssl-batch-size", type=int, default=None)
+        p.add_argument(
+            "--crop",
+            default=None,
+            choices=("custom", "ordinary"),
+            help="multi-crop policy (default custom: >= 10 %% bone per crop)",
+        )
+    if cls:
+        p.add_argument("--mode", default=None, choices=("probe", "finetune"))
+        p.add_argument("--cls-epochs", type=int, default=None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``osteo-jax``."""
     parser = argparse.ArgumentParser(
@@ -232,6 +423,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="val", choices=("val", "train", "all"))
     p.add_argument("--figure-images", type=int, default=4)
     p.set_defaults(func=cmd_eval_seg)
+    p = sub.add_parser("segment", help="cut the bone segments of every image")
+    p.add_argument("--data", required=True, help="dataset folder")
+    p.add_argument(
+        "--source",
+        required=True,
+        help="train-seg run folder, a mask folder name (exact, annotator_0, ...) or raw",
+    )
+    p.add_argument("--out", required=True, help="segments folder")
+    p.add_argument("--size", type=int, default=128, help="segment side (default 128)")
+    p.add_argument("--frame", default="aligned", choices=("aligned", "box"))
+    p.add_argument("--overwrite", action="store_true")
+    p.set_defaults(func=cmd_segment)
+    p = sub.add_parser("pretrain", help="self-supervised pretraining on segments")
+    _add_protocol_args(p, ssl=True, cls=False)
+    p.add_argument("--split-seed", type=int, default=0, help="pretrain on this split's train part")
+    p.add_argument("--all", action="store_true", help="pretrain on every segment instead")
+    p.add_argument("--max-steps", type=int, default=None)
+    p.set_defaults(func=cmd_pretrain)
+    p = sub.add_parser("train-cls", help="train the classifier on one split")
+    _add_protocol_args(p, ssl=False, cls=True)
+    p.add_argument("--ssl-run", default=None, help="pretrain run folder (default: random init)")
+    p.add_argument("--seed", type=int, default=0, help="split and init seed")
+    p.set_defaults(func=cmd_train_cls)
+    p = sub.add_parser("evaluate", help="the paper's protocol (3 seeds) on a segments folder")
+    _add_protocol_args(p, ssl=True, cls=True)
+    p.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2)")
+    p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("demo", help="run the main job on the synthetic paper cohort")
     _add_synth_args(p, "runs/demo")
     p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")

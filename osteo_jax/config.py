@@ -442,3 +442,20 @@ class ClsConfig:
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seeds: tuple[int, ...] = (0, 1, 2)
     bootstrap: int = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class ProtocolConfig:
+    """One row of the paper's tables: pretraining (or none) + classifier + protocol.
+
+    Attributes:
+      name: model name in the table.
+      ssl: pretraining settings; None: no SSL (the backbone starts random).
+      cls: classifier and protocol settings.
+      backbone: the backbone when ``ssl`` is None (else ``ssl.backbone`` is used).
+    """
+
+    name: str = "SimCLR + linear probe"
+    ssl: SSLConfig | None = SSLConfig()
+    cls: ClsConfig = ClsConfig()
+    backbone: BackboneConfig = BackboneConfig()

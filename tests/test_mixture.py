@@ -149,3 +149,17 @@ def test_ablation_forms(x, form, n):
     else:
         again, _ = apply(v, x, rngs={"sample": jax.random.key(9)})
         np.testing.assert_array_equal(logits, again)  # deterministic: no latent
+
+
+def test_bfloat16_option_runs_under_strict_promotion_and_tracks_float32(params, x, z):
+    # Same float32 parameters, bf16 computation: runs under the suite's strict dtype promotion
+    # and gives the float32 model's probabilities to bf16 accuracy.
+    bf16 = jax.jit(Segmenter(mode="scan", dtype=jnp.bfloat16, **KW).apply)
+    f32 = jax.jit(Segmenter(mode="scan", **KW).apply)
+    lo16, aux16 = bf16({"params": params}, x, z)
+    lo32, _ = f32({"params": params}, x, z)
+    assert np.isfinite(np.asarray(lo16, np.float32)).all()
+    p16 = jax.nn.softmax(lo16.astype(jnp.float32), -1)
+    p32 = jax.nn.softmax(lo32, -1)
+    assert float(jnp.max(jnp.abs(p16 - p32))) < 0.05
+    np.testing.assert_allclose(jnp.sum(jnp.exp(aux16["log_alpha"]), -1), 1.0, rtol=1e-2)

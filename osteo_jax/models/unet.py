@@ -44,10 +44,10 @@ class ConvBlock(nn.Module):
         """``[B, H, W, Cin]`` -> ``[B, H, W, features]``."""
         for i in range(2):
             x = nn.Conv(self.features, (3, 3), use_bias=False, dtype=self.dtype, name=f"conv{i}")(x)
-            x = nn.GroupNorm(num_groups=_groups(self.features), dtype=self.dtype, name=f"norm{i}")(
-                x
-            )
-            x = nn.gelu(x)
+            # Normalise in float32: flax's GroupNorm would mix a bfloat16 input with its float32
+            # statistics by implicit promotion (rejected under strict dtype promotion).
+            norm = nn.GroupNorm(num_groups=_groups(self.features), name=f"norm{i}")
+            x = nn.gelu(norm(x.astype(jnp.float32)).astype(self.dtype))
         return x
 
 
