@@ -44,7 +44,13 @@ from osteo_jax.train.state import (
 )
 from osteo_jax.train.steps import cls_logits, cls_step
 
-__all__ = ["backbone_features", "predict_segments", "train_classifier"]
+__all__ = [
+    "backbone_features",
+    "fold_standardisation",
+    "predict_segments",
+    "subject_scores",
+    "train_classifier",
+]
 
 BEST_DIR = "best"
 
@@ -93,6 +99,22 @@ def predict_segments(
     probs = np.full(segments.valid.shape, 0.5)
     probs[img, bone] = np.asarray(jax.nn.softmax(logits, axis=-1)[:, 1], np.float64)
     return probs
+
+
+def fold_standardisation(classifier: dict, mean: np.ndarray, std: np.ndarray) -> dict:
+    """Linear-head parameters on raw features equal to ``head((x - mean) / std)``.
+
+    ``W' = W / std[:, None]``, ``b' = b - (mean / std) @ W``.
+    """
+    kernel = np.asarray(classifier["fc"]["kernel"], np.float64)
+    bias = np.asarray(classifier["fc"]["bias"], np.float64)
+    mean, std = np.asarray(mean, np.float64), np.asarray(std, np.float64)
+    return {
+        "fc": {
+            "kernel": jnp.asarray(kernel / std[:, None], jnp.float32),
+            "bias": jnp.asarray(bias - (mean / std) @ kernel, jnp.float32),
+        }
+    }
 
 
 def _class_weights(labels: np.ndarray, mode: str | None) -> np.ndarray:
@@ -183,9 +205,14 @@ def train_classifier(
     probe = cfg.mode == "probe"
     augment = None
     if probe:
+        # Standardise the frozen features (train statistics), as linear evaluation usually
+        # does (SimCLR's probe: a BatchNorm without affine); the scaling is folded into the
+        # linear layer on return, so the returned classifier reads raw features.
         train_x = backbone_features(params["backbone"], backbone_cfg, train.images[img, bone])
+        mu, sd = train_x.mean(axis=0), train_x.std(axis=0) + 1e-6
+        train_x = (train_x - mu) / sd
         vi, vb = _valid_pairs(val)
-        val_x = backbone_features(params["backbone"], backbone_cfg, val.images[vi, vb])
+        val_x = (backbone_features(params["backbone"], backbone_cfg, val.images[vi, vb]) - mu) / sd
     else:
         train_x, val_x = train.images[img, bone], None
         augment = CropPolicy(
@@ -250,8 +277,14 @@ def train_classifier(
         log.close()
         ckpt.close()
         best_ckpt.close()
+    best_params = best_state.params
+    if probe:
+        best_params = {
+            **best_params,
+            "classifier": fold_standardisation(best_params["classifier"], mu, sd),
+        }
     return {
-        "params": best_state.params,
+        "params": best_params,
         "best_epoch": best["epoch"],
         "val": best,
         "wall_s": time.perf_counter() - t0,
