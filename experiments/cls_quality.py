@@ -102,6 +102,9 @@ def main() -> None:
     )
     parser.add_argument("--segment-size", type=int, default=64)
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument(
+        "--ssl-epochs", type=int, default=None, help="override the SSL epochs (default 10)"
+    )
     args = parser.parse_args()
 
     from osteo_jax.data.synthetic import write_dataset
@@ -149,6 +152,8 @@ def main() -> None:
             )
         cfg = configs[row]
         cls = dataclasses.replace(cfg.cls, seeds=seeds)
+        if args.ssl_epochs is not None and cfg.ssl is not None:
+            cfg = dataclasses.replace(cfg, ssl=dataclasses.replace(cfg.ssl, epochs=args.ssl_epochs))
         res = run_protocol(
             seg_dir,
             out / row,

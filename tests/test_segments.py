@@ -31,7 +31,10 @@ def exact_segments(radiograph):
     image, labels, spacing = radiograph
     return {
         frame: cut_segments(
-            image, labels, spacing_mm=spacing, cfg=SegmentConfig(size=SIZE, frame=frame, dilate_mm=0)
+            image,
+            labels,
+            spacing_mm=spacing,
+            cfg=SegmentConfig(size=SIZE, frame=frame, dilate_mm=0),
         )
         for frame in FRAMES
     }
@@ -78,7 +81,9 @@ def test_segment_is_the_true_bone(exact_segments, radiograph, frame):
     for b in range(n):
         mine = segment_masks(seg)[b]
         for c in range(n):
-            iou[b, c] = _iou(mine, _true_in_frame(labels, CLASS_NAMES.index(BONE_NAMES[c]), seg.boxes[b]))
+            iou[b, c] = _iou(
+                mine, _true_in_frame(labels, CLASS_NAMES.index(BONE_NAMES[c]), seg.boxes[b])
+            )
     assert np.diag(iou).min() >= 0.95, np.diag(iou)
     # Each true bone overlaps its own segment best, and each segment holds its own bone best.
     np.testing.assert_array_equal(iou.argmax(axis=0), np.arange(n))
@@ -87,7 +92,11 @@ def test_segment_is_the_true_bone(exact_segments, radiograph, frame):
         cls = CLASS_NAMES.index(name)
         # Every non-zero segment pixel maps back (nearest image pixel) onto the true bone.
         i, j = np.nonzero(seg.images[b])
-        rc = seg.boxes[b, 0] + (i[:, None] + 0.5) * seg.boxes[b, 1] + (j[:, None] + 0.5) * seg.boxes[b, 2]
+        rc = (
+            seg.boxes[b, 0]
+            + (i[:, None] + 0.5) * seg.boxes[b, 1]
+            + (j[:, None] + 0.5) * seg.boxes[b, 2]
+        )
         rc = np.rint(rc).astype(int)
         assert (labels[rc[:, 0], rc[:, 1]] == cls).mean() >= 0.98
         # The whole bone lies inside the box: invert the affine for every true bone pixel.
@@ -106,11 +115,14 @@ def test_bone_pixels_are_the_image_and_background_is_zero(exact_segments, radiog
     seg = exact_segments[frame]
     for b, name in enumerate(BONE_NAMES):
         inside = _true_in_frame(labels, CLASS_NAMES.index(name), seg.boxes[b], order=1)
-        np.testing.assert_array_equal(seg.images[b] > 0, inside)
-        assert np.all(seg.images[b][~inside] == 0)
-        assert np.all(seg.images[b][inside] > 0)
-        # Bone pixels carry the image at the mapped position (the anti-aliasing blur mixes in
-        # the zeroed background at the rim, so compare the interior).
+        # The segment's mask is the box-averaged mask > 1/2; the point-sampled reference can
+        # differ only on rim pixels.
+        kept = seg.images[b] > 0
+        assert (kept != inside).mean() < 0.02
+        assert np.all(seg.images[b][ndimage.binary_erosion(~inside, iterations=1)] == 0)
+        assert np.all(seg.images[b][ndimage.binary_erosion(inside, iterations=1)] > 0)
+        # Bone pixels carry the image at the mapped position (the anti-aliasing average mixes
+        # in the zeroed background at the rim, so compare the interior).
         core = ndimage.binary_erosion(inside, iterations=2)
         ref = ndimage.map_coordinates(image, _grid(seg.boxes[b]), order=1)
         assert np.median(np.abs(seg.images[b] - ref)[core]) < 0.03
@@ -249,7 +261,12 @@ def test_segments_from_prediction_hypotheses_differ(radiograph, predicted):
     other[..., mc2] = 0  # hypothesis 2 misses MC2
     probs = np.stack([predicted, other])
     per = segments_from_prediction(
-        image, probs, np.array([0.5, 0.5], np.float32), spacing_mm=spacing, cfg=cfg, per_hypothesis=True
+        image,
+        probs,
+        np.array([0.5, 0.5], np.float32),
+        spacing_mm=spacing,
+        cfg=cfg,
+        per_hypothesis=True,
     )
     b = BONE_NAMES.index("MC2")
     assert per[0].valid[b] and not per[1].valid[b]

@@ -10,11 +10,12 @@ image's).
 For each bone class: keep the largest connected component (a prediction can leave specks),
 flag the bone missing when it is smaller than ``min_area_mm2``, dilate the mask by
 ``dilate_mm`` so the periosteal edge is kept, then resample the box around it onto a
-``size x size`` grid with one bilinear interpolation, zeroing everything outside the dilated
-mask. In the ``aligned`` frame the box follows the bone's principal axis (long axis vertical)
-and is stretched to fill the square; in the ``box`` frame it is the axis-aligned square
-bounding box. Bone pixels are kept strictly positive so that "non-zero" means "bone" for the
-multi-crop rule of :mod:`osteo_jax.data.augment`.
+``size x size`` grid by bilinear interpolation (box-averaged along each axis the box shrinks),
+zeroing everything outside the dilated mask. In the ``aligned`` frame the box follows the
+bone's principal axis (long axis vertical) and is stretched to fill the square; in the
+``box`` frame it is the axis-aligned square bounding box. Bone pixels are kept strictly
+positive so that "non-zero" means "bone" for the multi-crop rule of
+:mod:`osteo_jax.data.augment`.
 """
 
 from __future__ import annotations
@@ -95,15 +96,26 @@ def _frame(mask: np.ndarray, frame: str, margin: float, size: int) -> np.ndarray
 
 
 def _sample(image: np.ndarray, affine: np.ndarray, size: int, order: int) -> np.ndarray:
-    # Segment pixel centres (i + 0.5, j + 0.5) mapped to image index coordinates (the centre of
-    # image pixel k is k, its edges k -/+ 0.5, as the box edges in _frame).
-    ij = np.arange(size, dtype=np.float64) + 0.5
+    """Resamples ``image`` on the segment grid, box-averaging sub-samples along each axis.
+
+    Anti-aliasing is done per segment axis: an axis whose step between segment pixels is
+    ``s`` image pixels gets ``ceil(s)`` sub-samples per segment pixel, averaged. In the
+    aligned frame a metacarpal is shrunk ~6x along its shaft but magnified across it, so an
+    isotropic blur would smear the cortex; this averages along the shaft only.
+    """
+    steps = np.linalg.norm(affine[1:], axis=1)
+    nu, nv = (max(int(np.ceil(st - 1e-6)), 1) for st in steps)
+    # Sub-sample centres (i + (a + 0.5) / n) mapped to image index coordinates (image pixel k
+    # is centred at k, its edges at k -/+ 0.5, as the box edges in _frame).
+    iu = (np.arange(size * nu, dtype=np.float64) + 0.5) / nu
+    iv = (np.arange(size * nv, dtype=np.float64) + 0.5) / nv
     coords = (
         affine[0][:, None, None]
-        + affine[1][:, None, None] * ij[None, :, None]
-        + affine[2][:, None, None] * ij[None, None, :]
+        + affine[1][:, None, None] * iu[None, :, None]
+        + affine[2][:, None, None] * iv[None, None, :]
     )
-    return ndimage.map_coordinates(image, coords, order=order, mode="constant", cval=0.0)
+    fine = ndimage.map_coordinates(image, coords, order=order, mode="constant", cval=0.0)
+    return fine.reshape(size, nu, size, nv).mean(axis=(1, 3))
 
 
 def cut_segments(
@@ -151,7 +163,7 @@ def cut_segments(
             continue
         # Work in a window around the bone (dilation and blur on the full image are slow).
         rows, cols = np.nonzero(mask)
-        pad = dilate_px + 2 + int(np.ceil(0.4 * max(np.ptp(rows), np.ptp(cols)) / cfg.size * 4))
+        pad = dilate_px + 2
         r0, c0 = max(rows.min() - pad, 0), max(cols.min() - pad, 0)
         r1, c1 = (
             min(rows.max() + pad + 1, image.shape[0]),
@@ -161,11 +173,7 @@ def cut_segments(
         if dilate_px:
             win_mask = ndimage.binary_dilation(win_mask, structure, iterations=dilate_px)
         affine = _frame(win_mask, cfg.frame, cfg.margin, cfg.size)
-        # Anti-alias when the box is shrunk: blur by about half the step between samples.
-        step = float(np.linalg.norm(affine[1:], axis=1).max())
         src = np.where(win_mask, np.maximum(win_img, _BONE_FLOOR), 0.0).astype(np.float32)
-        if step > 1.5:
-            src = ndimage.gaussian_filter(src, sigma=0.4 * step)
         seg = _sample(src, affine, cfg.size, order=1)
         inside = _sample(win_mask.astype(np.float32), affine, cfg.size, order=1) > 0.5
         out[b] = np.where(inside, np.clip(seg, _BONE_FLOOR, 1.0), 0.0)

@@ -164,12 +164,13 @@ def train_segmenter(
         raise ValueError(
             f"{len(train_idx)} training images are fewer than one batch ({cfg.batch_size})"
         )
-    total = cfg.epochs * steps_per_epoch
-    if cfg.max_steps is not None:
-        total = min(total, cfg.max_steps)
+    # The schedule always spans every epoch; max_steps only stops early, so a run resumed with
+    # a larger max_steps continues exactly as an uninterrupted run would.
+    schedule_steps = cfg.epochs * steps_per_epoch
+    total = schedule_steps if cfg.max_steps is None else min(schedule_steps, cfg.max_steps)
 
     model = make_segmenter(cfg.seg)
-    tx = seg_optimizer(cfg, total)
+    tx = seg_optimizer(cfg, schedule_steps)
     base_key = jax.random.key(cfg.seed)
     init_key, train_key, val_key = jax.random.split(base_key, 3)
     state = create_seg_state(cfg, init_key, tx)

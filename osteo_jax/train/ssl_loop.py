@@ -91,12 +91,13 @@ def train_ssl(
     steps_per_epoch = len(images) // cfg.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"{len(images)} segments are fewer than one batch ({cfg.batch_size})")
-    total = cfg.epochs * steps_per_epoch
-    if cfg.max_steps is not None:
-        total = min(total, cfg.max_steps)
+    # The schedule always spans every epoch; max_steps only stops early, so a run resumed with
+    # a larger max_steps continues exactly as an uninterrupted run would.
+    schedule_steps = cfg.epochs * steps_per_epoch
+    total = schedule_steps if cfg.max_steps is None else min(schedule_steps, cfg.max_steps)
 
     backbone, projector = make_backbone(cfg.backbone), make_projector(cfg)
-    tx = ssl_optimizer(cfg, total)
+    tx = ssl_optimizer(cfg, schedule_steps)
     init_key, train_key = jax.random.split(jax.random.key(cfg.seed))
     params = {**(init_params or {}), **init_ssl_params(cfg, init_key)}
     trained = {k: params[k] for k in ("backbone", "ssl_head")}

@@ -316,7 +316,8 @@ def cls_loss(
     weight = batch["weight"]
     loss = jnp.sum(weight * xent) / jnp.maximum(jnp.sum(weight), 1e-6)
     correct = (jnp.argmax(logits, -1) == batch["label"]).astype(jnp.float32)
-    accuracy = jnp.sum((weight > 0) * correct) / jnp.maximum(jnp.sum(weight > 0), 1)
+    real = (weight > 0).astype(jnp.float32)  # padding (weight 0) does not count
+    accuracy = jnp.sum(real * correct) / jnp.maximum(jnp.sum(real), 1.0)
     return loss, {"loss": loss, "accuracy": accuracy}
 
 
