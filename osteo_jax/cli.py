@@ -9,6 +9,7 @@ Subcommands:
   pretrain                  self-supervised pretraining of the ResNet on segments
   train-cls                 classifier (linear probe or fine-tune) on one split
   evaluate                  the paper's protocol: 3 seeds, table, ROC, reliability
+  build-tfds                build a dataset folder into a TFDS ArrayRecord dataset (no TF)
 
 Heavy imports happen inside each subcommand so that ``osteo-jax --help`` is instant.
 """
@@ -365,6 +366,16 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_build_tfds(args: argparse.Namespace) -> int:
+    """Builds a dataset folder into a TFDS (ArrayRecord) dataset, readable without TensorFlow."""
+    from osteo_jax.data.tfds_builder import build_tfds, load_tfds
+
+    path = build_tfds(args.data, args.out, overwrite=args.overwrite)
+    n = len(load_tfds(args.out))
+    print(f"built {path} ({n} records); read with osteo_jax.data.tfds_builder.load_tfds")
+    return 0
+
+
 def _add_protocol_args(p: argparse.ArgumentParser, *, ssl: bool, cls: bool) -> None:
     p.add_argument("--segments", required=True, help="segments folder (osteo-jax segment)")
     p.add_argument("--out", required=True, help="run / output folder (resumes)")
@@ -450,6 +461,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_protocol_args(p, ssl=True, cls=True)
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2)")
     p.set_defaults(func=cmd_evaluate)
+    p = sub.add_parser("build-tfds", help="build a TFDS ArrayRecord dataset from a folder")
+    p.add_argument("--data", required=True, help="dataset folder (the manual directory)")
+    p.add_argument("--out", required=True, help="TFDS data_dir")
+    p.add_argument("--overwrite", action="store_true", help="rebuild an existing build")
+    p.set_defaults(func=cmd_build_tfds)
     p = sub.add_parser("demo", help="run the main job on the synthetic paper cohort")
     _add_synth_args(p, "runs/demo")
     p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")

@@ -202,3 +202,14 @@ def test_builder_checks_its_annotators(folder, tmp_path):
 def test_load_without_build_raises(tmp_path):
     with pytest.raises(DatasetError, match="run build_tfds"):
         load_tfds(tmp_path)
+
+
+def test_build_tfds_cli(folder, tmp_path, capsys):
+    from osteo_jax.cli import main
+
+    out = tmp_path / "tfds"
+    assert main(["build-tfds", "--data", str(folder), "--out", str(out)]) == 0
+    assert "6 records" in capsys.readouterr().out
+    assert len(load_tfds(out)) == 6
+    assert main(["build-tfds", "--data", str(tmp_path / "nowhere"), "--out", str(out)]) == 2
+    assert "nowhere" in capsys.readouterr().err
