@@ -10,6 +10,7 @@ Subcommands:
   train-cls                 classifier (linear probe or fine-tune) on one split
   evaluate                  the paper's protocol: 3 seeds, table, ROC, reliability
   build-tfds                build a dataset folder into a TFDS ArrayRecord dataset (no TF)
+  validate                  check a dataset folder; the first problem is named with file and row
 
 Heavy imports happen inside each subcommand so that ``osteo-jax --help`` is instant.
 """
@@ -376,6 +377,20 @@ def cmd_build_tfds(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_validate(args: argparse.Namespace) -> int:
+    """Checks a dataset folder (tables, paths, images, masks, labels, splits); writes nothing."""
+    from osteo_jax.data.validate import validate_folder
+
+    report = validate_folder(args.data, check_images=not args.tables_only)
+    print(
+        f"{args.data}: OK - {report.n_subjects} subjects, {report.n_images} images, masks "
+        + ", ".join(f"{k} {v}" for k, v in report.masks.items())
+    )
+    for w in report.warnings:
+        print(f"warning: {w}")
+    return 0
+
+
 def _add_protocol_args(p: argparse.ArgumentParser, *, ssl: bool, cls: bool) -> None:
     p.add_argument("--segments", required=True, help="segments folder (osteo-jax segment)")
     p.add_argument("--out", required=True, help="run / output folder (resumes)")
@@ -466,6 +481,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="TFDS data_dir")
     p.add_argument("--overwrite", action="store_true", help="rebuild an existing build")
     p.set_defaults(func=cmd_build_tfds)
+    p = sub.add_parser("validate", help="check a dataset folder")
+    p.add_argument("--data", required=True, help="dataset folder")
+    p.add_argument("--tables-only", action="store_true", help="do not decode images and masks")
+    p.set_defaults(func=cmd_validate)
     p = sub.add_parser("demo", help="run the main job on the synthetic paper cohort")
     _add_synth_args(p, "runs/demo")
     p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
