@@ -65,6 +65,12 @@ def _add_synth_args(p: argparse.ArgumentParser, default_out: str | None) -> None
     )
     p.add_argument("--annotators", type=int, default=3, help="annotator masks per image")
     p.add_argument("--workers", type=int, default=None, help="render processes (default: cores)")
+    p.add_argument(
+        "--format",
+        default="png",
+        choices=("png", "dicom", "dicom-mono1"),
+        help="image files: 16-bit PNG (default), DICOM MONOCHROME2 or MONOCHROME1",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
     if default_out is None:
         p.add_argument("--out", required=True, help="output dataset folder")
@@ -76,7 +82,9 @@ def cmd_synth(args: argparse.Namespace) -> int:
 
     cfg = _synth_config(args)
     t0 = time.perf_counter()
-    out = write_dataset(cfg, args.out, workers=args.workers, overwrite=args.overwrite)
+    out = write_dataset(
+        cfg, args.out, workers=args.workers, overwrite=args.overwrite, image_format=args.format
+    )
     print(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
     return 0
 

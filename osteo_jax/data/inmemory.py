@@ -25,8 +25,8 @@ from osteo_jax.data.folder import (
     mask_relpath,
     read_csv,
     read_labels,
-    read_png,
 )
+from osteo_jax.data.imageio import read_image
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,7 +126,7 @@ def load_seg_arrays(
     annotators = tuple(annotators) if annotators else default_annotators(root)
 
     def load(row):
-        image = read_png(root / row["path"])
+        image, _ = read_image(root / row["path"])
         masks = []
         for name in annotators:
             p = root / mask_relpath(name, row["image_id"])

@@ -38,8 +38,8 @@ from osteo_jax.data.folder import (
     mask_relpath,
     read_csv,
     read_labels,
-    read_png,
 )
+from osteo_jax.data.imageio import read_image
 from osteo_jax.data.inmemory import default_annotators, resize_image, resize_labels
 
 Record = dict[str, Any]
@@ -101,7 +101,7 @@ class FolderSource:
     def __getitem__(self, index: int) -> Record:
         index = int(index)
         iid = str(self.image_ids[index])
-        image = read_png(self.root / self._paths[index])
+        image, _ = read_image(self.root / self._paths[index])
         masks: list[np.ndarray | None] = []
         for name in self.annotators:
             p = self.root / mask_relpath(name, iid)

@@ -196,10 +196,21 @@ def population_oracle_auc(cfg: SynthConfig, n: int = 50_000, seed: int = 1_000_0
 # --------------------------------------------------------------------------- dataset writer
 
 _WORKER: dict = {}
+# image_format -> (file extension, DICOM photometric interpretation or None for PNG)
+IMAGE_FORMATS = {
+    "png": ("png", None),
+    "dicom": ("dcm", "MONOCHROME2"),
+    "dicom-mono1": ("dcm", "MONOCHROME1"),
+}
 
 
-def _init_worker(cohort: Cohort, cfg: SynthConfig, tmp: str) -> None:
-    _WORKER.update(cohort=cohort, cfg=cfg, tmp=Path(tmp))
+def _image_path(image_id: str, image_format: str) -> str:
+    ext = IMAGE_FORMATS[image_format][0]
+    return image_relpath(image_id)[: -len(".png")] + f".{ext}"
+
+
+def _init_worker(cohort: Cohort, cfg: SynthConfig, tmp: str, image_format: str = "png") -> None:
+    _WORKER.update(cohort=cohort, cfg=cfg, tmp=Path(tmp), image_format=image_format)
 
 
 def _render_and_write(i: int) -> tuple[list[dict], list[dict]]:
@@ -207,7 +218,22 @@ def _render_and_write(i: int) -> tuple[list[dict], list[dict]]:
     cohort, cfg, tmp = _WORKER["cohort"], _WORKER["cfg"], _WORKER["tmp"]
     rad = render_subject(cohort, i, cfg)
     sid = str(cohort.subject_id[i])
-    write_png16(tmp / image_relpath(sid), rad.image)
+    fmt = _WORKER["image_format"]
+    photometric = IMAGE_FORMATS[fmt][1]
+    if photometric is None:
+        write_png16(tmp / image_relpath(sid), rad.image)
+    else:
+        from osteo_jax.data.dicom import write_dicom
+
+        write_dicom(
+            tmp / _image_path(sid, fmt),
+            rad.image,
+            photometric=photometric,
+            bits_stored=cfg.physics.bits_stored,
+            pixel_spacing_mm=cfg.physics.pixel_spacing_mm,
+            laterality=str(cohort.laterality[i]),
+            identifier=sid,
+        )
     write_labels(tmp / mask_relpath(EXACT, sid), rad.exact)
     for m in range(rad.annotators.shape[0]):
         write_labels(tmp / mask_relpath(annotator_name(m), sid), rad.annotators[m])
@@ -258,6 +284,7 @@ def write_dataset(
     workers: int | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    image_format: str = "png",
 ) -> Path:
     """Generates a cohort and writes it as a dataset folder (see :mod:`osteo_jax.data.folder`).
 
@@ -272,10 +299,16 @@ def write_dataset(
         ``if __name__ == "__main__":`` guard (notebooks do not).
       overwrite: replace an existing non-empty ``out``.
       progress: show a progress bar.
+      image_format: ``"png"`` (16-bit MONOCHROME2 PNG), ``"dicom"`` (uncompressed DICOM,
+        MONOCHROME2) or ``"dicom-mono1"`` (MONOCHROME1: stored inverted, displayed the same).
 
     Returns:
       The dataset folder.
     """
+    if image_format not in IMAGE_FORMATS:
+        raise ValueError(
+            f"image_format must be one of {tuple(IMAGE_FORMATS)}, got {image_format!r}"
+        )
     if cfg.physics.size < 32:
         raise ValueError(f"image size must be at least 32 px, got {cfg.physics.size}")
     out = ensure_new_dir(out, overwrite)
@@ -291,7 +324,7 @@ def write_dataset(
         workers = max(1, min(workers or os.cpu_count() or 1, n))
         bar = tqdm(total=n, desc="render", unit="subj", disable=not progress)
         if workers == 1:
-            _init_worker(cohort, cfg, str(tmp))
+            _init_worker(cohort, cfg, str(tmp), image_format)
             results = []
             for i in range(n):
                 results.append(_render_and_write(i))
@@ -299,14 +332,17 @@ def write_dataset(
         else:
             ctx = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(
-                workers, mp_context=ctx, initializer=_init_worker, initargs=(cohort, cfg, str(tmp))
+                workers,
+                mp_context=ctx,
+                initializer=_init_worker,
+                initargs=(cohort, cfg, str(tmp), image_format),
             ) as pool:
                 results = []
                 for res in pool.map(_render_and_write, range(n), chunksize=4):
                     results.append(res)
                     bar.update()
         bar.close()
-        _write_tables(tmp, cohort, cfg, results)
+        _write_tables(tmp, cohort, cfg, results, image_format)
         publish_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -314,7 +350,9 @@ def write_dataset(
     return out
 
 
-def _write_tables(tmp: Path, cohort: Cohort, cfg: SynthConfig, results) -> None:
+def _write_tables(
+    tmp: Path, cohort: Cohort, cfg: SynthConfig, results, image_format: str = "png"
+) -> None:
     sp = cfg.physics.pixel_spacing_mm
     ids = [str(s) for s in cohort.subject_id]
     write_csv(
@@ -327,7 +365,7 @@ def _write_tables(tmp: Path, cohort: Cohort, cfg: SynthConfig, results) -> None:
                 t_score=[round(float(t), 4) for t in cohort.t_score],
                 who_category=list(category_names(cohort.who)),
                 label=[int(v) for v in cohort.label],
-                image_path=[image_relpath(s) for s in ids],
+                image_path=[_image_path(s, image_format) for s in ids],
                 pixel_spacing_mm=[sp] * len(ids),
                 laterality=list(cohort.laterality),
                 hand_latent=[round(float(h), 5) for h in cohort.hand_latent],
@@ -341,7 +379,7 @@ def _write_tables(tmp: Path, cohort: Cohort, cfg: SynthConfig, results) -> None:
             dict(
                 image_id=ids,
                 subject_id=ids,
-                path=[image_relpath(s) for s in ids],
+                path=[_image_path(s, image_format) for s in ids],
                 laterality=list(cohort.laterality),
                 pixel_spacing_mm=[sp] * len(ids),
             )
@@ -372,7 +410,8 @@ def _write_tables(tmp: Path, cohort: Cohort, cfg: SynthConfig, results) -> None:
             annotators=[EXACT] + [annotator_name(m) for m in range(cfg.annotators.n_annotators)],
             image_size=cfg.physics.size,
             pixel_spacing_mm=sp,
-            photometric="MONOCHROME2",
+            photometric=IMAGE_FORMATS[image_format][1] or "MONOCHROME2",
+            image_format=image_format,
             bits_stored=cfg.physics.bits_stored,
             generator=dict(name="osteo_jax.data.synthetic", config=dataclasses.asdict(cfg)),
             synthetic=True,

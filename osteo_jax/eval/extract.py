@@ -38,11 +38,11 @@ from osteo_jax.data.folder import (
     publish_dir,
     read_csv,
     read_labels,
-    read_png,
     rows_from,
     write_csv,
     write_json,
 )
+from osteo_jax.data.imageio import read_image
 from osteo_jax.data.inmemory import normalise, resize_image
 from osteo_jax.data.segments import cut_segments, segments_from_prediction
 
@@ -188,7 +188,7 @@ def extract_segments(
         return float(value) if value not in ("", None) and float(value) > 0 else None
 
     def load(row):
-        return normalise(read_png(data / row["path"]))
+        return normalise(read_image(data / row["path"])[0])
 
     def cut_mask(row, image):
         labels = read_labels(data / mask_relpath(source, row["image_id"]))
