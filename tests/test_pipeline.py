@@ -114,5 +114,7 @@ def test_tfds_source_matches_folder(folder, source, tmp_path):
     for i in (0, len(source) - 1):
         a, b = source[i], back[i]
         assert a["image_id"] == b["image_id"] and a["subject_id"] == b["subject_id"]
-        np.testing.assert_array_equal(a["image"], b["image"])
+        # The folder source decodes through read_image (values / 65535), the TFDS source from
+        # the stored uint16: the same image up to float rounding.
+        np.testing.assert_allclose(a["image"], b["image"], atol=1e-6)
         np.testing.assert_array_equal(a["masks"], b["masks"])
