@@ -38,3 +38,16 @@ def test_dicom_round_trips_to_the_png_image(folders, fmt):
     a, b = load_seg_arrays(folders["png"], 32), load_seg_arrays(folders[fmt], 32)
     np.testing.assert_allclose(a.images, b.images, atol=1e-5)
     np.testing.assert_array_equal(a.masks, b.masks)
+
+
+def test_tfds_build_of_a_dicom_folder(folders, tmp_path):
+    from osteo_jax.data.tfds_builder import build_tfds, load_tfds
+
+    build_tfds(folders["dicom-mono1"], tmp_path / "tfds")
+    source = load_tfds(tmp_path / "tfds")
+    rows = read_csv(folders["dicom-mono1"] / "images.csv")
+    assert len(source) == len(rows)
+    for record, row in zip(source, rows, strict=True):
+        image, _ = read_image(folders["dicom-mono1"] / row["path"])
+        assert record["image"].dtype == np.uint16
+        np.testing.assert_allclose(record["image"] / 65535.0, image, atol=1e-5)

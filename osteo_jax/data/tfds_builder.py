@@ -88,6 +88,22 @@ FOLDER_SPLITS = ("train", "val", "test")
 _SPLIT_PREFIX = "split_"
 
 
+def _read_uint16(path: Path) -> np.ndarray:
+    """The image to store as uint16.
+
+    16-bit PNGs are stored as they are; DICOM, TIFF and 8-bit images are decoded to display
+    values in [0, 1] (bone bright, MONOCHROME1 inverted) and scaled to 0..65535.
+    """
+    if path.suffix.lower() == ".png":
+        image = read_png(path)
+        if image.dtype == np.uint16:
+            return image
+    from osteo_jax.data.imageio import read_image
+
+    values, _ = read_image(path)
+    return np.round(values.astype(np.float64) * 65535.0).astype(np.uint16)
+
+
 class OsteoHandXray(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Hand radiographs, per-annotator bone label maps and DXA labels from a dataset folder.
 
@@ -201,9 +217,7 @@ class OsteoHandXray(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         self, root: Path, rows: Sequence[_Row]
     ) -> Iterator[tuple[int, dict[str, Any]]]:
         for row in rows:
-            image = read_png(root / row.path)
-            if image.dtype != np.uint16:
-                raise DatasetError(f"{root / row.path}: expected a 16-bit image, got {image.dtype}")
+            image = _read_uint16(root / row.path)
             masks, has_mask = {}, {}
             for name in self._annotators:
                 p = root / mask_relpath(name, row.image_id)
