@@ -184,7 +184,7 @@ def cmd_train_seg(args: argparse.Namespace) -> int:
     from osteo_jax.train.loop import train_segmenter
 
     cfg = _seg_train_config(args)
-    res = train_segmenter(args.data, args.out, cfg)
+    res = train_segmenter(args.data, args.out, cfg, stream=args.stream, workers=args.workers)
     val = res["val"]
     print(
         f"trained {res['steps']} steps (resumed from {res['resumed_from']}) in "
@@ -438,7 +438,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="figure path (default: DATA/preview.png)")
     p.set_defaults(func=cmd_preview)
     p = sub.add_parser("train-seg", help="train the mixture segmenter on a dataset folder")
-    p.add_argument("--data", required=True, help="dataset folder")
+    p.add_argument("--data", required=True, help="dataset folder or TFDS build folder")
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="decode images from disk at every read (folders larger than memory)",
+    )
+    p.add_argument(
+        "--workers", type=int, default=0, help="grain decoding processes (same batches for any)"
+    )
     p.add_argument("--out", required=True, help="run folder (resumes if it has checkpoints)")
     p.add_argument("--config", default=None, help="JSON config or experiments/*.py")
     p.add_argument("--epochs", type=int, default=None)

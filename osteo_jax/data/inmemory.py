@@ -19,14 +19,9 @@ from PIL import Image
 
 from osteo_jax.data.folder import (
     EXACT,
-    IMAGES_CSV,
     DatasetError,
     annotators_of,
-    mask_relpath,
-    read_csv,
-    read_labels,
 )
-from osteo_jax.data.imageio import read_image
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,57 +100,33 @@ def load_seg_arrays(
     size: int,
     annotators: tuple[str, ...] | None = None,
     *,
-    require_masks: bool = True,
     workers: int = 8,
 ) -> SegArrays:
     """Loads a dataset folder's images and masks at ``size x size``.
+
+    Images with no mask from any of ``annotators`` are skipped; an image missing only some
+    annotators gets the masks it has repeated in the empty slots.
 
     Args:
       root: dataset folder.
       size: output side in pixels.
       annotators: mask folders to use as targets (default :func:`default_annotators`).
-      require_masks: skip images with no mask from any of the annotators (needed for training);
-        an image missing only some annotators gets the masks it has repeated in the empty slots.
       workers: decoding threads.
 
     Returns:
       A :class:`SegArrays`.
     """
-    root = Path(root)
-    rows = read_csv(root / IMAGES_CSV)
-    annotators = tuple(annotators) if annotators else default_annotators(root)
+    from osteo_jax.data.pipeline import FolderSource  # the one per-record decode path
 
-    def load(row):
-        image, _ = read_image(root / row["path"])
-        masks = []
-        for name in annotators:
-            p = root / mask_relpath(name, row["image_id"])
-            if p.exists():
-                m = read_labels(p)
-                if m.shape != image.shape:
-                    raise DatasetError(
-                        f"{p}: mask shape {m.shape} does not match its image {image.shape}"
-                    )
-                masks.append(resize_labels(m, size))
-            else:
-                masks.append(None)
-        have = [m for m in masks if m is not None]
-        if not have:
-            return None
-        masks = [m if m is not None else have[i % len(have)] for i, m in enumerate(masks)]
-        return resize_image(image, size), np.stack(masks)
-
+    src = FolderSource(root, size, annotators)
     with ThreadPoolExecutor(workers) as pool:
-        loaded = list(pool.map(load, rows))
-    keep = [i for i, x in enumerate(loaded) if x is not None or not require_masks]
-    if not keep:
-        raise DatasetError(f"{root}: no image has masks from {annotators}")
+        records = list(pool.map(src.__getitem__, range(len(src))))
     return SegArrays(
-        images=np.stack([loaded[i][0] for i in keep])[..., None],
-        masks=np.stack([loaded[i][1] for i in keep]),
-        image_ids=np.array([rows[i]["image_id"] for i in keep]),
-        subject_ids=np.array([rows[i]["subject_id"] for i in keep]),
-        annotators=annotators,
+        images=np.stack([r["image"] for r in records]),
+        masks=np.stack([r["masks"] for r in records]),
+        image_ids=src.image_ids,
+        subject_ids=src.subject_ids,
+        annotators=src.annotators,
     )
 
 

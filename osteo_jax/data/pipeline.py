@@ -45,6 +45,11 @@ from osteo_jax.data.inmemory import default_annotators, resize_image, resize_lab
 Record = dict[str, Any]
 
 
+def _text(value) -> str:
+    """A TFDS text feature (bytes) or any id as ``str``."""
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
 def _fill_missing(masks: list[np.ndarray | None]) -> list[np.ndarray] | None:
     """Repeats the present masks into empty slots (as ``load_seg_arrays``); None if none."""
     have = [m for m in masks if m is not None]
@@ -172,10 +177,30 @@ class TfdsSource:
     def __getstate__(self):
         state = self.__dict__.copy()
         state["_ds"] = None
+        state["_id_cache"] = None
         return state
 
     def __len__(self) -> int:
         return len(self._reader())
+
+    def _ids(self) -> tuple[np.ndarray, np.ndarray]:
+        """``(image_ids, subject_ids)``, read once (this decodes every record once)."""
+        if getattr(self, "_id_cache", None) is None:
+            rows = [self._reader()[i] for i in range(len(self))]
+            self._id_cache = tuple(
+                np.array([_text(r[key]) for r in rows]) for key in ("image_id", "subject_id")
+            )
+        return self._id_cache
+
+    @property
+    def image_ids(self) -> np.ndarray:
+        """``[n]`` image ids in record order."""
+        return self._ids()[0]
+
+    @property
+    def subject_ids(self) -> np.ndarray:
+        """``[n]`` subject ids in record order (split by these)."""
+        return self._ids()[1]
 
     def __getitem__(self, index: int) -> Record:
         from osteo_jax.data.tfds_builder import MISSING_MASK
@@ -188,13 +213,99 @@ class TfdsSource:
         filled = _fill_missing(masks)
         if filled is None:
             filled = [np.full((self.size, self.size), MISSING_MASK, np.uint8)] * len(masks)
-        iid, sid = r["image_id"], r["subject_id"]
         return dict(
             image=resize_image(r["image"], self.size)[..., None],
             masks=np.stack(filled),
-            image_id=iid.decode() if isinstance(iid, bytes) else str(iid),
-            subject_id=sid.decode() if isinstance(sid, bytes) else str(sid),
+            image_id=_text(r["image_id"]),
+            subject_id=_text(r["subject_id"]),
         )
+
+
+class ArraySource:
+    """Random-access source over equal-length arrays already in memory (one record per row).
+
+    ``ArraySource(image=x, label=y)[i] == {"image": x[i], "label": y[i]}``. Used for data that
+    fit in memory (a folder decoded once at the model's size, bone segments), so every
+    training loop reads through the same :func:`make_loader` whatever the storage. Keep
+    ``workers=0`` with it: worker processes would each receive a copy of the arrays.
+    """
+
+    def __init__(self, **arrays: np.ndarray):
+        if not arrays:
+            raise ValueError("ArraySource needs at least one array")
+        lengths = {k: len(v) for k, v in arrays.items()}
+        if len(set(lengths.values())) != 1:
+            raise ValueError(f"arrays differ in length: {lengths}")
+        self.arrays = arrays
+        self._n = next(iter(lengths.values()))
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, index: int) -> Record:
+        return {k: v[int(index)] for k, v in self.arrays.items()}
+
+    def __repr__(self) -> str:
+        return f"ArraySource({', '.join(self.arrays)}; n={self._n})"
+
+
+class SegArraysSource(ArraySource):
+    """An :class:`ArraySource` over :class:`~osteo_jax.data.inmemory.SegArrays`.
+
+    Has the attributes of :class:`FolderSource` the segmenter loop reads (``subject_ids``,
+    ``image_ids``, ``annotators``) and the arrays themselves (``images``, ``masks``).
+    """
+
+    def __init__(self, arrays):
+        super().__init__(
+            image=arrays.images,
+            masks=arrays.masks,
+            image_id=arrays.image_ids,
+            subject_id=arrays.subject_ids,
+        )
+        self.images, self.masks = arrays.images, arrays.masks
+        self.image_ids, self.subject_ids = arrays.image_ids, arrays.subject_ids
+        self.annotators = tuple(arrays.annotators)
+
+
+def is_tfds_build(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a :func:`~osteo_jax.data.tfds_builder.build_tfds` output folder."""
+    path = Path(path)
+    return (path / "dataset_info.json").exists() or any(path.glob("*/*/dataset_info.json"))
+
+
+def seg_source(
+    data,
+    size: int,
+    annotators: Sequence[str] | None = None,
+    *,
+    stream: bool = False,
+):
+    """The segmenter's training source for a dataset folder, a TFDS build or loaded arrays.
+
+    Args:
+      data: a dataset folder, a TFDS build folder (:func:`is_tfds_build`), a
+        :class:`~osteo_jax.data.inmemory.SegArrays`, or a source (returned as is).
+      size: model input side in pixels.
+      annotators: mask folders used as targets (default: the dataset's annotators).
+      stream: for a folder, decode every record from disk when it is read
+        (:class:`FolderSource`, for datasets too large for memory) instead of decoding the
+        whole folder once at ``size`` (:class:`SegArraysSource`). Both give identical records.
+
+    Returns:
+      A source with ``subject_ids``, ``image_ids`` and ``annotators`` attributes.
+    """
+    from osteo_jax.data.inmemory import SegArrays, load_seg_arrays
+
+    if isinstance(data, SegArrays):
+        return SegArraysSource(data)
+    if not isinstance(data, (str, os.PathLike)):
+        return data
+    if is_tfds_build(data):
+        return TfdsSource(data, size, annotators=annotators)
+    if stream:
+        return FolderSource(data, size, annotators)
+    return SegArraysSource(load_seg_arrays(data, size, tuple(annotators) if annotators else None))
 
 
 class _Subset:
@@ -255,6 +366,7 @@ def make_loader(
     augment: bool = True,
     drop_remainder: bool = True,
     threads: int = 1,
+    start_batch: int = 0,
 ) -> grain.IterDataset:
     """A deterministic batched iterable over ``source``.
 
@@ -271,6 +383,8 @@ def make_loader(
       augment: apply :class:`RandomFlip`.
       drop_remainder: drop a last incomplete batch.
       threads: reader threads in the consuming process (with ``workers=0`` they decode).
+      start_batch: skip this many batches (a resumed run starts at its step: batch ``b`` of
+        the stream is the same whatever ``start_batch`` is).
 
     Returns:
       A ``grain.IterDataset`` of dicts of stacked numpy arrays (``image_id`` and
@@ -288,6 +402,10 @@ def make_loader(
     if augment:
         ds = ds.random_map(RandomFlip())
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+    if start_batch:
+        if not 0 <= start_batch <= len(ds):
+            raise ValueError(f"start_batch {start_batch} outside the {len(ds)} batches")
+        ds = ds[int(start_batch) :]
     it = ds.to_iter_dataset(
         grain.ReadOptions(num_threads=max(int(threads), 1), prefetch_buffer_size=max(prefetch, 1))
     )

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from osteo_jax.config import BackboneConfig, ClsConfig
 from osteo_jax.data.augment import CropPolicy
+from osteo_jax.data.pipeline import ArraySource, make_loader
 from osteo_jax.eval.cls_metrics import binary_metrics, subject_probabilities
 from osteo_jax.eval.extract import SegmentSet
 from osteo_jax.train.loop import (
@@ -240,13 +241,20 @@ def train_classifier(
     )
     log = open(run_dir / METRICS_LOG, "a")
     t0 = time.perf_counter()
+    batches = iter(
+        make_loader(
+            ArraySource(**{key_name: train_x}, label=labels, weight=weights),
+            batch_size=batch_size,
+            seed=seed,
+            num_epochs=cfg.epochs,
+            augment=False,
+            start_batch=start_epoch * steps_per_epoch,
+        )
+    )
     try:
         for epoch in range(start_epoch, cfg.epochs):
-            order = np.random.default_rng([seed, epoch, 0xC15]).permutation(len(labels))
-            for within in range(steps_per_epoch):
-                idx = np.sort(order[within * batch_size : (within + 1) * batch_size])
-                batch = {key_name: train_x[idx], "label": labels[idx], "weight": weights[idx]}
-                state, metrics = step_fn(state, batch, k_train)
+            for _ in range(steps_per_epoch):
+                state, metrics = step_fn(state, next(batches), k_train)
             train_m = {k: float(v) for k, v in jax.device_get(metrics).items()}
             check_finite(train_m, int(state.step))
             probs = predict_segments(state.params, backbone_cfg, val, features=val_x)

@@ -1,8 +1,11 @@
 """The segmenter training loop: epochs, progress bar, validation, checkpoints, resume, JSONL log.
 
-Resumption is exact: batch order depends only on ``(seed, epoch)``, each step's key is
-``fold_in(base_key, step)``, and the checkpoint holds the whole :class:`TrainState`, so a run
-killed at any point and restarted continues to the same parameters as an uninterrupted run.
+Batches come from :func:`osteo_jax.data.pipeline.make_loader` (grain) over a dataset folder
+decoded once into memory, the same folder streamed from disk, or a TFDS build. Resumption is
+exact: batch ``b`` of the loader depends only on the seed (not on the worker count), a resumed
+run starts the loader at its step, each step's key is ``fold_in(base_key, step)``, and the
+checkpoint holds the whole :class:`TrainState`, so a run killed at any point and restarted
+continues to the same parameters as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -23,7 +26,8 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from osteo_jax.config import SegTrainConfig
-from osteo_jax.data.inmemory import SegArrays, load_seg_arrays, split_by_subject
+from osteo_jax.data.inmemory import split_by_subject
+from osteo_jax.data.pipeline import make_loader, seg_source
 from osteo_jax.eval.seg_eval import evaluate_segmenter, make_predict_fn
 from osteo_jax.train.state import TrainState, create_seg_state, make_segmenter, seg_optimizer
 from osteo_jax.train.steps import seg_step
@@ -108,8 +112,16 @@ def write_config(run_dir: Path, cfg, data: str) -> None:
     path.write_text(json.dumps(record, indent=2) + "\n")
 
 
+def _gather(source, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(images, masks)`` of records ``idx`` (array slicing when the source holds arrays)."""
+    if hasattr(source, "images"):
+        return source.images[idx], source.masks[idx]
+    records = [source[int(i)] for i in idx]
+    return np.stack([r["image"] for r in records]), np.stack([r["masks"] for r in records])
+
+
 def train_segmenter(
-    data: str | os.PathLike | SegArrays,
+    data,
     run_dir: str | os.PathLike,
     cfg: SegTrainConfig = SegTrainConfig(),
     *,
@@ -118,11 +130,14 @@ def train_segmenter(
     validate: bool = True,
     validate_every: int = 1,
     devices=None,
+    stream: bool = False,
+    workers: int = 0,
 ) -> dict:
     """Trains the segmenter on a dataset folder; resumes from ``run_dir``'s latest checkpoint.
 
     Args:
-      data: dataset folder, or already loaded :class:`SegArrays`.
+      data: dataset folder, TFDS build folder (``osteo-jax build-tfds``), already loaded
+        :class:`SegArrays`, or a source (:func:`osteo_jax.data.pipeline.seg_source`).
       run_dir: run folder (``config.json``, ``checkpoints/``, ``metrics.jsonl``,
         ``split.json``, ``val_metrics.json``).
       cfg: training configuration.
@@ -132,24 +147,25 @@ def train_segmenter(
         epoch and at the end of training.
       validate_every: epochs between validations.
       devices: devices of the data-parallel mesh (default: all).
+      stream: decode a folder's images from disk at every read instead of once up front (for
+        folders larger than memory; same batches either way).
+      workers: grain worker processes decoding ahead of the step (same batches for any count;
+        useful with ``stream`` or a TFDS build).
 
     Returns:
       Summary dict: steps, wall time, final training metrics and the last validation metrics.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    arrays = (
-        data
-        if isinstance(data, SegArrays)
-        else load_seg_arrays(data, cfg.seg.image_size, cfg.annotators)
-    )
-    write_config(run_dir, cfg, str(data) if not isinstance(data, SegArrays) else "<arrays>")
-    train_idx, val_idx = split_by_subject(arrays.subject_ids, cfg.val_fraction, cfg.seed)
+    source = seg_source(data, cfg.seg.image_size, cfg.annotators, stream=stream)
+    write_config(run_dir, cfg, str(data) if isinstance(data, (str, os.PathLike)) else "<arrays>")
+    subject_ids = np.asarray(source.subject_ids)
+    train_idx, val_idx = split_by_subject(subject_ids, cfg.val_fraction, cfg.seed)
     (run_dir / "split.json").write_text(
         json.dumps(
             {
-                "train": sorted(set(arrays.subject_ids[train_idx].tolist())),
-                "val": sorted(set(arrays.subject_ids[val_idx].tolist())),
+                "train": sorted(set(subject_ids[train_idx].tolist())),
+                "val": sorted(set(subject_ids[val_idx].tolist())),
             },
             indent=1,
         )
@@ -184,6 +200,20 @@ def train_segmenter(
     predict_fn = make_predict_fn(model)
 
     start = int(state.step)
+    if validate and len(val_idx):
+        val_images, val_masks = _gather(source, val_idx)
+    batches = iter(
+        make_loader(
+            source,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            indices=train_idx,
+            num_epochs=cfg.epochs,
+            augment=False,
+            start_batch=start,
+            workers=workers,
+        )
+    )
     log = open(run_dir / METRICS_LOG, "a")
     bar = tqdm(total=total, initial=start, desc="train-seg", unit="step", disable=not progress)
     t0 = time.perf_counter()
@@ -192,11 +222,9 @@ def train_segmenter(
     try:
         for step in range(start, total):
             epoch, within = divmod(step, steps_per_epoch)
-            order = np.random.default_rng([cfg.seed, epoch]).permutation(train_idx)
-            idx = np.sort(order[within * cfg.batch_size : (within + 1) * cfg.batch_size])
+            record = next(batches)
             batch = jax.device_put(
-                {"image": arrays.images[idx], "masks": arrays.masks[idx].astype(np.int32)},
-                sharded,
+                {"image": record["image"], "masks": record["masks"].astype(np.int32)}, sharded
             )
             state, metrics = step_fn(state, batch, train_key)
             done = step + 1
@@ -218,17 +246,19 @@ def train_segmenter(
                 val = evaluate_segmenter(
                     model,
                     state.params["segmenter"],
-                    arrays.images[val_idx],
-                    arrays.masks[val_idx],
+                    val_images,
+                    val_masks,
                     val_key,
                     batch_size=cfg.batch_size,
-                    annotator_names=arrays.annotators,
+                    annotator_names=source.annotators,
                     predict_fn=predict_fn,
                 )
                 log.write(json.dumps({"step": done, "epoch": epoch, "split": "val", **val}) + "\n")
                 log.flush()
                 (run_dir / "val_metrics.json").write_text(json.dumps(val, indent=1) + "\n")
     finally:
+        if hasattr(batches, "close"):
+            batches.close()
         bar.close()
         log.close()
         ckpt.close()

@@ -1,8 +1,9 @@
 """Self-supervised pretraining loop: segments in, a pretrained ``backbone`` (and ``ssl_head``) out.
 
-Every valid segment of the given images is one example; the multi-crop views are made inside
-the jitted :func:`~osteo_jax.train.steps.ssl_step`. Batch order depends only on
-``(seed, epoch)`` and each step's key on the step, so a killed run resumes from its newest
+Every valid segment of the given images is one example, read in batches through
+:func:`osteo_jax.data.pipeline.make_loader`; the multi-crop views are made inside the jitted
+:func:`~osteo_jax.train.steps.ssl_step`. Batch ``b`` depends only on the seed and each step's
+key on the step, so a killed run resumes from its newest
 checkpoint to the same parameters as an uninterrupted one.
 """
 
@@ -21,6 +22,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from osteo_jax.config import SSLConfig
+from osteo_jax.data.pipeline import ArraySource, make_loader
 from osteo_jax.eval.extract import SegmentSet
 from osteo_jax.train.loop import (
     CHECKPOINT_DIR,
@@ -128,15 +130,23 @@ def train_ssl(
         unit="step",
         disable=not progress,
     )
+    batches = iter(
+        make_loader(
+            ArraySource(image=images, label=labels),
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            num_epochs=cfg.epochs,
+            augment=False,  # the multi-crop views are made inside the jitted step
+            start_batch=start,
+        )
+    )
     log = open(run_dir / METRICS_LOG, "a")
     t0 = time.perf_counter()
     metrics_host: dict[str, float] = {}
     try:
         for step in range(start, total):
             epoch, within = divmod(step, steps_per_epoch)
-            order = np.random.default_rng([cfg.seed, epoch, 0x551]).permutation(len(images))
-            idx = np.sort(order[within * cfg.batch_size : (within + 1) * cfg.batch_size])
-            batch = jax.device_put({"image": images[idx], "label": labels[idx]}, sharded)
+            batch = jax.device_put(next(batches), sharded)
             state, metrics = step_fn(state, batch, train_key)
             done = step + 1
             end_of_epoch = within == steps_per_epoch - 1 or done == total
