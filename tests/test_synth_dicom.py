@@ -51,3 +51,16 @@ def test_tfds_build_of_a_dicom_folder(folders, tmp_path):
         image, _ = read_image(folders["dicom-mono1"] / row["path"])
         assert record["image"].dtype == np.uint16
         np.testing.assert_allclose(record["image"] / 65535.0, image, atol=1e-5)
+
+
+def test_load_example_and_preview_read_a_dicom_folder(folders, tmp_path):
+    from osteo_jax.data.folder import load_example
+    from osteo_jax.eval.preview import dataset_preview
+
+    iid = read_csv(folders["dicom-mono1"] / "images.csv")[0]["image_id"]
+    ex = load_example(folders["dicom-mono1"], iid)
+    ref = load_example(folders["png"], iid)
+    assert ex["image"].dtype == np.float32 and ref["image"].dtype == np.uint16
+    np.testing.assert_allclose(ex["image"], ref["image"] / 4095.0, atol=1e-6)  # 12 bits stored
+    np.testing.assert_array_equal(ex["exact"], ref["exact"])
+    assert dataset_preview(folders["dicom-mono1"], tmp_path / "p.png").exists()

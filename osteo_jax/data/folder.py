@@ -154,12 +154,28 @@ def annotators_of(root: str | os.PathLike) -> list[str]:
 def load_example(root: str | os.PathLike, image_id: str) -> dict[str, np.ndarray]:
     """Reads one image and all its masks from a dataset folder.
 
+    The image path comes from ``images.csv`` (``images/<image_id>.png`` if the folder has no
+    such row). PNGs come back as stored (uint16 for the generator's); DICOM and TIFF images
+    are decoded by :func:`osteo_jax.data.imageio.read_image` to float32 display values in
+    [0, 1] (bone bright).
+
     Returns:
-      ``{"image": [H, W] uint16, "<annotator>": [H, W] uint8, ...}`` for each annotator that
+      ``{"image": [H, W], "<annotator>": [H, W] uint8, ...}`` for each annotator that
       labelled this image.
     """
     root = Path(root)
-    out = {"image": read_png(root / image_relpath(image_id))}
+    rel = image_relpath(image_id)
+    if (root / IMAGES_CSV).exists():
+        rows = [r for r in read_csv(root / IMAGES_CSV) if r["image_id"] == image_id]
+        if rows and rows[0].get("path"):
+            rel = rows[0]["path"]
+    path = root / rel
+    if path.suffix.lower() == ".png":
+        out = {"image": read_png(path)}
+    else:
+        from osteo_jax.data.imageio import read_image
+
+        out = {"image": read_image(path)[0]}
     for name in annotators_of(root):
         p = root / mask_relpath(name, image_id)
         if p.exists():
