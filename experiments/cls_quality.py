@@ -84,6 +84,38 @@ ROI = {
 }
 
 
+def ensure_dataset(data: Path, subjects: int | None = None) -> dict:
+    """Generates the synthetic cohort in ``data`` unless it is there; returns its oracle.json."""
+    from osteo_jax.data.synthetic import write_dataset
+
+    if not (data / "images.csv").exists():
+        t0 = time.perf_counter()
+        write_dataset(SynthConfig(cohort=CohortConfig(n_subjects=subjects)), data)
+        print(f"generated {data} in {time.perf_counter() - t0:.0f} s")
+    return json.loads((data / "oracle.json").read_text())
+
+
+def ensure_segmenter(data: Path, run: str | Path, form: str, epochs: int = 40) -> None:
+    """Trains a segmenter of ``form`` ("mixture" or "unet") into ``run`` unless it has one."""
+    from osteo_jax.train.loop import train_segmenter
+
+    if (Path(run) / "checkpoints").exists():
+        return
+    seg_cfg = SegTrainConfig(epochs=epochs)
+    if form == "unet":
+        seg_cfg = dataclasses.replace(seg_cfg, seg=dataclasses.replace(seg_cfg.seg, form="unet"))
+    train_segmenter(data, run, seg_cfg)
+
+
+def ensure_segments(data: Path, seg_dir: Path, source: str, cfg: SegmentConfig) -> Path:
+    """Cuts the segments of ``data`` into ``seg_dir`` unless they are there (a cache)."""
+    from osteo_jax.eval.extract import extract_segments
+
+    if not (seg_dir / "segments.json").exists():
+        extract_segments(data, seg_dir, source=source, cfg=cfg, overwrite=True)
+    return seg_dir
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default="runs/cls_quality")
@@ -107,19 +139,12 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    from osteo_jax.data.synthetic import write_dataset
-    from osteo_jax.eval.extract import extract_segments
-    from osteo_jax.train.loop import train_segmenter
     from osteo_jax.train.protocol import run_protocol
 
     out = Path(args.out)
     n = args.subjects
     data = Path(args.data or (f"runs/data/cohort_{n}" if n else "runs/data/paper_1024"))
-    if not (data / "images.csv").exists():
-        t0 = time.perf_counter()
-        write_dataset(SynthConfig(cohort=CohortConfig(n_subjects=n)), data)
-        print(f"generated {data} in {time.perf_counter() - t0:.0f} s")
-    oracle = json.loads((data / "oracle.json").read_text())
+    oracle = ensure_dataset(data, n)
     rows = args.rows.split(",")
     unknown = set(rows) - set(ROWS)
     if unknown:
@@ -134,22 +159,14 @@ def main() -> None:
     for row in rows:
         t0 = time.perf_counter()
         source = SEGMENT_SOURCE[row]
-        if source in seg_runs and not (Path(seg_runs[source]) / "checkpoints").exists():
-            seg_cfg = SegTrainConfig(epochs=40)
-            if source == "unet":
-                seg_cfg = dataclasses.replace(
-                    seg_cfg, seg=dataclasses.replace(seg_cfg.seg, form="unet")
-                )
-            train_segmenter(data, seg_runs[source], seg_cfg)
-        seg_dir = out / "segments" / source
-        if not (seg_dir / "segments.json").exists():
-            extract_segments(
-                data,
-                seg_dir,
-                source=seg_runs.get(source, source),
-                cfg=SegmentConfig(size=args.segment_size),
-                overwrite=True,
-            )
+        if source in seg_runs:
+            ensure_segmenter(data, seg_runs[source], source)
+        seg_dir = ensure_segments(
+            data,
+            out / "segments" / source,
+            seg_runs.get(source, source),
+            SegmentConfig(size=args.segment_size),
+        )
         cfg = configs[row]
         cls = dataclasses.replace(cfg.cls, seeds=seeds)
         if args.ssl_epochs is not None and cfg.ssl is not None:

@@ -20,6 +20,20 @@ BONE_NAMES: tuple[str, ...] = CLASS_NAMES[1:]
 
 WHO_CATEGORIES: tuple[str, ...] = ("normal", "osteopenia", "osteoporosis")
 
+# Regions of interest a segment set can be cut into (``SegmentConfig.roi``): name -> the
+# ``(segment name, bones whose masks make its box)`` pairs. ``"bones"`` is the paper's one
+# segment per bone; the others are the crop-based baselines' regions (the paper's Table 8:
+# manual / landmark crops), one box around several bones.
+ROI_REGIONS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
+    "bones": tuple((b, (b,)) for b in BONE_NAMES),
+    "wrist": (("wrist", ("radius", "ulna")),),
+    "metacarpals": (("metacarpals", ("MC2", "MC3", "MC4")),),
+    "wrist+metacarpals": (
+        ("wrist", ("radius", "ulna")),
+        ("metacarpals", ("MC2", "MC3", "MC4")),
+    ),
+}
+
 
 @dataclasses.dataclass(frozen=True)
 class CohortConfig:
@@ -310,6 +324,13 @@ class SegmentConfig:
       margin: extra fraction of the box side added on every side.
       min_area_mm2: a bone whose largest connected component is smaller than this is flagged
         missing (its segment is all zeros and ``valid`` is False).
+      roi: which segments are cut: ``"bones"`` (one per bone, the paper's 7) or another key of
+        ``ROI_REGIONS`` (one box around several bones per segment, e.g. ``"wrist"``: distal
+        radius + ulna), for the crop-based baselines.
+      background: ``"zero"``: everything outside the dilated mask is zeroed (the paper's
+        segments); ``"keep"``: a plain crop of the radiograph, background and neighbouring
+        bones kept (every pixel inside the image is then > 0, so the custom multi-crop rule
+        no longer measures bone).
     """
 
     size: int = 128
@@ -317,6 +338,8 @@ class SegmentConfig:
     dilate_mm: float = 0.8
     margin: float = 0.05
     min_area_mm2: float = 20.0
+    roi: str = "bones"
+    background: str = "zero"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -347,19 +370,31 @@ class CropConfig:
 
 @dataclasses.dataclass(frozen=True)
 class BackboneConfig:
-    """The ResNet backbone (``models/resnet.py``).
+    """The backbone: a ResNet (``models/resnet.py``) or a VGG-style CNN (``models/vgg.py``).
 
     Attributes:
-      depth: 18, 34 or 50 (paper: 50).
-      width: channels of the first stage (64 in the standard ResNets; 16 on CPU).
-      stem: ``"small"`` (3 x 3 conv, no pooling: for 32-128 px segments) or ``"imagenet"``.
+      depth: ResNet 18, 34 or 50 (paper: 50); VGG 11, 13, 16 or 19 (the baselines: 16).
+      width: channels of the first stage (64 in the standard ResNets and VGGs; 16 on CPU).
+      stem: ResNet only: ``"small"`` (3 x 3 conv, no pooling: for 32-128 px segments) or
+        ``"imagenet"``.
       dtype: ``"float32"`` or ``"bfloat16"`` computation.
+      arch: ``"resnet"`` or ``"vgg"`` (the crop-based baselines of the paper's Table 8).
+      norm: ``"group"`` (GroupNorm after every convolution) or, VGG only, ``"none"`` (the
+        original VGG: convolutions with biases, no normalisation).
     """
 
     depth: int = 18
     width: int = 16
     stem: str = "small"
     dtype: str = "float32"
+    arch: str = "resnet"
+    norm: str = "group"
+
+    @property
+    def label(self) -> str:
+        """Table label, e.g. ``"ResNet-18 (width 16)"`` or ``"VGG-16 (width 8)"``."""
+        name = "VGG" if self.arch == "vgg" else "ResNet"
+        return f"{name}-{self.depth} (width {self.width})"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -459,3 +494,32 @@ class ProtocolConfig:
     ssl: SSLConfig | None = SSLConfig()
     cls: ClsConfig = ClsConfig()
     backbone: BackboneConfig = BackboneConfig()
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    """The whole pipeline in one config: ``osteo-jax run --config`` and ``osteo-jax demo``.
+
+    radiographs (given, or synthesised from ``synth``) → segmenter (``seg``) → bone segments
+    (``segment``) → the evaluation protocol (``protocol``: SSL, classifier, 3 seeds) →
+    radiogrammetry → report.
+
+    Attributes:
+      name: experiment name (report title).
+      synth: the synthetic cohort made when no dataset folder is given; None: a dataset
+        folder is required.
+      seg: segmenter training.
+      segment: how segments are cut from the segmenter's prediction.
+      protocol: pretraining, classifier and evaluation protocol.
+      report_subjects: subjects drawn in the report's segmentation panels.
+      hypotheses: segmentation hypotheses (the heaviest of the mixture's ``K x S``; 0 = all)
+        over which the report's radiogrammetry measures the 2MCI's spread.
+    """
+
+    name: str = "osteo_jax experiment"
+    synth: SynthConfig | None = SynthConfig()
+    seg: SegTrainConfig = SegTrainConfig()
+    segment: SegmentConfig = SegmentConfig()
+    protocol: ProtocolConfig = ProtocolConfig()
+    report_subjects: int = 4
+    hypotheses: int = 0

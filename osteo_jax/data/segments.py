@@ -16,6 +16,11 @@ bone's principal axis (long axis vertical) and is stretched to fill the square; 
 ``box`` frame it is the axis-aligned square bounding box. Bone pixels are kept strictly
 positive so that "non-zero" means "bone" for the multi-crop rule of
 :mod:`osteo_jax.data.augment`.
+
+Crop-based baselines (the paper's Table 8) use the same machinery with other settings of
+:class:`~osteo_jax.config.SegmentConfig`: ``roi`` groups several bones into one box (e.g. the
+distal radius and ulna), and ``background="keep"`` resamples the plain radiograph in that box
+instead of zeroing what lies outside the mask.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
-from osteo_jax.config import BONE_NAMES, CLASS_NAMES, SegmentConfig
+from osteo_jax.config import CLASS_NAMES, ROI_REGIONS, SegmentConfig
 
 __all__ = [
     "Segments",
@@ -37,20 +42,23 @@ __all__ = [
 ]
 
 _FRAMES = ("aligned", "box")
+_BACKGROUNDS = ("zero", "keep")
 # Smallest value a bone pixel may take, so that "non-zero" means "inside the bone mask".
 _BONE_FLOOR = 1.0 / 1024
 
 
 @dataclasses.dataclass(frozen=True)
 class Segments:
-    """The bone segments of one radiograph.
+    """The bone segments of one radiograph (R = 7 bones, or the regions of ``SegmentConfig.roi``).
 
     Attributes:
-      images: ``[7, size, size]`` float32 in [0, 1]; zero outside the dilated bone mask, and
-        all zero for a missing bone.
-      valid: ``[7]`` bool, False where the bone is missing or too small.
-      area_mm2: ``[7]`` area of the bone's largest component (before dilation).
-      boxes: ``[7, 3, 2]`` float64 affine map of each segment: full-image ``(row, col)`` =
+      images: ``[R, size, size]`` float32 in [0, 1]; zero outside the dilated bone mask (with
+        ``background="zero"``; outside the image with ``"keep"``), and all zero for a
+        missing bone.
+      valid: ``[R]`` bool, False where the bone is missing or too small.
+      area_mm2: ``[R]`` area of the bone's largest component (before dilation; summed over
+        the bones of a region).
+      boxes: ``[R, 3, 2]`` float64 affine map of each segment: full-image ``(row, col)`` =
         ``boxes[b, 0] + (i + 0.5) * boxes[b, 1] + (j + 0.5) * boxes[b, 2]`` for segment
         pixel ``(i, j)``, in index coordinates (image pixel ``k`` is centred at ``k``).
     """
@@ -125,7 +133,7 @@ def cut_segments(
     spacing_mm: float | None,
     cfg: SegmentConfig = SegmentConfig(),
 ) -> Segments:
-    """Cuts the 7 bone segments of one radiograph.
+    """Cuts the 7 bone segments (or the ``cfg.roi`` regions) of one radiograph.
 
     Args:
       image: ``[H, W]`` radiograph, float in [0, 1] (bone bright, e.g. :func:`normalise`d).
@@ -144,26 +152,39 @@ def cut_segments(
         )
     if cfg.frame not in _FRAMES:
         raise ValueError(f"segment frame must be one of {_FRAMES}, got {cfg.frame!r}")
+    if cfg.roi not in ROI_REGIONS:
+        raise ValueError(f"segment roi must be one of {tuple(ROI_REGIONS)}, got {cfg.roi!r}")
+    if cfg.background not in _BACKGROUNDS:
+        raise ValueError(f"background must be one of {_BACKGROUNDS}, got {cfg.background!r}")
+    regions = ROI_REGIONS[cfg.roi]
+    keep = cfg.background == "keep"
     spacing = 0.2 if spacing_mm is None else float(spacing_mm)
     dilate_px = max(int(round(cfg.dilate_mm / spacing)), 0)
     min_px = cfg.min_area_mm2 / spacing**2
-    n = len(BONE_NAMES)
+    n = len(regions)
     out = np.zeros((n, cfg.size, cfg.size), np.float32)
     valid = np.zeros(n, bool)
     area = np.zeros(n, np.float64)
     boxes = np.zeros((n, 3, 2), np.float64)
     structure = ndimage.generate_binary_structure(2, 1)
-    for b, name in enumerate(BONE_NAMES):
-        mask = labels == CLASS_NAMES.index(name)
+    for b, (_, bones) in enumerate(regions):
+        mask = np.zeros(labels.shape, bool)
+        for name in bones:
+            bone = labels == CLASS_NAMES.index(name)
+            if not bone.any():
+                continue
+            bone = _largest_component(bone)
+            area[b] += bone.sum() * spacing**2
+            if bone.sum() >= min_px:
+                mask |= bone
         if not mask.any():
-            continue
-        mask = _largest_component(mask)
-        area[b] = mask.sum() * spacing**2
-        if mask.sum() < min_px:
             continue
         # Work in a window around the bone (dilation and blur on the full image are slow).
         rows, cols = np.nonzero(mask)
         pad = dilate_px + 2
+        if keep:  # the window must hold the whole box (margin, square), not only the mask
+            extent = max(rows.max() - rows.min(), cols.max() - cols.min()) + 1 + 2 * dilate_px
+            pad += int(np.ceil(extent * (0.5 + cfg.margin)))
         r0, c0 = max(rows.min() - pad, 0), max(cols.min() - pad, 0)
         r1, c1 = (
             min(rows.max() + pad + 1, image.shape[0]),
@@ -173,9 +194,11 @@ def cut_segments(
         if dilate_px:
             win_mask = ndimage.binary_dilation(win_mask, structure, iterations=dilate_px)
         affine = _frame(win_mask, cfg.frame, cfg.margin, cfg.size)
-        src = np.where(win_mask, np.maximum(win_img, _BONE_FLOOR), 0.0).astype(np.float32)
+        # "keep": every pixel of the image is content (> 0), only points off the image are 0.
+        support = np.ones_like(win_mask) if keep else win_mask
+        src = np.where(support, np.maximum(win_img, _BONE_FLOOR), 0.0).astype(np.float32)
         seg = _sample(src, affine, cfg.size, order=1)
-        inside = _sample(win_mask.astype(np.float32), affine, cfg.size, order=1) > 0.5
+        inside = _sample(support.astype(np.float32), affine, cfg.size, order=1) > 0.5
         out[b] = np.where(inside, np.clip(seg, _BONE_FLOOR, 1.0), 0.0)
         valid[b] = True
         boxes[b] = affine + np.array([[r0, c0], [0.0, 0.0], [0.0, 0.0]])
@@ -183,7 +206,10 @@ def cut_segments(
 
 
 def segment_masks(segments: Segments) -> np.ndarray:
-    """``[7, size, size]`` bool: the pixels of each segment that belong to the dilated bone."""
+    """``[R, size, size]`` bool: the pixels of each segment that belong to the dilated bone.
+
+    Only with ``background="zero"``; a ``"keep"`` crop is non-zero wherever it is on the image.
+    """
     return segments.images > 0
 
 

@@ -27,7 +27,7 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from osteo_jax.config import BONE_NAMES, SegmentConfig
+from osteo_jax.config import ROI_REGIONS, SegmentConfig
 from osteo_jax.data.folder import (
     IMAGES_CSV,
     SUBJECTS_CSV,
@@ -149,7 +149,8 @@ def extract_segments(
       out: output folder (absent or empty unless ``overwrite``).
       source: a train-seg run folder (segmenter prediction), a mask folder name of ``data``
         (``"exact"``, ``"annotator_0"``, ...), or ``"raw"``.
-      cfg: segment settings (``raw`` uses only ``size``).
+      cfg: segment settings (``raw`` uses only ``size``); ``cfg.roi`` names the segments
+        (the 7 bones, or regions such as ``"wrist"`` for the crop-based baselines).
       overwrite: replace an existing ``out``.
       batch_size: images per segmenter call.
       workers: decoding / cutting threads.
@@ -167,12 +168,15 @@ def extract_segments(
             )
     meta = {"source": source, "data": str(data), "segment": dataclasses.asdict(cfg)}
     mask_sources = annotators_of(data) if (data / "masks").is_dir() else []
+    if cfg.roi not in ROI_REGIONS:
+        raise ValueError(f"segment roi must be one of {tuple(ROI_REGIONS)}, got {cfg.roi!r}")
+    names = tuple(name for name, _ in ROI_REGIONS[cfg.roi])
     if source == "raw":
         bones, mode = ("image",), "raw"
     elif source in mask_sources:
-        bones, mode = BONE_NAMES, "mask"
+        bones, mode = names, "mask"
     elif (Path(source) / "config.json").exists():
-        bones, mode = BONE_NAMES, "model"
+        bones, mode = names, "model"
         predict, params, seg_cfg, step = _predictor(source)
         meta.update(seg_run=str(source), seg_step=step, seg_form=seg_cfg.seg.form)
         key = jax.random.fold_in(jax.random.key(seg_cfg.seed), 11)

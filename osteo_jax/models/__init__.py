@@ -1,4 +1,4 @@
-"""Models: U-Net segmenter with stochastic decoders, ResNet backbones, SSL and classifier heads."""
+"""Models: U-Net segmenter with stochastic decoders, ResNet / VGG backbones, SSL and cls heads."""
 
 from osteo_jax.models.heads import LinearClassifier, Projector, Prototypes
 from osteo_jax.models.mixture import Segmenter
@@ -14,6 +14,7 @@ from osteo_jax.models.resnet import (
     resnet_features_dim,
 )
 from osteo_jax.models.unet import ConvBlock, Decoder, Encoder, Upsample, depth_to_space
+from osteo_jax.models.vgg import VGG, VGGStage, make_vgg, vgg_features_dim
 
 __all__ = [
     "BasicBlock",
@@ -28,10 +29,14 @@ __all__ = [
     "ResNetStage",
     "Segmenter",
     "Upsample",
+    "VGG",
+    "VGGStage",
     "depth_to_space",
     "make_resnet",
+    "make_vgg",
     "resnet18",
     "resnet34",
     "resnet50",
     "resnet_features_dim",
+    "vgg_features_dim",
 ]

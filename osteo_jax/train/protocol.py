@@ -7,7 +7,8 @@ selected on validation macro-F1, then the test subjects scored. The summary over
 std and a bootstrap 95 % interval), the paper-format table, a ROC and a reliability figure are
 written to the output folder::
 
-    OUT/seed<k>/{split.json, ssl/, cls/, test_predictions.csv}
+    OUT/seed<k>/{split.json, ssl/, cls/, test_predictions.csv, test_segments.csv,
+                 model.msgpack}
     OUT/cls_metrics.json  OUT/table.md  OUT/roc.png  OUT/reliability.png
 """
 
@@ -15,9 +16,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 
+import flax.serialization
+import jax
 import numpy as np
 
 from osteo_jax.config import BackboneConfig, ClsConfig, SSLConfig
@@ -29,7 +33,48 @@ from osteo_jax.eval.extract import SegmentSet, load_segments
 from osteo_jax.train.cls_loop import predict_segments, subject_scores, train_classifier
 from osteo_jax.train.ssl_loop import train_ssl
 
-__all__ = ["run_protocol"]
+__all__ = ["MODEL_FILE", "load_models", "run_protocol", "save_model"]
+
+# Per seed: the selected backbone + classifier (the probe's feature scaling folded in).
+MODEL_FILE = "model.msgpack"
+
+
+def save_model(path: str | Path, params: dict) -> None:
+    """Writes ``{"backbone", "classifier"}`` of ``params`` atomically (msgpack)."""
+    path = Path(path)
+    tree = jax.device_get({k: params[k] for k in ("backbone", "classifier")})
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(flax.serialization.msgpack_serialize(tree))
+    os.replace(tmp, path)
+
+
+def load_models(out: str | Path) -> tuple[list[dict], BackboneConfig, tuple[str, ...], dict]:
+    """The per-seed models of a finished :func:`run_protocol` folder.
+
+    Returns:
+      ``(params per seed, backbone config, bones, cls_metrics)``; each params dict holds
+      ``backbone`` and ``classifier``, ready for
+      :func:`~osteo_jax.train.cls_loop.predict_segments`.
+
+    Raises:
+      ValueError: ``out`` is not a finished protocol folder.
+    """
+    from osteo_jax.config import from_dict
+
+    out = Path(out)
+    path = out / "cls_metrics.json"
+    if not path.exists():
+        raise ValueError(f"{path}: not found; is {out} a finished evaluate / run folder?")
+    metrics = json.loads(path.read_text())
+    backbone = from_dict(BackboneConfig, metrics["config"]["backbone"])
+    bones = tuple(metrics["config"]["cls"]["bones"])
+    models = []
+    for row in metrics["per_seed"]:
+        file = out / f"seed{row['seed']}" / MODEL_FILE
+        if not file.exists():
+            raise ValueError(f"{file}: missing (re-run the protocol to write it)")
+        models.append(flax.serialization.msgpack_restore(file.read_bytes()))
+    return models, backbone, bones, metrics
 
 
 def run_protocol(
@@ -42,6 +87,7 @@ def run_protocol(
     name: str = "",
     roi: str = "",
     oracle_auc: float | None = None,
+    ssl_dir: str | Path | None = None,
     progress: bool = True,
 ) -> dict:
     """Runs the protocol and writes its results; every stage resumes from its checkpoints.
@@ -56,6 +102,9 @@ def run_protocol(
       name: model name in the table.
       roi: region-of-interest description in the table (e.g. "segmentation (mixture)").
       oracle_auc: the generator's oracle AUC, shown beside the table and on the ROC.
+      ssl_dir: folder of the pretraining runs, ``ssl_dir/seed<k>`` (default
+        ``out/seed<k>/ssl``). Rows that share segments, ``cls.bones``, ``cls.split`` and ``ssl``
+        settings can share it: a finished run is restored, not trained again.
       progress: progress bars.
 
     Returns:
@@ -85,7 +134,7 @@ def run_protocol(
         if ssl is not None:
             pre = train_ssl(
                 seg.take(tr),
-                folder / "ssl",
+                folder / "ssl" if ssl_dir is None else Path(ssl_dir) / f"seed{seed}",
                 dataclasses.replace(ssl, seed=seed),
                 progress=progress,
             )
@@ -108,6 +157,20 @@ def run_protocol(
             folder / "test_predictions.csv",
             rows_from({"subject_id": subjects, "label": y, "probability": np.round(p, 6)}),
         )
+        img, bone = np.nonzero(test.valid)
+        write_csv(
+            folder / "test_segments.csv",
+            rows_from(
+                {
+                    "image_id": test.image_ids[img],
+                    "subject_id": test.subject_ids[img],
+                    "label": test.labels[img],
+                    "bone": np.asarray(seg.bones)[bone],
+                    "probability": np.round(probs[img, bone], 6),
+                }
+            ),
+        )
+        save_model(folder / MODEL_FILE, res["params"])
         per_seed.append((p, y))
         seed_rows.append(
             {
@@ -122,7 +185,7 @@ def run_protocol(
     row = {
         "model": name or (ssl.method if ssl is not None else "no SSL"),
         "roi": roi or seg.meta.get("source", ""),
-        "backbone": f"ResNet-{backbone.depth} (width {backbone.width})",
+        "backbone": backbone.label,
         "summary": summary,
         "oracle_auc": oracle_auc,
     }

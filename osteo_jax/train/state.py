@@ -28,6 +28,7 @@ from osteo_jax.data.augment import CropPolicy
 from osteo_jax.models.heads import LinearClassifier, Projector, Prototypes
 from osteo_jax.models.mixture import Segmenter
 from osteo_jax.models.resnet import ResNet, make_resnet
+from osteo_jax.models.vgg import VGG, make_vgg
 
 PyTree = Any
 
@@ -118,8 +119,27 @@ def create_seg_state(
 SSL_METHODS = ("simclr", "vicreg", "supcon", "swav")
 
 
-def make_backbone(cfg: BackboneConfig) -> ResNet:
-    """The ResNet of ``cfg`` (GroupNorm with 8 groups, or fewer for narrow widths)."""
+ARCHS = ("resnet", "vgg")
+
+
+def make_backbone(cfg: BackboneConfig) -> ResNet | VGG:
+    """The ResNet or VGG of ``cfg`` (GroupNorm with 8 groups, or fewer for narrow widths).
+
+    Both return ``(features [B, D], aux)`` and expose ``features_dim``, so every step and loop
+    takes either.
+    """
+    if cfg.arch not in ARCHS:
+        raise ValueError(f"backbone arch must be one of {ARCHS}, got {cfg.arch!r}")
+    if cfg.arch == "vgg":
+        return make_vgg(
+            cfg.depth,
+            width=cfg.width,
+            norm=cfg.norm,
+            norm_groups=min(8, cfg.width),
+            dtype=_dtype(cfg.dtype),
+        )
+    if cfg.norm != "group":
+        raise ValueError(f"the ResNet backbone supports only norm='group', got {cfg.norm!r}")
     return make_resnet(
         cfg.depth,
         width=cfg.width,

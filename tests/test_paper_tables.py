@@ -1,0 +1,238 @@
+"""The paper-table rows (experiments/tables/), the crop baselines' segments and the formatter."""
+
+import dataclasses
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from osteo_jax.config import (
+    ROI_REGIONS,
+    BackboneConfig,
+    ClsConfig,
+    ProtocolConfig,
+    SegmentConfig,
+    from_dict,
+)
+from osteo_jax.data.segments import cut_segments
+
+EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
+
+
+def _load(path: Path):
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tables():
+    return _load(EXPERIMENTS / "paper_tables.py")
+
+
+@pytest.fixture(scope="module")
+def presets():
+    return _load(EXPERIMENTS / "tables" / "_presets.py")
+
+
+ROW_FILES = sorted(p.stem for p in (EXPERIMENTS / "tables").glob("[!_]*.py"))
+TABLE7 = [
+    f"{m}_{c}" for m in ("simclr", "vicreg", "supcon", "swav") for c in ("custom", "ordinary")
+]
+
+
+# --------------------------------------------------------------- crops without a mask
+
+
+def _hand_case():
+    """40 x 40 image with a smooth background; radius and ulna rectangles in the label map."""
+    r, c = np.mgrid[0:40, 0:40]
+    image = (0.2 + 0.01 * r + 0.005 * c).astype(np.float32)
+    labels = np.zeros((40, 40), np.uint8)
+    labels[10:20, 8:16] = 1  # radius
+    labels[10:20, 20:28] = 2  # ulna
+    image[labels > 0] += 0.3
+    return image, labels
+
+
+def test_crop_keeps_the_background_exactly():
+    image, labels = _hand_case()
+    # Union box rows 10-19, cols 8-27: a 20 px square (box frame) from row 5, col 8; with 20
+    # output pixels every segment pixel centre is an image pixel centre, so the crop is exact.
+    cfg = SegmentConfig(
+        size=20,
+        frame="box",
+        dilate_mm=0.0,
+        margin=0.0,
+        min_area_mm2=1.0,
+        roi="wrist",
+        background="keep",
+    )
+    seg = cut_segments(image, labels, spacing_mm=1.0, cfg=cfg)
+    assert seg.images.shape == (1, 20, 20) and seg.images.dtype == np.float32
+    assert seg.valid.tolist() == [True]
+    np.testing.assert_allclose(seg.images[0], image[5:25, 8:28], rtol=1e-5)
+    background = labels[5:25, 8:28] == 0
+    assert background.sum() > 200 and (seg.images[0][background] > 0.2).all()
+    assert seg.area_mm2[0] == 160.0  # radius + ulna, 80 px each at 1 mm
+
+
+def test_masked_crop_zeroes_the_same_background():
+    image, labels = _hand_case()
+    cfg = SegmentConfig(
+        size=20, frame="box", dilate_mm=0.0, margin=0.0, min_area_mm2=1.0, roi="wrist"
+    )
+    seg = cut_segments(image, labels, spacing_mm=1.0, cfg=cfg)
+    bone = labels[5:25, 8:28] > 0
+    assert (seg.images[0][~bone] == 0).all()
+    np.testing.assert_allclose(seg.images[0][bone], image[5:25, 8:28][bone], rtol=1e-5)
+
+
+def test_default_roi_is_one_segment_per_bone():
+    image, labels = _hand_case()
+    cfg = SegmentConfig(size=8, dilate_mm=0.0, min_area_mm2=1.0)
+    seg = cut_segments(image, labels, spacing_mm=1.0, cfg=cfg)
+    assert seg.images.shape == (7, 8, 8)
+    assert seg.valid.tolist() == [True, True] + [False] * 5
+    assert [n for n, _ in ROI_REGIONS["bones"]] == [
+        "radius",
+        "ulna",
+        "MC1",
+        "MC2",
+        "MC3",
+        "MC4",
+        "MC5",
+    ]
+
+
+def test_bad_roi_or_background_raise():
+    image, labels = _hand_case()
+    with pytest.raises(ValueError, match="roi"):
+        cut_segments(image, labels, spacing_mm=1.0, cfg=SegmentConfig(roi="knee"))
+    with pytest.raises(ValueError, match="background"):
+        cut_segments(image, labels, spacing_mm=1.0, cfg=SegmentConfig(background="blur"))
+
+
+# --------------------------------------------------------------------------- row configs
+
+
+def test_every_table_row_has_a_config(tables):
+    named = {n for spec in tables.TABLES.values() for n in spec["rows"]}
+    assert named - set(tables.PAPER_ONLY) == set(ROW_FILES)
+
+
+@pytest.mark.parametrize("name", ROW_FILES)
+@pytest.mark.parametrize("size", ["demo", "cpu", "paper"])
+def test_row_config_loads(name, size, presets):
+    row = _load(EXPERIMENTS / "tables" / f"{name}.py")
+    cfg = row.get_config(size)
+    assert isinstance(cfg, ProtocolConfig) and cfg.name == row.MODEL
+    assert cfg.cls.seeds == (0, 1, 2) and cfg.cls.split == (0.8, 0.1, 0.1)
+    assert set(row.PAPER) == {"f1", "auc", "accuracy"}
+    assert row.SEGMENTS in presets.SEGMENT_SOURCES
+    seg = presets.segment_config(row.SEGMENTS, size)
+    assert seg.size == presets.preset(size)["segment"]
+    if cfg.ssl is not None:
+        assert cfg.ssl.crops.global_size <= seg.size
+        assert cfg.ssl.backbone == cfg.backbone and cfg.cls.mode == "probe"
+    # JSON round trip (what a run folder's config.json holds)
+    assert from_dict(ProtocolConfig, dataclasses.asdict(cfg)) == cfg
+
+
+def test_default_size_is_what_the_cli_loads():
+    from osteo_jax.cli import _load_config
+
+    path = EXPERIMENTS / "tables" / "simclr_custom.py"
+    cfg = _load_config(str(path), ProtocolConfig, from_dict)
+    assert cfg == _load(path).get_config("cpu")
+
+
+@pytest.mark.parametrize("size", ["demo", "cpu", "paper"])
+def test_table7_rows_differ_only_in_method_and_crop(size):
+    def strip(cfg):
+        ssl = dataclasses.replace(
+            cfg.ssl, method="-", crops=dataclasses.replace(cfg.ssl.crops, custom=None)
+        )
+        return dataclasses.replace(cfg, name="-", ssl=ssl)
+
+    cfgs = {n: _load(EXPERIMENTS / "tables" / f"{n}.py").get_config(size) for n in TABLE7}
+    assert len({strip(c) for c in cfgs.values()}) == 1
+    assert {(c.ssl.method, c.ssl.crops.custom) for c in cfgs.values()} == {
+        (m, c) for m in ("simclr", "vicreg", "supcon", "swav") for c in (True, False)
+    }
+
+
+def test_baseline_rows(presets):
+    demo = {n: _load(EXPERIMENTS / "tables" / f"{n}.py") for n in ROW_FILES}
+    for name in ("vgg_manual_crop", "vgg_landmark_crop"):
+        cfg = demo[name].get_config("paper")
+        assert cfg.ssl is None and cfg.cls.mode == "finetune"
+        assert cfg.backbone.arch == "vgg" and cfg.backbone.depth == 16
+        assert cfg.cls.bones == ("wrist", "metacarpals")
+        seg = presets.segment_config(demo[name].SEGMENTS, "paper")
+        assert seg.background == "keep" and seg.roi == "wrist+metacarpals"
+    assert presets.SEGMENT_SOURCES[demo["vgg_manual_crop"].SEGMENTS] == "annotator_0"
+    deepdxa = demo["deepdxa"].get_config("paper")
+    assert deepdxa.ssl is None and deepdxa.backbone.depth == 18
+    assert demo["no_ssl_scratch"].get_config("paper").backbone.depth == 50
+    # at the small sizes DeepDXA and "no SSL" are one configuration (the runner runs it once)
+    a, b = demo["deepdxa"].get_config("demo"), demo["no_ssl_scratch"].get_config("demo")
+    assert dataclasses.replace(a, name="") == dataclasses.replace(b, name="")
+    assert demo["no_ssl_probe"].get_config("cpu").cls.mode == "probe"
+    assert demo["raw_simclr"].SEGMENTS == "raw" and demo["unet_simclr"].SEGMENTS == "unet"
+    assert BackboneConfig() == BackboneConfig(arch="resnet", norm="group")
+    assert ClsConfig().bones[0] == "radius"
+
+
+# ----------------------------------------------------------------------------- formatter
+
+
+def test_format_table(tables):
+    def stat(mean, std):
+        return {"mean": mean, "std": std}
+
+    records = [
+        {
+            "method": "SimCLR",
+            "crop": "custom",
+            "summary": {
+                "f1_positive": stat(0.6, 0.05),
+                "auc": stat(0.755, 0.021),
+                "accuracy": stat(0.7, 0.0),
+            },
+            "paper": {"f1": 0.68, "auc": 0.85, "accuracy": 0.82},
+            "oracle_auc": 0.7274,
+        },
+        {
+            "method": "SwAV",
+            "crop": "custom",
+            "summary": None,
+            "paper": {"f1": 0.54, "auc": 0.68, "accuracy": None},
+            "oracle_auc": None,
+        },
+    ]
+    text = tables.format_table(
+        "Table 7", (("SSL method", "method"), ("multi-crop", "crop")), records
+    )
+    assert text == (
+        "### Table 7\n"
+        "\n"
+        "| SSL method | multi-crop | F1 | AUC | accuracy | paper F1 / AUC / acc. | oracle AUC |\n"
+        "|---|---|---|---|---|---|---|\n"
+        "| SimCLR | custom | 0.60 ± 0.05 | 0.76 ± 0.02 | 0.70 ± 0.00 | 0.68 / 0.85 / 0.82 "
+        "| 0.73 |\n"
+        "| SwAV | custom | not reproduced | – | – | 0.54 / 0.68 / – | – |\n"
+    )
+
+
+def test_synthetic_note_says_so(tables):
+    oracle = {
+        "n_subjects": 192,
+        "n_osteoporotic": 59,
+        "oracle_auc": 0.7274,
+        "oracle_auc_population": 0.796,
+    }
+    note = tables.synthetic_note(oracle)
+    assert note.startswith("SYNTHETIC DATA") and "0.73" in note and "0.80" in note
