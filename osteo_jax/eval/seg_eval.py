@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 
 import jax
@@ -12,8 +13,13 @@ from osteo_jax.eval.seg_metrics import expected_calibration_error, majority_cons
 from osteo_jax.models.mixture import Segmenter
 
 
+@functools.lru_cache(maxsize=8)
 def make_predict_fn(model: Segmenter):
-    """Jitted ``(params, images, key) -> (probs [B, N, H, W, C], weights [B, N])``."""
+    """Jitted ``(params, images, key) -> (probs [B, N, H, W, C], weights [B, N])``.
+
+    Cached per model (Linen modules compare by their fields), so validation, segment
+    extraction, radiogrammetry and the report share one compile per batch shape.
+    """
 
     @jax.jit
     def predict(params, images, key):

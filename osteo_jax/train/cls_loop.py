@@ -60,16 +60,37 @@ def _valid_pairs(segments: SegmentSet) -> tuple[np.ndarray, np.ndarray]:
     return np.nonzero(segments.valid)
 
 
+@functools.lru_cache(maxsize=16)
+def _embed_fn(backbone):
+    """Jitted ``(params, x [B, S, S]) -> features``, one per backbone (compiled once)."""
+    return jax.jit(lambda p, x: backbone.apply({"params": p}, x[..., None])[0])
+
+
+@functools.lru_cache(maxsize=16)
+def _cls_step_fn(cfg: ClsConfig, backbone_cfg: BackboneConfig, total: int, size: int):
+    """``(tx, jitted cls_step)`` for one setting, shared by the protocol's seeds (compiled once)."""
+    tx = cls_optimizer(cfg, total)
+    augment = None
+    if cfg.mode != "probe":
+        augment = CropPolicy(
+            global_size=size, local_size=size, n_local=0, global_scale=(0.6, 1.0), photometric=None
+        )
+    step = functools.partial(
+        cls_step,
+        backbone=make_backbone(backbone_cfg),
+        tx=tx,
+        trainable=cls_trainable(cfg),
+        augment=augment,
+    )
+    return tx, jax.jit(step, donate_argnums=0)
+
+
 def backbone_features(
     backbone_params, backbone_cfg: BackboneConfig, images: np.ndarray, batch_size: int = 128
 ) -> np.ndarray:
     """``[m, D]`` pooled backbone features of segments ``[m, S, S]`` (batched, one compile)."""
     backbone = make_backbone(backbone_cfg)
-
-    @jax.jit
-    def embed(p, x):
-        return backbone.apply({"params": p}, x[..., None])[0]
-
+    embed = _embed_fn(backbone)
     out = []
     for start in range(0, len(images), batch_size):
         chunk = images[start : start + batch_size]
@@ -187,7 +208,7 @@ def train_classifier(
         params["backbone"] = init_backbone_params(backbone_cfg, k_bb, size)
     dim = make_backbone(backbone_cfg).features_dim
     params["classifier"] = init_classifier_params(dim, k_cls)
-    tx = cls_optimizer(cfg, total)
+    tx, step_fn = _cls_step_fn(cfg, backbone_cfg, total, size)
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
@@ -204,7 +225,6 @@ def train_classifier(
             best = json.loads(best_file.read_text())
 
     probe = cfg.mode == "probe"
-    augment = None
     if probe:
         # Standardise the frozen features (train statistics), as linear evaluation usually
         # does (SimCLR's probe: a BatchNorm without affine); the scaling is folded into the
@@ -216,20 +236,7 @@ def train_classifier(
         val_x = (backbone_features(params["backbone"], backbone_cfg, val.images[vi, vb]) - mu) / sd
     else:
         train_x, val_x = train.images[img, bone], None
-        augment = CropPolicy(
-            global_size=size, local_size=size, n_local=0, global_scale=(0.6, 1.0), photometric=None
-        )
     key_name = "features" if probe else "image"
-    step_fn = jax.jit(
-        functools.partial(
-            cls_step,
-            backbone=make_backbone(backbone_cfg),
-            tx=tx,
-            trainable=trainable,
-            augment=augment,
-        ),
-        donate_argnums=0,
-    )
 
     start_epoch = int(state.step) // steps_per_epoch
     bar = tqdm(
@@ -275,7 +282,9 @@ def train_classifier(
             if val_m["f1_macro"] > best["f1_macro"]:
                 best = {"epoch": epoch, **val_m}
                 best_state = jax.tree.map(jnp.copy, state)  # `state` is donated next step
-                best_ckpt.save(best_state)
+                # Already there if a kill came before best.json: this rerun recomputed it.
+                if int(best_state.step) not in best_ckpt.manager.all_steps():
+                    best_ckpt.save(best_state)
                 best_file.write_text(json.dumps(best, indent=1) + "\n")
             ckpt.save(state)
             bar.set_postfix(loss=f"{train_m['loss']:.3f}", val_f1=f"{val_m['f1_macro']:.2f}")

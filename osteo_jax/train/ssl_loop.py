@@ -9,6 +9,7 @@ checkpoint to the same parameters as an uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import time
@@ -49,6 +50,21 @@ def flatten_segments(segments: SegmentSet) -> tuple[np.ndarray, np.ndarray]:
     """``(images [m, S, S], labels [m])`` of every valid segment (image-major order)."""
     img, bone = np.nonzero(segments.valid)
     return segments.images[img, bone], segments.labels[img].astype(np.int32)
+
+
+@functools.lru_cache(maxsize=8)
+def _ssl_step_fn(cfg: SSLConfig, schedule_steps: int):
+    """``(tx, jitted ssl_step)``: one compile shared by runs that differ only in seed."""
+    tx = ssl_optimizer(cfg, schedule_steps)
+    step = functools.partial(
+        ssl_step,
+        backbone=make_backbone(cfg.backbone),
+        projector=make_projector(cfg),
+        tx=tx,
+        policy=crop_policy(cfg.crops),
+        cfg=cfg,
+    )
+    return tx, jax.jit(step, donate_argnums=0)
 
 
 def train_ssl(
@@ -98,8 +114,7 @@ def train_ssl(
     schedule_steps = cfg.epochs * steps_per_epoch
     total = schedule_steps if cfg.max_steps is None else min(schedule_steps, cfg.max_steps)
 
-    backbone, projector = make_backbone(cfg.backbone), make_projector(cfg)
-    tx = ssl_optimizer(cfg, schedule_steps)
+    tx, step_fn = _ssl_step_fn(dataclasses.replace(cfg, seed=0, max_steps=None), schedule_steps)
     init_key, train_key = jax.random.split(jax.random.key(cfg.seed))
     params = {**(init_params or {}), **init_ssl_params(cfg, init_key)}
     trained = {k: params[k] for k in ("backbone", "ssl_head")}
@@ -111,17 +126,6 @@ def train_ssl(
         state = ckpt.restore(state)
     state = jax.device_put(state, NamedSharding(mesh, P()))
     sharded = NamedSharding(mesh, P("data"))
-    step_fn = jax.jit(
-        functools.partial(
-            ssl_step,
-            backbone=backbone,
-            projector=projector,
-            tx=tx,
-            policy=crop_policy(cfg.crops),
-            cfg=cfg,
-        ),
-        donate_argnums=0,
-    )
     start = int(state.step)
     bar = tqdm(
         total=total,
