@@ -98,30 +98,99 @@ def cmd_preview(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    """The main job: synthetic paper cohort, then its preview figure."""
-    from osteo_jax.data.synthetic import write_dataset
-    from osteo_jax.eval.preview import dataset_preview
+def _print_run(res: dict) -> None:
+    """Headline of a finished :func:`~osteo_jax.train.experiment.run_experiment`."""
+    radio = res.get("radiogrammetry", {})
+    seg = res.get("seg_val") or {}
+    lines = [
+        "SYNTHETIC DATA - method development only, no clinical use."
+        if (Path(res["data"]) / "oracle.json").exists()
+        else "Research software - no clinical use.",
+        res.get("table") or "",
+    ]
+    if seg:
+        lines.append(
+            f"segmenter (validation): Dice {seg.get('dice/consensus/mean', float('nan')):.3f}, "
+            f"GED {seg.get('ged', float('nan')):.3f}"
+        )
+    if "MC2_r" in radio:
+        lines.append(f"2MCI from predicted masks vs truth: r = {radio['MC2_r']:.3f}")
+    lines += [
+        f"report:    {res.get('report', {}).get('html', '-')}",
+        "stages:    " + ", ".join(f"{k} {v:.0f} s" for k, v in res["stages"].items()),
+        f"wall time: {res['wall_s']:.0f} s",
+    ]
+    print("\n".join(lines))
 
-    out = Path(args.out)
-    data = out / "data"
-    cfg = _synth_config(args)
-    t0 = time.perf_counter()
-    if data.is_dir() and (data / "oracle.json").exists() and not args.overwrite:
-        print(f"reusing the dataset in {data} (pass --overwrite to regenerate)")
-    else:
-        write_dataset(cfg, data, workers=args.workers, overwrite=True)
-    fig = dataset_preview(data, out / "preview.png")
-    oracle = json.loads((data / "oracle.json").read_text())
-    print(
-        "SYNTHETIC DATA - method development only, no clinical use.\n"
-        f"dataset:        {data}\n"
-        f"preview figure: {fig}\n"
-        f"subjects:       {oracle['n_subjects']} ({oracle['n_osteoporotic']} osteoporotic)\n"
-        f"oracle AUC:     {oracle['oracle_auc']:.3f} this cohort, "
-        f"{oracle['oracle_auc_population']:.3f} population (r = {oracle['r']})\n"
-        f"wall time:      {time.perf_counter() - t0:.1f} s"
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """The main job: the whole pipeline on the synthetic paper cohort at demo size."""
+    import dataclasses
+
+    from osteo_jax.train.experiment import demo_config, run_experiment
+
+    cfg = demo_config()
+    if args.subjects is not None or args.seed is not None:
+        synth = cfg.synth
+        cohort = dataclasses.replace(synth.cohort, n_subjects=args.subjects or None)
+        synth = dataclasses.replace(synth, cohort=cohort, seed=args.seed or synth.seed)
+        cfg = dataclasses.replace(cfg, synth=synth)
+    _print_run(run_experiment(cfg, args.out, data=args.data, workers=args.workers))
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """Probability of osteoporosis and 2MCI, with intervals, for new radiographs."""
+    from osteo_jax.eval.predict import predict_images
+
+    results = predict_images(
+        args.images,
+        args.run,
+        interval=args.interval,
+        figure=args.figure,
+        spacing_mm=args.spacing,
     )
+    for r in results:
+        lo, hi = r["probability_interval"]
+        clo, chi = r["2MCI_interval"]
+        print(
+            f"{r['path']}: p(osteoporosis) = {r['probability']:.3f} "
+            f"[{lo:.3f}, {hi:.3f}], 2MCI = {r['2MCI']:.3f} [{clo:.3f}, {chi:.3f}]"
+        )
+    print("research software trained on synthetic data: not a diagnosis")
+    if args.out:
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(f".{out.name}.tmp")
+        tmp.write_text(json.dumps(results, indent=1) + "\n")
+        tmp.replace(out)
+        print(f"json: {out}")
+    if args.figure:
+        print(f"figure: {args.figure}")
+    return 0
+
+
+def _experiment_config(path: str):
+    """An :class:`ExperimentConfig` from ``--config``; a protocol-only config is wrapped."""
+    import dataclasses
+
+    from osteo_jax.config import ExperimentConfig, ProtocolConfig, from_dict
+
+    try:
+        return _load_config(path, ExperimentConfig, from_dict)
+    except ValueError as err:
+        if "expected ExperimentConfig" not in str(err):
+            raise
+    proto = _load_config(path, ProtocolConfig, from_dict)
+    return dataclasses.replace(ExperimentConfig(), name=proto.name, protocol=proto)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Runs (or resumes) one experiment config end to end on a dataset folder."""
+    from osteo_jax.train.experiment import run_experiment
+
+    cfg = _experiment_config(args.config)
+    _print_run(run_experiment(cfg, args.out, data=args.data, workers=args.workers))
     return 0
 
 
@@ -501,10 +570,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", required=True, help="dataset folder")
     p.add_argument("--tables-only", action="store_true", help="do not decode images and masks")
     p.set_defaults(func=cmd_validate)
-    p = sub.add_parser("demo", help="run the main job on the synthetic paper cohort")
-    _add_synth_args(p, "runs/demo")
+    p = sub.add_parser(
+        "demo", help="the whole pipeline on the synthetic paper cohort (about 10 min on CPU)"
+    )
     p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
+    p.add_argument("--data", default=None, help="dataset folder instead of the synthetic one")
+    p.add_argument("--subjects", type=int, default=None, help="cohort size (default 192)")
+    p.add_argument("--seed", type=int, default=None, help="synthetic cohort seed (default 0)")
+    p.add_argument("--workers", type=int, default=None, help="render processes")
     p.set_defaults(func=cmd_demo)
+    p = sub.add_parser("predict", help="classify new radiographs (DICOM/PNG/TIFF) with intervals")
+    p.add_argument("images", nargs="+", help="radiograph files")
+    p.add_argument("--run", required=True, help="experiment folder (osteo-jax run / demo)")
+    p.add_argument("--out", default=None, help="JSON output file")
+    p.add_argument("--figure", default=None, help="PNG figure of the predictions")
+    p.add_argument(
+        "--interval", type=float, default=0.9, help="central mass of the intervals (0.9)"
+    )
+    p.add_argument(
+        "--spacing", type=float, default=None, help="pixel spacing (mm) if the file has none"
+    )
+    p.set_defaults(func=cmd_predict)
+    p = sub.add_parser("run", help="run an experiment config end to end (resumes)")
+    p.add_argument("--config", required=True, help="experiments/*.py (get_config()) or JSON")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument(
+        "--data", default=None, help="dataset folder (default: the config's synthetic cohort)"
+    )
+    p.add_argument("--workers", type=int, default=None, help="render processes")
+    p.set_defaults(func=cmd_run)
     return parser
 
 

@@ -130,8 +130,14 @@ def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
 
 
 def write_json(path: str | os.PathLike, obj: object) -> None:
-    """Writes pretty JSON."""
-    Path(path).write_text(json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
+    """Writes pretty JSON atomically (a temporary sibling renamed over ``path``).
+
+    A kill mid-write never leaves a truncated file for a resumed run to trip over.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
+    os.replace(tmp, path)
 
 
 def _jsonable(x):

@@ -217,3 +217,15 @@ def resample_to_spacing(
         "scale": (h_out / h, w_out / w),
         "reason": "box (area) filter" if shrink else "bilinear interpolation",
     }
+
+
+def isotropic_spacing(meta: dict) -> float | None:
+    """One pixel spacing (mm) from :func:`read_image` metadata, or None when unknown.
+
+    DICOM gives ``(row, col)``; their mean is returned (radiographs are square-pixelled; a
+    non-square pixel would need :func:`resample_to_spacing` first).
+    """
+    value = meta.get("pixel_spacing_mm")
+    if value is None:
+        return None
+    return float(np.mean(np.atleast_1d(np.asarray(value, np.float64))))

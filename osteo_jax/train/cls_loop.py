@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from osteo_jax.config import BackboneConfig, ClsConfig
 from osteo_jax.data.augment import CropPolicy
+from osteo_jax.data.folder import write_json
 from osteo_jax.data.pipeline import ArraySource, make_loader
 from osteo_jax.eval.cls_metrics import binary_metrics, subject_probabilities
 from osteo_jax.eval.extract import SegmentSet
@@ -285,7 +286,7 @@ def train_classifier(
                 # Already there if a kill came before best.json: this rerun recomputed it.
                 if int(best_state.step) not in best_ckpt.manager.all_steps():
                     best_ckpt.save(best_state)
-                best_file.write_text(json.dumps(best, indent=1) + "\n")
+                write_json(best_file, best)
             ckpt.save(state)
             bar.set_postfix(loss=f"{train_m['loss']:.3f}", val_f1=f"{val_m['f1_macro']:.2f}")
             bar.update()

@@ -26,6 +26,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from osteo_jax.config import SegTrainConfig
+from osteo_jax.data.folder import write_json
 from osteo_jax.data.inmemory import split_by_subject
 from osteo_jax.data.pipeline import make_loader, seg_source
 from osteo_jax.eval.seg_eval import evaluate_segmenter, make_predict_fn
@@ -109,7 +110,7 @@ def write_config(run_dir: Path, cfg, data: str) -> None:
                 "--out folder (or delete it) to train with other settings"
             )
         return
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    write_json(path, record)
 
 
 def _gather(source, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -255,7 +256,7 @@ def train_segmenter(
                 )
                 log.write(json.dumps({"step": done, "epoch": epoch, "split": "val", **val}) + "\n")
                 log.flush()
-                (run_dir / "val_metrics.json").write_text(json.dumps(val, indent=1) + "\n")
+                write_json(run_dir / "val_metrics.json", val)
     finally:
         if hasattr(batches, "close"):
             batches.close()

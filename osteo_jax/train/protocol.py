@@ -25,7 +25,7 @@ import jax
 import numpy as np
 
 from osteo_jax.config import BackboneConfig, ClsConfig, SSLConfig
-from osteo_jax.data.folder import rows_from, write_csv
+from osteo_jax.data.folder import rows_from, write_csv, write_json
 from osteo_jax.data.splits import stratified_subject_split
 from osteo_jax.eval.cls_figure import reliability_figure, roc_figure
 from osteo_jax.eval.cls_metrics import binary_metrics, paper_table, summarise_seeds
@@ -129,7 +129,7 @@ def run_protocol(
             k: sorted(set(seg.subject_ids[i].tolist()))
             for k, i in (("train", tr), ("val", va), ("test", te))
         }
-        (folder / "split.json").write_text(json.dumps(split, indent=1) + "\n")
+        write_json(folder / "split.json", split)
         params = None
         if ssl is not None:
             pre = train_ssl(
@@ -202,7 +202,7 @@ def run_protocol(
         },
         "wall_s": round(time.perf_counter() - t0, 1),
     }
-    (out / "cls_metrics.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_json(out / "cls_metrics.json", result)
     (out / "table.md").write_text(table)
     roc_figure(per_seed, out / "roc.png", title=row["model"], oracle_auc=oracle_auc)
     reliability_figure(per_seed, out / "reliability.png", title=row["model"])

@@ -1,0 +1,516 @@
+"""The screening report of an experiment folder: ``report.md`` and ``report.html`` + figures.
+
+:func:`write_report` reads what :func:`osteo_jax.train.experiment.run_experiment` wrote
+(segmenter run, segments, protocol results, radiogrammetry) and lays out, for a colleague:
+the classification table in the paper's format with the oracle AUC, ROC with its bootstrap
+band, reliability diagram, per-bone Dice, segmentation panels of a few test subjects (image,
+consensus, hypotheses with weights, uncertainty, the 7 segments with their probabilities),
+per-bone contribution to the subject score, and radiogrammetry (measured vs true 2MCI, 2MCI vs
+T-score). The same content is written as Markdown and as self-contained-folder HTML.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from osteo_jax.config import BONE_NAMES  # noqa: E402
+
+__all__ = ["radiogrammetry_of_run", "write_report"]
+
+FIGURES = "figures"
+DEFAULT_SPACING = 0.2  # mm; the synthetic detector's, used when a file carries none
+SYNTHETIC_NOTE = (
+    "Research software. These results come from SYNTHETIC radiographs whose ground truth the "
+    "generator planted; they measure how well the method recovers that signal and make no "
+    "clinical claim. Do not use for diagnosis."
+)
+
+
+# ----------------------------------------------------------------------------- documents
+
+
+class _Doc:
+    """Blocks rendered to both Markdown and HTML (headings, text, tables, images)."""
+
+    def __init__(self):
+        self.blocks: list[tuple[str, object]] = []
+
+    def h(self, level: int, text: str) -> None:
+        self.blocks.append(("h", (level, text)))
+
+    def p(self, text: str) -> None:
+        self.blocks.append(("p", text))
+
+    def table(self, header: list[str], rows: list[list[str]]) -> None:
+        self.blocks.append(("table", (header, rows)))
+
+    def img(self, rel: str, caption: str) -> None:
+        self.blocks.append(("img", (rel, caption)))
+
+    def markdown(self) -> str:
+        out = []
+        for kind, x in self.blocks:
+            if kind == "h":
+                out.append("#" * x[0] + " " + x[1])
+            elif kind == "p":
+                out.append(x)
+            elif kind == "table":
+                header, rows = x
+                out.append(
+                    "\n".join(
+                        ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+                        + ["| " + " | ".join(r) + " |" for r in rows]
+                    )
+                )
+            else:
+                out.append(f"![{x[1]}]({x[0]})\n\n*{x[1]}*")
+        return "\n\n".join(out) + "\n"
+
+    def html(self, title: str) -> str:
+        e = html.escape
+        body = []
+        for kind, x in self.blocks:
+            if kind == "h":
+                body.append(f"<h{x[0]}>{e(x[1])}</h{x[0]}>")
+            elif kind == "p":
+                body.append(f"<p>{e(x)}</p>")
+            elif kind == "table":
+                header, rows = x
+                head = "".join(f"<th>{e(c)}</th>" for c in header)
+                trs = "".join(
+                    "<tr>" + "".join(f"<td>{e(c)}</td>" for c in r) + "</tr>" for r in rows
+                )
+                body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{trs}</tbody></table>")
+            else:
+                body.append(
+                    f'<figure><img src="{e(x[0])}" alt="{e(x[1])}">'
+                    f"<figcaption>{e(x[1])}</figcaption></figure>"
+                )
+        style = (
+            "body{font-family:sans-serif;max-width:1100px;margin:2em auto;line-height:1.4}"
+            "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #bbb;"
+            "padding:3px 8px;text-align:left}img{max-width:100%}"
+            ".note{background:#fff3cd;padding:.6em 1em;border:1px solid #e0c36a}"
+        )
+        body.insert(1, f'<p class="note">{e(SYNTHETIC_NOTE)}</p>')
+        return (
+            f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{e(title)}</title>"
+            f"<style>{style}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+        )
+
+
+def _read_csv(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _pm(s: dict) -> str:
+    return f"{s['mean']:.2f} ± {s['std']:.2f}"
+
+
+# ------------------------------------------------------------------------ radiogrammetry
+
+
+def radiogrammetry_of_run(
+    data: str | os.PathLike,
+    seg_run: str | os.PathLike,
+    out_json: str | os.PathLike,
+    *,
+    split: str = "val",
+    hypotheses: int = 4,
+    progress: bool = True,
+) -> dict:
+    """2MCI and cortical indices measured on a segmenter's predicted masks.
+
+    Measures every image of the run's ``split`` subjects (the validation subjects were not
+    trained on): 2MCI, MC3, MC4 and radius cortical index on the mixture-mean segmentation,
+    and the 2MCI's spread over the ``hypotheses`` heaviest hypotheses (0 = all). Where the
+    dataset has the generator's truth (``bones.csv``) the Pearson r and mean absolute error
+    against the true indices are added. Writes ``out_json`` and returns its content.
+    """
+    import jax
+    from tqdm.auto import tqdm
+
+    from osteo_jax.data.folder import IMAGES_CSV, read_csv
+    from osteo_jax.data.imageio import isotropic_spacing, read_image
+    from osteo_jax.data.inmemory import normalise, resize_image
+    from osteo_jax.data.segments import labels_from_probs
+    from osteo_jax.eval.radiogrammetry import (
+        DEFAULT_BONES,
+        measure_prediction,
+        measure_radiograph,
+    )
+
+    OTHER_BONES = tuple(b for b in DEFAULT_BONES if b != "MC2")
+    from osteo_jax.eval.seg_eval import make_predict_fn, predict_batches
+    from osteo_jax.eval.seg_run import restore_segmenter
+
+    data, seg_run, out_json = Path(data), Path(seg_run), Path(out_json)
+    model, params, cfg, step = restore_segmenter(seg_run)
+    predict = make_predict_fn(model)
+    keep = set(json.loads((seg_run / "split.json").read_text())[split])
+    rows = [r for r in read_csv(data / IMAGES_CSV) if r["subject_id"] in keep]
+    key = jax.random.fold_in(jax.random.key(cfg.seed), 13)
+    size, bs = cfg.seg.image_size, cfg.batch_size
+    per_image = []
+    bar = tqdm(total=len(rows), desc="radiogrammetry", unit="img", disable=not progress)
+    for start in range(0, len(rows), bs):
+        chunk = rows[start : start + bs]
+        full = [read_image(data / r["path"]) for r in chunk]
+        images = [normalise(im) for im, _ in full]
+        x = np.stack([resize_image(im, size) for im in images])[..., None].astype(np.float32)
+        # Padded to the training batch: the compile is shared with validation and extraction.
+        _, probs, weights = next(
+            predict_batches(model, params, x, jax.random.fold_in(key, start), bs, predict)
+        )
+        for j, row in enumerate(chunk):
+            spacing = (
+                isotropic_spacing(full[j][1])
+                or float(row.get("pixel_spacing_mm") or 0)
+                or DEFAULT_SPACING
+            )
+            # 2MCI with its spread over the heaviest hypotheses; the other indices on the
+            # mixture-mean segmentation only (each hypothesis costs a profile fit per bone).
+            top = np.argsort(-weights[j], kind="stable")[: hypotheses or weights.shape[1]]
+            mean, spread = measure_prediction(
+                images[j],
+                probs[j][top],
+                weights[j][top],
+                spacing_mm=float(spacing),
+                bones=("MC2",),
+            )
+            w = weights[j] / weights[j].sum()
+            labels = labels_from_probs(
+                np.tensordot(w.astype(np.float32), probs[j], axes=1), images[j].shape
+            )
+            mean.update(
+                measure_radiograph(images[j], labels, spacing_mm=float(spacing), bones=OTHER_BONES)
+            )
+            rec = {"image_id": row["image_id"], "subject_id": row["subject_id"]}
+            for b in DEFAULT_BONES:
+                rec[f"{b}_ci"] = float(mean[b].cortical_index)
+            for k in ("sd", "lo", "hi"):
+                rec[f"MC2_ci_{k}"] = float(spread["MC2"]["cortical_index"][k])
+            per_image.append(rec)
+        bar.update(len(chunk))
+    bar.close()
+    summary: dict = {"n_images": len(per_image), "split": split, "seg_step": step}
+    truth = _truth(data)
+    if truth:
+        for b in DEFAULT_BONES:
+            pairs = [
+                (r[f"{b}_ci"], truth[(r["subject_id"], b)])
+                for r in per_image
+                if (r["subject_id"], b) in truth and np.isfinite(r[f"{b}_ci"])
+            ]
+            if len(pairs) >= 3:
+                m, t = np.array(pairs).T
+                summary[f"{b}_r"] = float(np.corrcoef(m, t)[0, 1])
+                summary[f"{b}_mae"] = float(np.abs(m - t).mean())
+                summary[f"{b}_n"] = len(pairs)
+        for r in per_image:
+            r["true_MC2_ci"] = truth.get((r["subject_id"], "MC2"), float("nan"))
+    tscore = {s["subject_id"]: s.get("t_score", "") for s in read_csv(data / "subjects.csv")}
+    for r in per_image:
+        value = tscore.get(r["subject_id"], "")
+        r["t_score"] = float(value) if value not in ("", None) else float("nan")
+    ci = np.array([r["MC2_ci"] for r in per_image])
+    ts = np.array([r["t_score"] for r in per_image])
+    ok = np.isfinite(ci) & np.isfinite(ts)
+    if ok.sum() >= 3:
+        summary["MC2_vs_tscore_r"] = float(np.corrcoef(ci[ok], ts[ok])[0, 1])
+    sd = np.array([r["MC2_ci_sd"] for r in per_image])
+    summary["MC2_mean_hypothesis_sd"] = float(np.nanmean(sd)) if len(sd) else float("nan")
+    result = {"summary": summary, "per_image": per_image}
+    out_json.write_text(json.dumps(result, indent=1) + "\n")
+    return result
+
+
+def _truth(data: Path) -> dict[tuple[str, str], float]:
+    """``{(subject_id, bone): true cortical index}`` from the generator's ``bones.csv``."""
+    path = data / "bones.csv"
+    if not path.exists():
+        return {}
+    return {(r["subject_id"], r["bone"]): float(r["cortical_index"]) for r in _read_csv(path)}
+
+
+# ------------------------------------------------------------------------------ figures
+
+
+def _dice_figure(val: dict, path: Path) -> list[list[str]]:
+    rows, values = [], []
+    for b in BONE_NAMES:
+        d = val.get(f"dice/consensus/{b}", float("nan"))
+        values.append(d)
+        rows.append([b, f"{d:.3f}", f"{val.get(f'iou/consensus/{b}', float('nan')):.3f}"])
+    fig, ax = plt.subplots(figsize=(6, 2.8))
+    ax.bar(BONE_NAMES, values, color="#4c72b0")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("Dice vs consensus")
+    ax.set_title("segmentation, validation subjects")
+    for i, v in enumerate(values):
+        ax.text(i, v + 0.01, f"{v:.2f}", ha="center", fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return rows
+
+
+def _bone_contribution(cls_dir: Path, path: Path) -> list[list[str]]:
+    """Per bone: mean probability in each class and the bone-alone AUC, pooled over seeds."""
+    from osteo_jax.eval.cls_metrics import binary_metrics
+
+    rows = []
+    for f in sorted(cls_dir.glob("seed*/test_segments.csv")):
+        rows += _read_csv(f)
+    if not rows:
+        return []
+    bones = [b for b in BONE_NAMES if any(r["bone"] == b for r in rows)] or sorted(
+        {r["bone"] for r in rows}
+    )
+    table, pos, neg = [], [], []
+    for b in bones:
+        p = np.array([float(r["probability"]) for r in rows if r["bone"] == b])
+        y = np.array([int(r["label"]) for r in rows if r["bone"] == b])
+        auc = binary_metrics(p, y)["auc"] if 0 < y.sum() < len(y) else float("nan")
+        pos.append(p[y == 1].mean() if (y == 1).any() else np.nan)
+        neg.append(p[y == 0].mean() if (y == 0).any() else np.nan)
+        table.append([b, f"{pos[-1]:.3f}", f"{neg[-1]:.3f}", f"{auc:.3f}", str(len(y))])
+    fig, ax = plt.subplots(figsize=(6.5, 2.8))
+    x = np.arange(len(bones))
+    ax.bar(x - 0.2, pos, 0.4, label="osteoporotic", color="#c44e52")
+    ax.bar(x + 0.2, neg, 0.4, label="normal", color="#55a868")
+    ax.set_xticks(x, bones)
+    ax.set_ylabel("mean segment probability")
+    ax.set_title("per-bone contribution to the subject score (test subjects, all seeds)")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return table
+
+
+def _radiogrammetry_figure(radio: dict, path: Path) -> bool:
+    rows = radio.get("per_image", [])
+    if not rows:
+        return False
+    ci = np.array([r["MC2_ci"] for r in rows])
+    lo = np.array([r["MC2_ci_lo"] for r in rows])
+    hi = np.array([r["MC2_ci_hi"] for r in rows])
+    ts = np.array([r["t_score"] for r in rows])
+    true = np.array([r.get("true_MC2_ci", np.nan) for r in rows])
+    has_truth = np.isfinite(true).any()
+    fig, axes = plt.subplots(1, 2 if has_truth else 1, figsize=(9 if has_truth else 4.5, 3.8))
+    axes = np.atleast_1d(axes)
+    s = radio["summary"]
+    if has_truth:
+        ax = axes[0]
+        err = np.abs(np.stack([ci - lo, hi - ci]))
+        ax.errorbar(true, ci, yerr=np.nan_to_num(err), fmt="o", ms=3, alpha=0.7, lw=0.8)
+        lim = [np.nanmin([true, ci]) - 0.02, np.nanmax([true, ci]) + 0.02]
+        ax.plot(lim, lim, "k--", lw=0.8)
+        ax.set_xlabel("true 2MCI (generator)")
+        ax.set_ylabel("measured 2MCI (predicted masks)")
+        ax.set_title(f"r = {s.get('MC2_r', float('nan')):.3f}, MAE {s.get('MC2_mae', 0):.3f}")
+    ax = axes[-1]
+    ax.scatter(ts, ci, s=10, label="measured")
+    if has_truth:
+        ax.scatter(ts, true, s=10, marker="x", alpha=0.6, label="true")
+        ax.legend(fontsize=7)
+    ax.set_xlabel("T-score")
+    ax.set_ylabel("2MCI")
+    ax.set_title(f"2MCI vs T-score (r = {s.get('MC2_vs_tscore_r', float('nan')):.2f})")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
+
+
+def _subject_panels(out: Path, data: Path, n: int, fig_dir: Path) -> list[str]:
+    """Segmentation and segment panels of ``n`` test subjects of seed 0."""
+    import jax
+
+    from osteo_jax.data.inmemory import load_seg_arrays
+    from osteo_jax.eval.extract import load_segments
+    from osteo_jax.eval.seg_eval import make_predict_fn, predict_batches
+    from osteo_jax.eval.seg_figure import segmentation_figure
+    from osteo_jax.eval.seg_run import restore_segmenter
+
+    seeds = sorted((out / "cls").glob("seed*/test_segments.csv"))
+    if not seeds or n <= 0:
+        return []
+    seg_rows = _read_csv(seeds[0])
+    prob = {(r["image_id"], r["bone"]): float(r["probability"]) for r in seg_rows}
+    test_subjects = _read_csv(seeds[0].parent / "test_predictions.csv")
+    by_label = [
+        [r for r in test_subjects if r["label"] == lab][: (n + 1) // 2] for lab in ("1", "0")
+    ]
+    picked = [r["subject_id"] for r in (by_label[0] + by_label[1])[:n]]
+    subj_p = {r["subject_id"]: float(r["probability"]) for r in test_subjects}
+    model, params, cfg, _ = restore_segmenter(out / "seg")
+    arrays = load_seg_arrays(data, cfg.seg.image_size, cfg.annotators)
+    idx = [int(np.flatnonzero(arrays.subject_ids == s)[0]) for s in picked]
+    _, probs, weights = next(
+        predict_batches(
+            model,
+            params,
+            arrays.images[idx],
+            jax.random.key(cfg.seed + 101),
+            max(cfg.batch_size, len(idx)),
+            make_predict_fn(model),
+        )
+    )
+    rows = []
+    for j, i in enumerate(idx):
+        rows.append(
+            dict(
+                image=arrays.images[i, ..., 0],
+                probs=np.asarray(probs[j]),
+                weights=np.asarray(weights[j]),
+                masks=arrays.masks[i],
+                title=f"{picked[j]} p={subj_p[picked[j]]:.2f}",
+            )
+        )
+    figs = [str(segmentation_figure(rows, fig_dir / "subjects_segmentation.png", max_hypotheses=8))]
+    segs = load_segments(out / "segments")
+    fig, axes = plt.subplots(
+        len(idx), len(segs.bones), figsize=(1.5 * len(segs.bones), 1.7 * len(idx)), squeeze=False
+    )
+    for r, sid in enumerate(picked):
+        k = int(np.flatnonzero(segs.subject_ids == sid)[0])
+        for c, b in enumerate(segs.bones):
+            ax = axes[r, c]
+            ax.imshow(np.asarray(segs.images[k, c], np.float32), cmap="gray", vmin=0, vmax=1)
+            p = prob.get((str(segs.image_ids[k]), b))
+            ax.set_title(f"{b}" + ("" if p is None else f" p={p:.2f}"), fontsize=7)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[r, 0].set_ylabel(sid, fontsize=7)
+    fig.suptitle("the 7 segments and each one's probability of osteoporosis (seed 0)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(fig_dir / "subjects_segments.png", dpi=110)
+    plt.close(fig)
+    return figs + [str(fig_dir / "subjects_segments.png")]
+
+
+# ------------------------------------------------------------------------------- report
+
+
+def write_report(out: str | os.PathLike, cfg, data: str | os.PathLike) -> dict[str, Path]:
+    """Writes ``out/report.md`` and ``out/report.html`` (figures under ``out/figures``).
+
+    Args:
+      out: an experiment folder (:func:`osteo_jax.train.experiment.run_experiment`).
+      cfg: its :class:`~osteo_jax.config.ExperimentConfig`.
+      data: the dataset folder it ran on.
+
+    Returns:
+      ``{"md": path, "html": path}``.
+    """
+    out, data = Path(out), Path(data)
+    fig_dir = out / FIGURES
+    fig_dir.mkdir(exist_ok=True)
+    metrics = json.loads((out / "cls" / "cls_metrics.json").read_text())
+    doc = _Doc()
+    doc.h(1, f"Screening report: {cfg.name}")
+    doc.p(SYNTHETIC_NOTE if (data / "oracle.json").exists() else SYNTHETIC_NOTE.split(".")[0])
+    oracle = metrics["table_row"].get("oracle_auc")
+    n_subj = len({r["subject_id"] for r in _read_csv(data / "subjects.csv")})
+    doc.p(
+        f"Dataset: {data} ({n_subj} subjects). Protocol: subject-wise stratified split "
+        f"{'/'.join(str(round(100 * f)) for f in cfg.protocol.cls.split)}, "
+        f"{len(metrics['per_seed'])} seeds, checkpoint by validation macro-F1; mean ± std over "
+        "seeds, 95 % bootstrap intervals in cls/cls_metrics.json."
+    )
+
+    doc.h(2, "Classification (paper format)")
+    s, row = metrics["summary"], metrics["table_row"]
+    doc.table(
+        ["model", "ROI", "backbone", "F1", "AUC", "accuracy", "sensitivity", "specificity",
+         "oracle AUC"],
+        [[row["model"], row["roi"], row["backbone"], _pm(s["f1_positive"]), _pm(s["auc"]),
+          _pm(s["accuracy"]), _pm(s["sensitivity"]), _pm(s["specificity"]),
+          "" if oracle is None else f"{oracle:.2f}"]],
+    )  # fmt: skip
+    if oracle is not None:
+        doc.p(
+            f"The oracle AUC ({oracle:.2f}) is the AUC of the bone-health latent the generator "
+            "drew, on this cohort: the ceiling any image classifier should be read against."
+        )
+    doc.img("cls/roc.png", "ROC per seed and pooled, with the bootstrap band")
+    doc.img("cls/reliability.png", "Reliability diagram of the test probabilities")
+
+    doc.h(2, "Segmentation")
+    val_path = out / "seg" / "val_metrics.json"
+    if val_path.exists():
+        val = json.loads(val_path.read_text())
+        dice_rows = _dice_figure(val, fig_dir / "dice_per_bone.png")
+        doc.p(
+            f"Validation subjects of the segmenter: Dice vs consensus "
+            f"{val.get('dice/consensus/mean', float('nan')):.3f}, GED {val['ged']:.3f}, "
+            f"HM-IoU {val['hm_iou']:.3f}, ECE {val['ece']:.3f}."
+        )
+        doc.table(["bone", "Dice", "IoU"], dice_rows)
+        doc.img(f"{FIGURES}/dice_per_bone.png", "Dice per bone against the annotators' consensus")
+    for f in _subject_panels(out, data, cfg.report_subjects, fig_dir):
+        caption = (
+            "Test subjects: radiograph (subject probability), consensus, mixture mean, mutual "
+            "information, and the heaviest hypotheses with their weights α"
+            if "segmentation" in f
+            else "The 7 segments cut from the prediction, with each one's probability"
+        )
+        doc.img(os.path.relpath(f, out), caption)
+
+    doc.h(2, "Per-bone contribution to the subject score")
+    contrib = _bone_contribution(out / "cls", fig_dir / "bone_contribution.png")
+    if contrib:
+        doc.p(
+            "The subject's probability is the mean of its segments' probabilities; per bone, "
+            "the mean segment probability in each class and the AUC of that bone alone."
+        )
+        doc.table(["bone", "mean p (osteoporotic)", "mean p (normal)", "AUC alone", "n"], contrib)
+        doc.img(f"{FIGURES}/bone_contribution.png", "Per-bone contribution")
+
+    radio_path = out / "radiogrammetry.json"
+    if radio_path.exists():
+        radio = json.loads(radio_path.read_text())
+        s = radio["summary"]
+        doc.h(2, "Radiogrammetry")
+        doc.p(
+            "Cortical index (W - M) / W at mid-shaft, W and M read from width profiles of the "
+            "radiograph across the predicted bone; spread over the segmentation hypotheses. "
+            f"{s['n_images']} images of the segmenter's {s['split']} subjects."
+        )
+        tab = []
+        for b in ("MC2", "MC3", "MC4", "radius"):
+            if f"{b}_r" in s:
+                tab.append([b, f"{s[f'{b}_r']:.3f}", f"{s[f'{b}_mae']:.4f}", str(s[f"{b}_n"])])
+        if tab:
+            doc.table(["bone", "r vs true index", "MAE", "n"], tab)
+        if "MC2_vs_tscore_r" in s:
+            doc.p(
+                f"2MCI vs T-score: r = {s['MC2_vs_tscore_r']:.2f}; mean spread (SD) of the 2MCI "
+                f"over hypotheses {s['MC2_mean_hypothesis_sd']:.4f}."
+            )
+        if _radiogrammetry_figure(radio, fig_dir / "radiogrammetry.png"):
+            doc.img(f"{FIGURES}/radiogrammetry.png", "Measured vs true 2MCI; 2MCI vs T-score")
+    summary = out / "run_summary.json"
+    if summary.exists():
+        stages = json.loads(summary.read_text()).get("stages", {})
+        if stages:
+            doc.h(2, "Run")
+            doc.table(["stage", "seconds"], [[k, f"{v:.0f}"] for k, v in stages.items()])
+    md, page = out / "report.md", out / "report.html"
+    md.write_text(doc.markdown())
+    page.write_text(doc.html(f"osteo_jax report: {cfg.name}"))
+    return {"md": md, "html": page}

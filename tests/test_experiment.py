@@ -1,0 +1,150 @@
+"""The whole pipeline on a tiny cohort: run → report → predict (PNG and DICOM), and resume."""
+
+import csv
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+
+from osteo_jax.cli import main
+from osteo_jax.config import (
+    BackboneConfig,
+    ClsConfig,
+    CohortConfig,
+    CropConfig,
+    ExperimentConfig,
+    OTConfig,
+    PhysicsConfig,
+    ProtocolConfig,
+    SegConfig,
+    SegmentConfig,
+    SegTrainConfig,
+    SSLConfig,
+    SynthConfig,
+)
+from osteo_jax.data.folder import DatasetError
+
+BACKBONE = BackboneConfig(depth=18, width=4)
+TINY = ExperimentConfig(
+    name="tiny",
+    synth=SynthConfig(cohort=CohortConfig(n_subjects=20), physics=PhysicsConfig(size=192)),
+    seg=SegTrainConfig(
+        seg=SegConfig(
+            features=(4, 8), num_experts=2, num_samples=2, latent_dim=2, head_hidden=4,
+            router_hidden=8, image_size=32,
+        ),
+        ot=OTConfig(num_iters=20, gamma_ramp_start=2, gamma_ramp_steps=4),
+        batch_size=4,
+        epochs=2,
+        warmup_steps=1,
+    ),
+    segment=SegmentConfig(size=16),
+    protocol=ProtocolConfig(
+        ssl=SSLConfig(
+            backbone=BACKBONE,
+            crops=CropConfig(global_size=12, local_size=8, n_local=2),
+            batch_size=16,
+            epochs=1,
+            warmup_epochs=0.5,
+        ),
+        cls=ClsConfig(epochs=3, batch_size=16, seeds=(0, 1), bootstrap=50),
+        backbone=BACKBONE,
+    ),
+    report_subjects=2,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    from osteo_jax.train.experiment import run_experiment
+
+    out = tmp_path_factory.mktemp("exp") / "run"
+    res = run_experiment(TINY, out, workers=1, progress=False)
+    return out, res
+
+
+def test_run_writes_the_report(run):
+    out, res = run
+    assert set(res["stages"]) >= {"synth", "train-seg", "segments", "ssl+classifier", "report"}
+    md = (out / "report.md").read_text()
+    page = (out / "report.html").read_text()
+    for text in ("SYNTHETIC", "oracle AUC", "Per-bone contribution", "Radiogrammetry"):
+        assert text in md and text in page
+    metrics = json.loads((out / "cls" / "cls_metrics.json").read_text())
+    auc = metrics["summary"]["auc"]["mean"]
+    assert f"{auc:.2f} ±" in md  # the table shows the protocol's numbers
+    for rel in ("figures/dice_per_bone.png", "figures/bone_contribution.png", "cls/roc.png"):
+        assert (out / rel).stat().st_size > 1000
+        assert rel in md and rel in page
+    radio = json.loads((out / "radiogrammetry.json").read_text())
+    assert radio["summary"]["n_images"] == len(radio["per_image"]) > 0
+
+
+def test_saved_models_reproduce_the_protocol_predictions(run):
+    """The per-seed models written by the protocol, restored by predict's loader, give back
+    each test segment's probability in test_segments.csv."""
+    from osteo_jax.eval.extract import load_segments
+    from osteo_jax.train.cls_loop import predict_segments
+    from osteo_jax.train.protocol import load_models
+
+    out, _ = run
+    models, backbone, bones, metrics = load_models(out / "cls")
+    assert len(models) == len(TINY.protocol.cls.seeds) and backbone == BACKBONE
+    seg = load_segments(out / "segments").select_bones(bones)
+    for seed, params in zip(TINY.protocol.cls.seeds, models, strict=True):
+        with open(out / "cls" / f"seed{seed}" / "test_segments.csv") as f:
+            rows = list(csv.DictReader(f))
+        ids = sorted({r["image_id"] for r in rows})
+        idx = np.array([int(np.flatnonzero(seg.image_ids == i)[0]) for i in ids])
+        probs = predict_segments(params, backbone, seg.take(idx))
+        for r in rows:
+            k, b = ids.index(r["image_id"]), bones.index(r["bone"])
+            assert probs[k, b] == pytest.approx(float(r["probability"]), abs=2e-6)
+
+
+def test_predict_png_and_dicom_agree_and_bad_file_fails(run, tmp_path, capsys):
+    from osteo_jax.data.dicom import write_dicom
+    from osteo_jax.data.folder import read_png
+
+    out, _ = run
+    png = out / "data" / "images" / "S0000.png"
+    dcm = tmp_path / "S0000.dcm"
+    write_dicom(dcm, read_png(png), pixel_spacing_mm=204.8 / 192, bits_stored=12)
+    res_json, fig = tmp_path / "pred.json", tmp_path / "pred.png"
+    argv = ["predict", str(png), str(dcm), "--run", str(out), "--out", str(res_json)]
+    assert main([*argv, "--figure", str(fig)]) == 0
+    res = json.loads(res_json.read_text())
+    assert fig.stat().st_size > 1000 and "not a diagnosis" in capsys.readouterr().out
+    for r in res:
+        lo, hi = r["probability_interval"]
+        assert 0 <= lo <= hi <= 1 and 0 <= r["probability"] <= 1
+        w = np.array([h["weight"] for h in r["hypotheses"]])
+        assert len(w) == 4 and w.sum() == pytest.approx(1, abs=1e-5)
+    # The same pixels as PNG and as DICOM give the same prediction.
+    assert res[0]["probability"] == pytest.approx(res[1]["probability"], abs=1e-4)
+    assert res[1]["spacing_known"] and not res[0]["spacing_known"]
+    bad = tmp_path / "broken.dcm"
+    bad.write_bytes(b"DICM" + b"\0" * 50)
+    assert (
+        main(["predict", str(png), str(bad), "--run", str(out), "--out", str(tmp_path / "x.json")])
+        == 2
+    )
+    assert "broken.dcm" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()
+    with pytest.raises(DatasetError, match="missing.png"):
+        from osteo_jax.eval.predict import predict_images
+
+        predict_images([tmp_path / "missing.png"], out)
+
+
+def test_rerun_resumes_and_refuses_another_config(run):
+    from osteo_jax.train.experiment import run_experiment
+
+    out, first = run
+    again = run_experiment(TINY, out, workers=1, progress=False, report=False)
+    assert again["summary"]["auc"] == first["summary"]["auc"]
+    assert again["stages"]["train-seg"] < first["stages"]["train-seg"] + 30
+    other = dataclasses.replace(TINY, segment=SegmentConfig(size=24))
+    with pytest.raises(ValueError, match="another configuration"):
+        run_experiment(other, out, workers=1, progress=False)
