@@ -286,7 +286,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from osteo_jax.config import SegmentConfig
     from osteo_jax.eval.extract import extract_segments
 
-    cfg = SegmentConfig(size=args.size, frame=args.frame)
+    cfg = SegmentConfig(size=args.size, frame=args.frame, roi=args.roi, background=args.background)
     out = extract_segments(
         args.data, args.out, source=args.source, cfg=cfg, overwrite=args.overwrite
     )
@@ -493,6 +493,8 @@ def _add_protocol_args(p: argparse.ArgumentParser, *, ssl: bool, cls: bool) -> N
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``osteo-jax``."""
+    from osteo_jax.config import ROI_REGIONS
+
     parser = argparse.ArgumentParser(
         prog="osteo-jax",
         description="Osteoporosis screening from hand radiographs (research code; synthetic "
@@ -544,6 +546,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="segments folder")
     p.add_argument("--size", type=int, default=128, help="segment side (default 128)")
     p.add_argument("--frame", default="aligned", choices=("aligned", "box"))
+    p.add_argument(
+        "--roi",
+        default="bones",
+        choices=tuple(ROI_REGIONS),
+        help="bones: the 7 bone segments (paper); other regions: crops for the baselines",
+    )
+    p.add_argument(
+        "--background",
+        default="zero",
+        choices=("zero", "keep"),
+        help="zero outside the dilated mask (paper) or keep the radiograph (crop baselines)",
+    )
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_segment)
     p = sub.add_parser("pretrain", help="self-supervised pretraining on segments")
