@@ -1,6 +1,13 @@
 """Evaluation: figures and metrics."""
 
 from osteo_jax.eval.preview import dataset_preview
+from osteo_jax.eval.radiogrammetry import (
+    measure_bone,
+    measure_hypotheses,
+    measure_prediction,
+    measure_radiograph,
+    weighted_spread,
+)
 from osteo_jax.eval.seg_metrics import (
     dice_iou_per_class,
     expected_calibration_error,
@@ -20,8 +27,13 @@ __all__ = [
     "ged",
     "hm_iou",
     "majority_consensus",
+    "measure_bone",
+    "measure_hypotheses",
+    "measure_prediction",
+    "measure_radiograph",
     "multiclass_iou",
     "pairwise_iou",
     "seg_report",
     "uncertainty_maps",
+    "weighted_spread",
 ]
