@@ -51,16 +51,16 @@ class PredictModel:
         self.models, self.backbone, self.bones, _ = load_models(self.run / "cls")
         self.key = jax.random.fold_in(jax.random.key(self.seg_cfg.seed), 17)
 
-    def segment(self, image: np.ndarray, index: int = 0) -> tuple[np.ndarray, np.ndarray]:
-        """``(probs [N, s, s, C], weights [N])`` of one normalised image."""
-        import jax
+    def segment(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(probs [N, s, s, C], weights [N])`` of one normalised image.
 
+        Every image gets the same latent draws, so a prediction does not depend on which other
+        files are given or in which order.
+        """
         from osteo_jax.data.inmemory import resize_image
 
         x = resize_image(image, self.seg_cfg.seg.image_size)[None, ..., None]
-        probs, weights = self._predict(
-            self.seg_params, x.astype(np.float32), jax.random.fold_in(self.key, index)
-        )
+        probs, weights = self._predict(self.seg_params, x.astype(np.float32), self.key)
         return np.asarray(probs[0]), np.asarray(weights[0], np.float64)
 
     def classify(self, segments: list) -> np.ndarray:
@@ -151,10 +151,10 @@ def predict_images(
     model = run if isinstance(run, PredictModel) else PredictModel(run)
     lo_q, hi_q = (1 - interval) / 2, (1 + interval) / 2
     results, panels = [], []
-    for i, (path, image, meta) in enumerate(images):
+    for path, image, meta in images:
         known = isotropic_spacing(meta)
         spacing = known or spacing_mm or _train_spacing(model)
-        probs, weights = model.segment(image, i)
+        probs, weights = model.segment(image)
         w = weights / weights.sum()
         cfg = model.cfg.segment
         mean_seg = segments_from_prediction(image, probs, w, spacing_mm=spacing, cfg=cfg)
