@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test lint clean-venv
+.PHONY: demo test notebook lint clean-venv
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q
+
+# Executes colab/demo.ipynb top to bottom on CPU (a small pipeline, a few minutes); CI runs it.
+notebook: $(VENV)/.installed-test
+	$(PY) -m pytest -q -m notebook tests/test_notebook.py
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check osteo_jax tests experiments

@@ -6,15 +6,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 NOTEBOOK = Path(__file__).parents[1] / "colab" / "demo.ipynb"
 
 
+@pytest.mark.notebook
 def test_demo_notebook_runs():
     nb = json.loads(NOTEBOOK.read_text())
     cells = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
     assert len(cells) >= 3
     source = "import matplotlib\nmatplotlib.use('Agg')\n" + "\n\n".join(cells)
-    env = dict(os.environ, DEMO_SUBJECTS="4", DEMO_SIZE="128", MPLBACKEND="Agg")
+    env = dict(os.environ, DEMO_SUBJECTS="20", DEMO_SIZE="192", DEMO_EPOCHS="1", MPLBACKEND="Agg")
     # Run with -c: like a Jupyter / Colab kernel, __main__ has no file.
     res = subprocess.run(
         [sys.executable, "-c", source],
@@ -22,7 +25,8 @@ def test_demo_notebook_runs():
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=600,
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "oracle_auc" in res.stdout
+    assert "oracle_auc" in res.stdout and "| SimCLR + linear probe |" in res.stdout
+    assert "probability_interval" in res.stdout
