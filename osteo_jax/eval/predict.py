@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -162,7 +163,10 @@ def predict_images(
             image, probs, w, spacing_mm=spacing, cfg=cfg, per_hypothesis=True
         )
         p_all = model.classify([mean_seg, *hyp_segs])  # [1 + N, models]
-        p_mean_models, p_hyp = p_all[0], np.nanmean(p_all[1:], axis=1)
+        p_mean_models = p_all[0]
+        with warnings.catch_warnings():  # a hypothesis with no valid segment gives NaN
+            warnings.simplefilter("ignore", RuntimeWarning)
+            p_hyp = np.nanmean(p_all[1:], axis=1)
         mean_m, spread = measure_prediction(
             image, probs, w, spacing_mm=float(spacing), bones=("MC2",), interval=interval
         )
