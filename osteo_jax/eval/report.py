@@ -340,7 +340,7 @@ def _subject_panels(out: Path, data: Path, n: int, fig_dir: Path) -> list[str]:
     """Segmentation and segment panels of ``n`` test subjects of seed 0."""
     import jax
 
-    from osteo_jax.data.inmemory import load_seg_arrays
+    from osteo_jax.data.pipeline import FolderSource
     from osteo_jax.eval.extract import load_segments
     from osteo_jax.eval.seg_eval import make_predict_fn, predict_batches
     from osteo_jax.eval.seg_figure import segmentation_figure
@@ -358,33 +358,37 @@ def _subject_panels(out: Path, data: Path, n: int, fig_dir: Path) -> list[str]:
     picked = [r["subject_id"] for r in (by_label[0] + by_label[1])[:n]]
     subj_p = {r["subject_id"]: float(r["probability"]) for r in test_subjects}
     model, params, cfg, _ = restore_segmenter(out / "seg")
-    arrays = load_seg_arrays(data, cfg.seg.image_size, cfg.annotators)
-    idx = [int(np.flatnonzero(arrays.subject_ids == s)[0]) for s in picked]
+    # Decode only the picked subjects' first images (not the whole folder).
+    source = FolderSource(data, cfg.seg.image_size, cfg.annotators)
+    records = [source[int(np.flatnonzero(source.subject_ids == s)[0])] for s in picked]
     _, probs, weights = next(
         predict_batches(
             model,
             params,
-            arrays.images[idx],
+            np.stack([r["image"] for r in records]),
             jax.random.key(cfg.seed + 101),
-            max(cfg.batch_size, len(idx)),
+            max(cfg.batch_size, len(records)),
             make_predict_fn(model),
         )
     )
     rows = []
-    for j, i in enumerate(idx):
+    for j, rec in enumerate(records):
         rows.append(
             dict(
-                image=arrays.images[i, ..., 0],
+                image=rec["image"][..., 0],
                 probs=np.asarray(probs[j]),
                 weights=np.asarray(weights[j]),
-                masks=arrays.masks[i],
+                masks=rec["masks"],
                 title=f"{picked[j]} p={subj_p[picked[j]]:.2f}",
             )
         )
     figs = [str(segmentation_figure(rows, fig_dir / "subjects_segmentation.png", max_hypotheses=8))]
     segs = load_segments(out / "segments")
     fig, axes = plt.subplots(
-        len(idx), len(segs.bones), figsize=(1.5 * len(segs.bones), 1.7 * len(idx)), squeeze=False
+        len(picked),
+        len(segs.bones),
+        figsize=(1.5 * len(segs.bones), 1.7 * len(picked)),
+        squeeze=False,
     )
     for r, sid in enumerate(picked):
         k = int(np.flatnonzero(segs.subject_ids == sid)[0])
