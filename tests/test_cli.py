@@ -41,8 +41,10 @@ def test_folder_layout_and_tables(synth_dir):
     images = _rows(synth_dir / "images.csv")
     assert [r["image_id"] for r in images] == [s["subject_id"] for s in subjects]
     oracle = json.loads((synth_dir / "oracle.json").read_text())
-    for key in ("oracle_auc", "r", "prevalence"):
-        assert key in oracle
+    for key in ("image_ceiling_auc", "clinical_ceiling_auc", "image_clinical_ceiling_auc"):
+        assert 0.5 <= oracle[key] <= 1 and 0.5 <= oracle["population"][key] <= 1
+    assert "oracle_auc" not in oracle  # renamed: hand_latent_auc is not a ceiling
+    assert len(_rows(synth_dir / "ceiling.csv")) == 6
     assert oracle["r"] == 0.6 and oracle["prevalence"] == pytest.approx(2 / 6)
     meta = json.loads((synth_dir / "dataset.json").read_text())
     assert meta["classes"] == list(CLASS_NAMES)

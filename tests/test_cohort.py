@@ -1,4 +1,4 @@
-"""Cohort sampler: determinism, WHO labels, presets, coupling, geometry, oracle AUC."""
+"""Cohort sampler: determinism, WHO labels, presets, coupling, geometry, hand-latent AUC."""
 
 import dataclasses
 
@@ -11,7 +11,7 @@ from osteo_jax.data.cohort import (
     T_NORMAL,
     T_OSTEOPOROSIS,
     Cohort,
-    oracle_auc,
+    hand_latent_auc,
     roc_auc,
     sample_cohort,
 )
@@ -117,12 +117,12 @@ def test_roc_auc_matches_sklearn(rng):
 
 
 @pytest.mark.parametrize("r, lo, hi", [(0.6, 0.77, 0.83), (0.9, 0.93, 0.97)])
-def test_oracle_auc_matches_the_ceiling_table(r, lo, hi):
-    # DATA_PHYSICS.md: ceiling AUC at 20 % prevalence is 0.80 at r = 0.6 and 0.95 at r = 0.9.
+def test_hand_latent_auc_matches_the_single_feature_table(r, lo, hi):
+    # DATA_PHYSICS.md: one ideal hand feature at 20 % prevalence: AUC 0.80 at r = 0.6, 0.95 at 0.9.
     for preset in ("screening", "paper"):
         cfg = CohortConfig(preset=preset, n_subjects=5000, prevalence=0.2, r=r)
         c = sample_cohort(cfg, seed=2)
         assert c.prevalence == pytest.approx(0.2)
-        auc = oracle_auc(c)
+        auc = hand_latent_auc(c)
         assert lo <= auc <= hi, (preset, auc)
         assert auc == pytest.approx(roc_auc_score(c.label, -c.hand_latent), abs=1e-12)

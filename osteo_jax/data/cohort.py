@@ -3,8 +3,9 @@
 This is the feature half of the generator (no pixels). Everything a radiologist could measure on
 the image (cortical thinning, porosity, trabecular loss) is derived from one hand-level
 bone-health latent ``h`` that correlates ``r`` with the latent DXA T-score; the osteoporosis
-label is the WHO cut on that T-score, never painted on the image. ``oracle_auc`` reports the AUC
-of ``h`` itself, the ceiling any image classifier should be read against.
+label is the WHO cut on that T-score, never painted on the image. Porosity and trabecular BV/TV
+also follow age, and hand size follows sex, so the radiograph shows more than ``h``: the Bayes
+ceilings an image classifier is read against are in :mod:`osteo_jax.data.ceiling`.
 
 Numbers follow ``DATA_PHYSICS.md``; see :mod:`osteo_jax.config` for every default.
 """
@@ -30,6 +31,28 @@ NOMINAL_WIDTH_MM = np.array([15.0, 10.5, 9.0, 8.0, 7.8, 7.0, 7.4])
 # Ratio of the radial to the ulnar cortical wall at mid-shaft: MC2's radial wall is 10-12 %
 # thicker; the other bones are symmetric.
 WALL_RATIO = np.array([1.0, 1.0, 1.0, 1.11, 1.0, 1.0, 1.0])
+
+# Hand size: uniform around the nominal hand, men's hands larger by a fixed factor.
+HAND_SCALE_RANGE = (0.9, 1.1)
+MALE_HAND_SCALE = 1.08
+# Per-bone noise (SD) and physical clips of cortical porosity and trabecular BV/TV around their
+# means (porosity_mean, bvtv_mean). These are what let the radiograph show age.
+POROSITY_SD = 0.008
+POROSITY_RANGE = (0.03, 0.15)
+BVTV_SD = 0.008
+BVTV_RANGE = (0.08, 0.22)
+
+
+def porosity_mean(age: np.ndarray, bone_latent: np.ndarray) -> np.ndarray:
+    """Mean cortical porosity (3-15 %): rises with age after 40 and with low bone health."""
+    return 0.045 + 0.0011 * np.maximum(age - 40.0, 0.0) - 0.02 * bone_latent
+
+
+def bvtv_mean(age: np.ndarray, bone_latent: np.ndarray) -> np.ndarray:
+    """Mean trabecular BV/TV (0.10-0.20 in the metaphyses), falling up to 27 % from 40 to 85."""
+    age_loss = 0.27 * np.clip((age - 40.0) / 45.0, 0.0, 1.0)
+    return 0.18 * (1.0 - age_loss) * (1.0 + 0.08 * bone_latent)
+
 
 _PRESETS: Mapping[str, dict] = {
     # Hospital cohort of the paper: 192 subjects, 59 osteoporotic, 169 F / 23 M, ages mostly
@@ -243,7 +266,7 @@ def sample_cohort(cfg: CohortConfig = CohortConfig(), seed: int = 0) -> Cohort:
     hb = rho * h[:, None] + np.sqrt(1.0 - rho**2) * rng.standard_normal((n, nb))
 
     ci = np.clip(cfg.ci_mean + cfg.ci_slope * hb, *cfg.ci_range)
-    hand_scale = rng.uniform(0.9, 1.1, n) * np.where(female, 1.0, 1.08)
+    hand_scale = rng.uniform(*HAND_SCALE_RANGE, n) * np.where(female, 1.0, MALE_HAND_SCALE)
     w_nom = NOMINAL_WIDTH_MM * hand_scale[:, None] * rng.normal(1.0, 0.04, (n, nb))
     length = NOMINAL_LENGTH_MM * hand_scale[:, None] * rng.normal(1.0, 0.03, (n, nb))
     # Osteoporosis thins the cortex from inside (keep W, widen M); about a quarter of subjects
@@ -256,22 +279,10 @@ def sample_cohort(cfg: CohortConfig = CohortConfig(), seed: int = 0) -> Cohort:
     wall_radial = walls * WALL_RATIO / (1.0 + WALL_RATIO)
     wall_ulnar = walls - wall_radial
 
-    # Cortical porosity 3-15 %, rising with age and with low bone health.
     porosity = np.clip(
-        0.045
-        + 0.0011 * np.maximum(age - 40.0, 0.0)[:, None]
-        - 0.02 * hb
-        + rng.normal(0.0, 0.008, (n, nb)),
-        0.03,
-        0.15,
+        porosity_mean(age[:, None], hb) + rng.normal(0.0, POROSITY_SD, (n, nb)), *POROSITY_RANGE
     )
-    # Trabecular BV/TV 0.10-0.20 in the metaphyses, falling up to 27 % with age.
-    age_loss = 0.27 * np.clip((age - 40.0) / 45.0, 0.0, 1.0)
-    bvtv = np.clip(
-        0.18 * (1.0 - age_loss)[:, None] * (1.0 + 0.08 * hb) + rng.normal(0.0, 0.008, (n, nb)),
-        0.08,
-        0.22,
-    )
+    bvtv = np.clip(bvtv_mean(age[:, None], hb) + rng.normal(0.0, BVTV_SD, (n, nb)), *BVTV_RANGE)
 
     return Cohort(
         subject_id=np.array([f"S{i:04d}" for i in range(n)]),
@@ -312,7 +323,20 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
       The AUC in [0, 1].
     """
     scores = np.asarray(scores, dtype=np.float64)
-    labels = np.asarray(labels).astype(bool)
+    if scores.shape != np.shape(labels) or scores.ndim != 1:
+        raise ValueError(
+            f"AUC needs equal 1-D scores and labels: {scores.shape}, {np.shape(labels)}"
+        )
+    if not np.isfinite(scores).all():
+        bad = np.flatnonzero(~np.isfinite(scores))
+        raise ValueError(
+            f"AUC of non-finite scores: {len(bad)} of {len(scores)} are NaN or infinite "
+            f"(first at index {bad[0]})"
+        )
+    labels = np.asarray(labels)
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError("AUC needs labels 0 or 1")
+    labels = labels.astype(bool)
     n_pos, n_neg = int(labels.sum()), int((~labels).sum())
     if n_pos == 0 or n_neg == 0:
         raise ValueError("AUC needs at least one positive and one negative subject")
@@ -326,12 +350,12 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     return float((ranks[labels].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
 
 
-def oracle_auc(cohort: Cohort) -> float:
-    """AUC of the hand-level latent the generator drew, over the cohort.
+def hand_latent_auc(cohort: Cohort) -> float:
+    """AUC of the hand-level bone-health latent the generator drew, over the cohort.
 
-    Low latent means weak bone, so the score is ``-hand_latent``. No classifier that sees only
-    the image can beat this in expectation: every image feature derives from this latent plus
-    noise that carries no label information.
+    Low latent means weak bone, so the score is ``-hand_latent``. This measures the coupling
+    ``r``; it is *not* a ceiling for an image classifier, because the image also shows age and
+    sex (see :mod:`osteo_jax.data.ceiling` for the Bayes ceilings).
     """
     return roc_auc(-cohort.hand_latent, cohort.label)
 

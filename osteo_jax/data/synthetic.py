@@ -31,7 +31,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from osteo_jax.config import BONE_NAMES, CLASS_NAMES, SynthConfig
-from osteo_jax.data.cohort import Cohort, category_names, oracle_auc, sample_cohort
+from osteo_jax.data.ceiling import write_ceilings
+from osteo_jax.data.cohort import Cohort, category_names, sample_cohort
 from osteo_jax.data.folder import (
     EXACT,
     FORMAT_VERSION,
@@ -56,8 +57,6 @@ __all__ = [
     "Cohort",
     "Radiograph",
     "annotator_draws",
-    "oracle_auc",
-    "population_oracle_auc",
     "render_subject",
     "sample_cohort",
     "write_dataset",
@@ -181,16 +180,6 @@ def render_subject(cohort: Cohort, i: int, cfg: SynthConfig = SynthConfig()) -> 
         pixel_spacing_mm=phys.pixel_spacing_mm,
         raster=raster,
     )
-
-
-def population_oracle_auc(cfg: SynthConfig, n: int = 50_000, seed: int = 1_000_003) -> float:
-    """Oracle AUC of the population the cohort is drawn from (features only, n subjects).
-
-    A 192-subject cohort's own oracle AUC varies by a few hundredths from draw to draw; this is
-    the value it scatters around.
-    """
-    cohort_cfg = dataclasses.replace(cfg.cohort, n_subjects=n)
-    return oracle_auc(sample_cohort(cohort_cfg, seed=seed))
 
 
 # --------------------------------------------------------------------------- dataset writer
@@ -387,21 +376,7 @@ def _write_tables(
     )
     write_csv(tmp / "bones.csv", [row for bones, _ in results for row in bones])
     write_csv(tmp / "annotations.csv", [row for _, anns in results for row in anns])
-    write_json(
-        tmp / "oracle.json",
-        dict(
-            oracle_auc=oracle_auc(cohort),
-            oracle_auc_population=population_oracle_auc(cfg),
-            r=cohort.r,
-            prevalence=cohort.prevalence,
-            n_subjects=len(cohort),
-            n_osteoporotic=int(cohort.label.sum()),
-            preset=cfg.cohort.preset,
-            note="AUC of the hand-level bone-health latent the generator drew (score = -latent): "
-            "the ceiling an image classifier should be read against. oracle_auc is this "
-            "cohort's; oracle_auc_population is that of 50,000 subjects from the same model.",
-        ),
-    )
+    write_ceilings(tmp, cohort, cfg.cohort)
     write_json(
         tmp / "dataset.json",
         dict(

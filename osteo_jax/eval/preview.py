@@ -1,12 +1,11 @@
-"""Preview figure of a dataset folder: radiographs with masks, 2MCI by class, oracle AUC.
+"""Preview figure of a dataset folder: radiographs with masks, 2MCI by class, Bayes ceilings.
 
-Works on any folder in the osteo_jax format; the 2MCI panel and the oracle AUC need the
+Works on any folder in the osteo_jax format; the 2MCI panel and the ceilings need the
 synthetic generator's ``bones.csv`` and ``oracle.json`` and are left out when absent.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
@@ -18,6 +17,7 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 
 from osteo_jax.config import CLASS_NAMES  # noqa: E402
+from osteo_jax.data.ceiling import read_ceilings  # noqa: E402
 from osteo_jax.data.folder import (  # noqa: E402
     EXACT,
     SUBJECTS_CSV,
@@ -71,8 +71,7 @@ def dataset_preview(
     root = Path(root)
     out = Path(out) if out is not None else root / "preview.png"
     subjects = read_csv(root / SUBJECTS_CSV)
-    oracle_path = root / "oracle.json"
-    oracle = json.loads(oracle_path.read_text()) if oracle_path.exists() else None
+    oracle = read_ceilings(root)
     bones_path = root / "bones.csv"
     picked = _pick(list(subjects), n_images)
     cols = 4
@@ -143,12 +142,17 @@ def dataset_preview(
         f"annotators: {', '.join(annotators) or 'none'} (+ exact map)",
     ]
     if oracle:
+        pop = oracle["population"]
         lines += [
-            f"oracle AUC (this cohort): {oracle['oracle_auc']:.3f}",
-            f"oracle AUC (population): {oracle['oracle_auc_population']:.3f}",
+            "Bayes ceilings (AUC)   cohort  population",
+            f"  image               {oracle['image_ceiling_auc']:.3f}   "
+            f"{pop['image_ceiling_auc']:.3f}",
+            f"  age + sex           {oracle['clinical_ceiling_auc']:.3f}   "
+            f"{pop['clinical_ceiling_auc']:.3f}",
+            f"  image + age + sex   {oracle['image_clinical_ceiling_auc']:.3f}   "
+            f"{pop['image_clinical_ceiling_auc']:.3f}",
+            f"hand latent alone     {oracle['hand_latent_auc']:.3f}   {pop['hand_latent_auc']:.3f}",
             f"coupling r of hand latent to T-score: {oracle['r']:.2f}",
-            "the oracle is the ceiling any image classifier",
-            "should be read against",
         ]
     lines += ["", "SYNTHETIC DATA - method development only,", "no clinical use."]
     ax.text(0.02, 0.95, "\n".join(lines), va="top", family="monospace", fontsize=10)
