@@ -24,11 +24,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from osteo_jax.config import BONE_NAMES  # noqa: E402
+from osteo_jax.eval.radiogrammetry_run import radiogrammetry_of_run  # noqa: E402
 
 __all__ = ["radiogrammetry_of_run", "write_report"]
 
 FIGURES = "figures"
-DEFAULT_SPACING = 0.2  # mm; the synthetic detector's, used when a file carries none
 SYNTHETIC_NOTE = (
     "Research software. These results come from SYNTHETIC radiographs whose ground truth the "
     "generator planted; they measure how well the method recovers that signal and make no "
@@ -116,132 +116,6 @@ def _read_csv(path: Path) -> list[dict[str, str]]:
 
 def _pm(s: dict) -> str:
     return f"{s['mean']:.2f} ± {s['std']:.2f}"
-
-
-# ------------------------------------------------------------------------ radiogrammetry
-
-
-def radiogrammetry_of_run(
-    data: str | os.PathLike,
-    seg_run: str | os.PathLike,
-    out_json: str | os.PathLike,
-    *,
-    split: str = "val",
-    hypotheses: int = 4,
-    progress: bool = True,
-) -> dict:
-    """2MCI and cortical indices measured on a segmenter's predicted masks.
-
-    Measures every image of the run's ``split`` subjects (the validation subjects were not
-    trained on): 2MCI, MC3, MC4 and radius cortical index on the mixture-mean segmentation,
-    and the 2MCI's spread over the ``hypotheses`` heaviest hypotheses (0 = all). Where the
-    dataset has the generator's truth (``bones.csv``) the Pearson r and mean absolute error
-    against the true indices are added. Writes ``out_json`` and returns its content.
-    """
-    import jax
-    from tqdm.auto import tqdm
-
-    from osteo_jax.data.folder import IMAGES_CSV, read_csv
-    from osteo_jax.data.imageio import isotropic_spacing, read_image
-    from osteo_jax.data.inmemory import normalise, resize_image
-    from osteo_jax.data.segments import labels_from_probs
-    from osteo_jax.eval.radiogrammetry import (
-        DEFAULT_BONES,
-        measure_prediction,
-        measure_radiograph,
-    )
-
-    OTHER_BONES = tuple(b for b in DEFAULT_BONES if b != "MC2")
-    from osteo_jax.eval.seg_eval import make_predict_fn, predict_batches
-    from osteo_jax.eval.seg_run import restore_segmenter
-
-    data, seg_run, out_json = Path(data), Path(seg_run), Path(out_json)
-    model, params, cfg, step = restore_segmenter(seg_run)
-    predict = make_predict_fn(model)
-    keep = set(json.loads((seg_run / "split.json").read_text())[split])
-    rows = [r for r in read_csv(data / IMAGES_CSV) if r["subject_id"] in keep]
-    key = jax.random.fold_in(jax.random.key(cfg.seed), 13)
-    size, bs = cfg.seg.image_size, cfg.batch_size
-    per_image = []
-    bar = tqdm(total=len(rows), desc="radiogrammetry", unit="img", disable=not progress)
-    for start in range(0, len(rows), bs):
-        chunk = rows[start : start + bs]
-        full = [read_image(data / r["path"]) for r in chunk]
-        images = [normalise(im) for im, _ in full]
-        x = np.stack([resize_image(im, size) for im in images])[..., None].astype(np.float32)
-        # Padded to the training batch: the compile is shared with validation and extraction.
-        _, probs, weights = next(
-            predict_batches(model, params, x, jax.random.fold_in(key, start), bs, predict)
-        )
-        for j, row in enumerate(chunk):
-            spacing = (
-                isotropic_spacing(full[j][1])
-                or float(row.get("pixel_spacing_mm") or 0)
-                or DEFAULT_SPACING
-            )
-            # 2MCI with its spread over the heaviest hypotheses; the other indices on the
-            # mixture-mean segmentation only (each hypothesis costs a profile fit per bone).
-            top = np.argsort(-weights[j], kind="stable")[: hypotheses or weights.shape[1]]
-            mean, spread = measure_prediction(
-                images[j],
-                probs[j][top],
-                weights[j][top],
-                spacing_mm=float(spacing),
-                bones=("MC2",),
-            )
-            w = weights[j] / weights[j].sum()
-            labels = labels_from_probs(
-                np.tensordot(w.astype(np.float32), probs[j], axes=1), images[j].shape
-            )
-            mean.update(
-                measure_radiograph(images[j], labels, spacing_mm=float(spacing), bones=OTHER_BONES)
-            )
-            rec = {"image_id": row["image_id"], "subject_id": row["subject_id"]}
-            for b in DEFAULT_BONES:
-                rec[f"{b}_ci"] = float(mean[b].cortical_index)
-            for k in ("sd", "lo", "hi"):
-                rec[f"MC2_ci_{k}"] = float(spread["MC2"]["cortical_index"][k])
-            per_image.append(rec)
-        bar.update(len(chunk))
-    bar.close()
-    summary: dict = {"n_images": len(per_image), "split": split, "seg_step": step}
-    truth = _truth(data)
-    if truth:
-        for b in DEFAULT_BONES:
-            pairs = [
-                (r[f"{b}_ci"], truth[(r["subject_id"], b)])
-                for r in per_image
-                if (r["subject_id"], b) in truth and np.isfinite(r[f"{b}_ci"])
-            ]
-            if len(pairs) >= 3:
-                m, t = np.array(pairs).T
-                summary[f"{b}_r"] = float(np.corrcoef(m, t)[0, 1])
-                summary[f"{b}_mae"] = float(np.abs(m - t).mean())
-                summary[f"{b}_n"] = len(pairs)
-        for r in per_image:
-            r["true_MC2_ci"] = truth.get((r["subject_id"], "MC2"), float("nan"))
-    tscore = {s["subject_id"]: s.get("t_score", "") for s in read_csv(data / "subjects.csv")}
-    for r in per_image:
-        value = tscore.get(r["subject_id"], "")
-        r["t_score"] = float(value) if value not in ("", None) else float("nan")
-    ci = np.array([r["MC2_ci"] for r in per_image])
-    ts = np.array([r["t_score"] for r in per_image])
-    ok = np.isfinite(ci) & np.isfinite(ts)
-    if ok.sum() >= 3:
-        summary["MC2_vs_tscore_r"] = float(np.corrcoef(ci[ok], ts[ok])[0, 1])
-    sd = np.array([r["MC2_ci_sd"] for r in per_image])
-    summary["MC2_mean_hypothesis_sd"] = float(np.nanmean(sd)) if len(sd) else float("nan")
-    result = {"summary": summary, "per_image": per_image}
-    out_json.write_text(json.dumps(result, indent=1) + "\n")
-    return result
-
-
-def _truth(data: Path) -> dict[tuple[str, str], float]:
-    """``{(subject_id, bone): true cortical index}`` from the generator's ``bones.csv``."""
-    path = data / "bones.csv"
-    if not path.exists():
-        return {}
-    return {(r["subject_id"], r["bone"]): float(r["cortical_index"]) for r in _read_csv(path)}
 
 
 # ------------------------------------------------------------------------------ figures
