@@ -8,7 +8,7 @@ Subcommands:
   segment                   cut the 7 bone segments of every image (segmenter, mask or raw)
   pretrain                  self-supervised pretraining of the ResNet on segments
   train-cls                 classifier (linear probe or fine-tune) on one split
-  evaluate                  the paper's protocol: 3 seeds, table, ROC, reliability
+  evaluate                  the paper's protocol (3 seeds or k folds), baselines, table, ROC
   build-tfds                build a dataset folder into a TFDS ArrayRecord dataset (no TF)
   validate                  check a dataset folder; the first problem is named with file and row
 
@@ -338,6 +338,8 @@ def _protocol_config(args: argparse.Namespace):
     }
     if getattr(args, "seeds", None):
         cls_over["seeds"] = tuple(int(x) for x in args.seeds.split(","))
+    if getattr(args, "folds", None) is not None:
+        cls_over["folds"] = args.folds
     cls = dataclasses.replace(cls, **cls_over)
     return dataclasses.replace(cfg, ssl=ssl, cls=cls, backbone=backbone)
 
@@ -413,20 +415,26 @@ def cmd_train_cls(args: argparse.Namespace) -> int:
     return 0
 
 
-def _oracle_of(segments_dir: str) -> float | None:
-    """The oracle AUC of the dataset the segments came from, if it is synthetic."""
+def _data_of(segments_dir: str) -> Path | None:
+    """The dataset folder the segments were cut from, if it is still there."""
     try:
         meta = json.loads((Path(segments_dir) / "segments.json").read_text())
-        return json.loads((Path(meta["data"]) / "oracle.json").read_text())["oracle_auc"]
+        data = Path(meta["data"])
     except (OSError, KeyError, ValueError):
         return None
+    return data if (data / "subjects.csv").exists() else None
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """The paper's protocol on a segments folder: table, ROC and reliability figures."""
+    from osteo_jax.data.ceiling import read_ceilings
+    from osteo_jax.eval.headline import headline_table
+    from osteo_jax.train.comparison import compare_rows
     from osteo_jax.train.protocol import run_protocol
 
     cfg = _protocol_config(args)
+    data = _data_of(args.segments)
+    ceilings = read_ceilings(data) if data is not None else None
     res = run_protocol(
         args.segments,
         args.out,
@@ -434,12 +442,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         cls=cfg.cls,
         backbone=cfg.backbone,
         name=cfg.name,
-        oracle_auc=_oracle_of(args.segments),
+        ceiling_auc=None if ceilings is None else ceilings["image_ceiling_auc"],
     )
     print("SYNTHETIC DATA - method development only, no clinical use.\n" + res["table"])
+    if data is not None:  # the baselines and Bayes posteriors on the same test subjects
+        comparison = compare_rows(
+            args.out, data, covariates=cfg.covariates, n_boot=cfg.cls.bootstrap
+        )
+        print(headline_table(comparison))
     print(
         f"wall time {res['wall_s']:.0f} s; results in {args.out} (cls_metrics.json, "
-        "table.md, roc.png, reliability.png)"
+        "table.md, comparison.md, roc.png, reliability.png)"
     )
     return 0
 
@@ -574,6 +587,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="the paper's protocol (3 seeds) on a segments folder")
     _add_protocol_args(p, ssl=True, cls=True)
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2)")
+    p.add_argument(
+        "--folds", type=int, default=None, help="k-fold cross-validation over subjects instead"
+    )
     p.set_defaults(func=cmd_evaluate)
     p = sub.add_parser("build-tfds", help="build a TFDS ArrayRecord dataset from a folder")
     p.add_argument("--data", required=True, help="dataset folder (the manual directory)")

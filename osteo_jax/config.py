@@ -463,6 +463,10 @@ class ClsConfig:
         cohort is ~30 % osteoporotic and the checkpoint is picked by macro-F1); None: plain.
       split: train/val/test fractions of subjects (stratified by label).
       seeds: the protocol's seeds (split, init, shuffling).
+      folds: 0 = the paper's protocol (``split`` once per seed); k >= 2 = stratified k-fold
+        cross-validation over subjects instead (each subject tested once; validation a
+        stratified ``split[1] / (split[0] + split[1])`` of the rest; fold assignment from
+        ``seeds[0]``): lower-variance estimates on small cohorts.
       bootstrap: bootstrap resamples for the 95 % confidence intervals.
     """
 
@@ -476,6 +480,7 @@ class ClsConfig:
     class_weight: str | None = "balanced"
     split: tuple[float, float, float] = (0.8, 0.1, 0.1)
     seeds: tuple[int, ...] = (0, 1, 2)
+    folds: int = 0
     bootstrap: int = 1000
 
 
@@ -488,12 +493,15 @@ class ProtocolConfig:
       ssl: pretraining settings; None: no SSL (the backbone starts random).
       cls: classifier and protocol settings.
       backbone: the backbone when ``ssl`` is None (else ``ssl.backbone`` is used).
+      covariates: ``subjects.csv`` columns of the clinical baseline and of the fusion row
+        (numeric, or categorical such as ``sex``); empty: no clinical row.
     """
 
     name: str = "SimCLR + linear probe"
     ssl: SSLConfig | None = SSLConfig()
     cls: ClsConfig = ClsConfig()
     backbone: BackboneConfig = BackboneConfig()
+    covariates: tuple[str, ...] = ("age", "sex")
 
 
 @dataclasses.dataclass(frozen=True)

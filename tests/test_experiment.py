@@ -66,11 +66,17 @@ def run(tmp_path_factory):
 
 def test_run_writes_the_report(run):
     out, res = run
-    assert set(res["stages"]) >= {"synth", "train-seg", "segments", "ssl+classifier", "report"}
+    assert set(res["stages"]) >= {
+        "synth", "train-seg", "segments", "ssl+classifier", "radiogrammetry", "baselines", "report"
+    }  # fmt: skip
     md = (out / "report.md").read_text()
     page = (out / "report.html").read_text()
-    for text in ("SYNTHETIC", "oracle AUC", "Per-bone contribution", "Radiogrammetry"):
-        assert text in md and text in page
+    for text in (
+        "SYNTHETIC", "Bayes ceiling", "clinical (age, sex)", "radiogrammetry (measured CI)",
+        "Bayes posterior: image", "Δ AUC vs clinical", "Per-bone contribution", "Radiogrammetry",
+    ):  # fmt: skip
+        assert text in md and text in page, text
+    assert "oracle" not in md.lower()
     metrics = json.loads((out / "cls" / "cls_metrics.json").read_text())
     auc = metrics["summary"]["auc"]["mean"]
     assert f"{auc:.2f} ±" in md  # the table shows the protocol's numbers
@@ -78,7 +84,34 @@ def test_run_writes_the_report(run):
         assert (out / rel).stat().st_size > 1000
         assert rel in md and rel in page
     radio = json.loads((out / "radiogrammetry.json").read_text())
-    assert radio["summary"]["n_images"] == len(radio["per_image"]) > 0
+    assert radio["summary"]["n_images"] == len(radio["per_image"]) == 20  # every subject
+
+
+def test_every_row_is_scored_on_the_protocol_test_subjects(run):
+    """The baselines and Bayes rows use exactly each seed's test subjects; the ceilings match
+    the generator's posteriors on them."""
+    from osteo_jax.data.ceiling import read_posteriors
+    from osteo_jax.data.cohort import roc_auc
+
+    out, _ = run
+    comparison = json.loads((out / "cls" / "comparison.json").read_text())
+    post = read_posteriors(out / "data")
+    assert {"image model", "clinical (age, sex)", "radiogrammetry (measured CI)"} <= set(
+        comparison["rows"]
+    )
+    for k, seed in enumerate(TINY.protocol.cls.seeds):
+        split = json.loads((out / "cls" / f"seed{seed}" / "split.json").read_text())
+        for name, row in comparison["rows"].items():
+            part = row["per_part"][k]
+            assert part["subject_id"] == sorted(split["test"]), name
+        bayes = comparison["rows"]["Bayes posterior: image"]["per_part"][k]
+        assert bayes["probability"] == [post["image"][s] for s in bayes["subject_id"]]
+        if 0 < sum(bayes["label"]) < len(bayes["label"]):
+            want = roc_auc(np.array(bayes["probability"]), np.array(bayes["label"]))
+            got = comparison["rows"]["Bayes posterior: image"]["summary"]["auc"]["per_seed"][k]
+            assert got == pytest.approx(want)
+    # 20 subjects: 2 validation subjects per seed are too few to fit the fusion stacker.
+    assert "fusion (image + age, sex)" in comparison["skipped"]
 
 
 def test_saved_models_reproduce_the_protocol_predictions(run):

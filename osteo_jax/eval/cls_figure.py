@@ -23,7 +23,7 @@ def roc_figure(
     path: str | os.PathLike,
     *,
     title: str = "",
-    oracle_auc: float | None = None,
+    ceiling_auc: float | None = None,
     n_boot: int = 200,
     seed: int = 0,
 ) -> None:
@@ -33,7 +33,7 @@ def roc_figure(
       per_seed: ``(probs, labels)`` per seed.
       path: PNG path.
       title: figure title.
-      oracle_auc: the generator's oracle AUC, drawn in the legend for reference.
+      ceiling_auc: the synthetic cohort's image Bayes ceiling, drawn in the legend.
       n_boot: bootstrap resamples of the pooled subjects for the band.
       seed: resampling seed.
     """
@@ -58,8 +58,8 @@ def roc_figure(
     fpr, tpr = roc_curve(p_all, y_all)
     ax.plot(fpr, tpr, color="k", lw=1.8, label="pooled over seeds")
     ax.plot([0, 1], [0, 1], ls=":", color="0.5")
-    if oracle_auc is not None:
-        ax.plot([], [], " ", label=f"oracle AUC {oracle_auc:.2f}")
+    if ceiling_auc is not None:
+        ax.plot([], [], " ", label=f"image Bayes ceiling AUC {ceiling_auc:.2f}")
     ax.set_xlabel("1 - specificity")
     ax.set_ylabel("sensitivity")
     ax.set_title(title or "ROC, test subjects", fontsize=10)

@@ -543,8 +543,8 @@ def paper_table(rows: Sequence[dict]) -> str:
     """Markdown table in the paper's format: model | ROI | backbone | F1 | AUC | accuracy.
 
     Each row: ``{"model", "roi", "backbone", "summary": summarise_seeds(...)}`` and optionally
-    ``"oracle_auc"``. F1 is the positive-class F1 as in the paper's tables; macro-F1,
-    sensitivity and specificity follow.
+    ``"image_ceiling_auc"`` (the synthetic cohort's image Bayes ceiling). F1 is the
+    positive-class F1 as in the paper's tables; macro-F1, sensitivity and specificity follow.
     """
 
     def cell(s: dict) -> str:
@@ -552,12 +552,12 @@ def paper_table(rows: Sequence[dict]) -> str:
 
     head = (
         "| model | ROI | backbone | F1 | AUC | accuracy | macro-F1 | sensitivity | specificity "
-        "| oracle AUC |\n|---|---|---|---|---|---|---|---|---|---|\n"
+        "| image ceiling AUC |\n|---|---|---|---|---|---|---|---|---|---|\n"
     )
     lines = []
     for r in rows:
         s = r["summary"]
-        oracle = r.get("oracle_auc")
+        oracle = r.get("image_ceiling_auc")
         lines.append(
             f"| {r['model']} | {r['roi']} | {r['backbone']} | {cell(s['f1_positive'])} | "
             f"{cell(s['auc'])} | {cell(s['accuracy'])} | {cell(s['f1_macro'])} | "

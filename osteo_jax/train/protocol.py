@@ -3,12 +3,15 @@
 For each seed of ``ClsConfig.seeds``: a subject-wise split stratified by label (80/10/10 by
 default; no subject in two splits), self-supervised pretraining on the training subjects'
 segments only (never validation or test), the classifier trained on the training subjects and
-selected on validation macro-F1, then the test subjects scored. The summary over seeds (mean ±
-std and a bootstrap 95 % interval), the paper-format table, a ROC and a reliability figure are
-written to the output folder::
+selected on validation macro-F1, then the validation and test subjects scored. With
+``ClsConfig.folds = k`` the parts are the folds of a stratified k-fold instead (every subject
+tested once; low-variance estimates on small cohorts). The summary (mean ± std over seeds, or
+the pooled folds, and a 95 % interval that covers training randomness as well as test
+sampling), the paper-format table, a ROC and a reliability figure are written to the output
+folder::
 
-    OUT/seed<k>/{split.json, ssl/, cls/, test_predictions.csv, test_segments.csv,
-                 model.msgpack}
+    OUT/seed<k>/ (or fold<i>/) {split.json, ssl/, cls/, val_predictions.csv,
+                 test_predictions.csv, test_segments.csv, model.msgpack}
     OUT/cls_metrics.json  OUT/table.md  OUT/roc.png  OUT/reliability.png
 """
 
@@ -26,17 +29,35 @@ import numpy as np
 
 from osteo_jax.config import BackboneConfig, ClsConfig, SSLConfig
 from osteo_jax.data.folder import rows_from, write_csv, write_json
-from osteo_jax.data.splits import stratified_subject_split
+from osteo_jax.data.splits import stratified_subject_folds, stratified_subject_split
 from osteo_jax.eval.cls_figure import reliability_figure, roc_figure
-from osteo_jax.eval.cls_metrics import binary_metrics, paper_table, summarise_seeds
+from osteo_jax.eval.cls_metrics import (
+    CI_METHOD,
+    FOLD_CI_METHOD,
+    binary_metrics,
+    paper_table,
+    summarise_folds,
+    summarise_seeds,
+)
 from osteo_jax.eval.extract import SegmentSet, load_segments
 from osteo_jax.train.cls_loop import predict_segments, subject_scores, train_classifier
 from osteo_jax.train.ssl_loop import train_ssl
 
-__all__ = ["MODEL_FILE", "load_models", "run_protocol", "save_model"]
+__all__ = [
+    "MODEL_FILE",
+    "TEST_PREDICTIONS",
+    "VAL_PREDICTIONS",
+    "load_models",
+    "protocol_parts",
+    "run_protocol",
+    "save_model",
+]
 
 # Per seed: the selected backbone + classifier (the probe's feature scaling folded in).
 MODEL_FILE = "model.msgpack"
+# Per seed: validation / test subject probabilities (columns subject_id, label, probability).
+VAL_PREDICTIONS = "val_predictions.csv"
+TEST_PREDICTIONS = "test_predictions.csv"
 
 
 def save_model(path: str | Path, params: dict) -> None:
@@ -70,11 +91,40 @@ def load_models(out: str | Path) -> tuple[list[dict], BackboneConfig, tuple[str,
     bones = tuple(metrics["config"]["cls"]["bones"])
     models = []
     for row in metrics["per_seed"]:
-        file = out / f"seed{row['seed']}" / MODEL_FILE
+        file = out / row.get("dir", f"seed{row['seed']}") / MODEL_FILE
         if not file.exists():
             raise ValueError(f"{file}: missing (re-run the protocol to write it)")
         models.append(flax.serialization.msgpack_restore(file.read_bytes()))
     return models, backbone, bones, metrics
+
+
+def protocol_parts(
+    subject_ids: np.ndarray, labels: np.ndarray, cls: ClsConfig
+) -> list[tuple[str, int, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
+    """The protocol's train/val/test parts: ``[(folder name, seed, (train, val, test))]``.
+
+    ``cls.folds == 0``: the paper's stratified ``cls.split`` once per seed of ``cls.seeds``
+    (folders ``seed<k>``). ``cls.folds = k``: stratified k-fold over subjects with the fold
+    assignment drawn from ``cls.seeds[0]``, every subject tested exactly once, validation a
+    stratified ``split[1] / (split[0] + split[1])`` of the rest (folders ``fold<i>``, seed
+    ``cls.seeds[0] + i`` for initialisation and shuffling). Index arrays are image indices.
+    """
+    if cls.folds:
+        seed = cls.seeds[0]
+        val_fraction = cls.split[1] / (cls.split[0] + cls.split[1])
+        folds = stratified_subject_folds(subject_ids, labels, cls.folds, seed, val_fraction)
+        return [(f"fold{i}", seed + i, parts) for i, parts in enumerate(folds)]
+    return [
+        (f"seed{seed}", seed, stratified_subject_split(subject_ids, labels, tuple(cls.split), seed))
+        for seed in cls.seeds
+    ]
+
+
+def _protocol_words(cls: ClsConfig, n_parts: int) -> str:
+    if cls.folds:
+        return f"{cls.folds}-fold cross-validation over subjects (each tested once)"
+    split = "/".join(str(round(100 * f)) for f in cls.split)
+    return f"stratified subject-wise {split} split, {n_parts} seeds"
 
 
 def run_protocol(
@@ -86,7 +136,7 @@ def run_protocol(
     backbone: BackboneConfig | None = None,
     name: str = "",
     roi: str = "",
-    oracle_auc: float | None = None,
+    ceiling_auc: float | None = None,
     ssl_dir: str | Path | None = None,
     progress: bool = True,
 ) -> dict:
@@ -101,10 +151,11 @@ def run_protocol(
       backbone: the backbone without SSL (default: ``ssl.backbone`` or ``BackboneConfig()``).
       name: model name in the table.
       roi: region-of-interest description in the table (e.g. "segmentation (mixture)").
-      oracle_auc: the generator's oracle AUC, shown beside the table and on the ROC.
-      ssl_dir: folder of the pretraining runs, ``ssl_dir/seed<k>`` (default
-        ``out/seed<k>/ssl``). Rows that share segments, ``cls.bones``, ``cls.split`` and ``ssl``
-        settings can share it: a finished run is restored, not trained again.
+      ceiling_auc: the synthetic cohort's image Bayes ceiling (``oracle.json``), shown beside
+        the table and on the ROC.
+      ssl_dir: folder of the pretraining runs, ``ssl_dir/seed<k>`` or ``ssl_dir/fold<i>``
+        (default ``out/<part>/ssl``). Rows that share segments, ``cls.bones``, ``cls.split``,
+        ``cls.folds`` and ``ssl`` settings can share it: a finished run is restored.
       progress: progress bars.
 
     Returns:
@@ -121,10 +172,9 @@ def run_protocol(
     seg = seg.take(labelled)
     backbone = backbone or (ssl.backbone if ssl is not None else BackboneConfig())
     per_seed, seed_rows = [], []
-    for seed in cls.seeds:
-        folder = out / f"seed{seed}"
+    for part, seed, (tr, va, te) in protocol_parts(seg.subject_ids, seg.labels, cls):
+        folder = out / part
         folder.mkdir(exist_ok=True)
-        tr, va, te = stratified_subject_split(seg.subject_ids, seg.labels, tuple(cls.split), seed)
         split = {
             k: sorted(set(seg.subject_ids[i].tolist()))
             for k, i in (("train", tr), ("val", va), ("test", te))
@@ -134,7 +184,7 @@ def run_protocol(
         if ssl is not None:
             pre = train_ssl(
                 seg.take(tr),
-                folder / "ssl" if ssl_dir is None else Path(ssl_dir) / f"seed{seed}",
+                folder / "ssl" if ssl_dir is None else Path(ssl_dir) / part,
                 dataclasses.replace(ssl, seed=seed),
                 progress=progress,
             )
@@ -149,14 +199,16 @@ def run_protocol(
             seed=seed,
             progress=progress,
         )
-        test = seg.take(te)
-        probs = predict_segments(res["params"], backbone, test)
-        p, y = subject_scores(probs, test)
-        subjects = np.unique(test.subject_ids)
-        write_csv(
-            folder / "test_predictions.csv",
-            rows_from({"subject_id": subjects, "label": y, "probability": np.round(p, 6)}),
-        )
+        for name, idx in ((VAL_PREDICTIONS, va), (TEST_PREDICTIONS, te)):
+            part_set = seg.take(idx)
+            probs = predict_segments(res["params"], backbone, part_set)
+            p, y = subject_scores(probs, part_set)
+            subjects = np.unique(part_set.subject_ids)
+            write_csv(
+                folder / name,
+                rows_from({"subject_id": subjects, "label": y, "probability": np.round(p, 6)}),
+            )
+        test = part_set  # the test part, written last
         img, bone = np.nonzero(test.valid)
         write_csv(
             folder / "test_segments.csv",
@@ -174,6 +226,7 @@ def run_protocol(
         per_seed.append((p, y))
         seed_rows.append(
             {
+                "dir": part,
                 "seed": seed,
                 "best_epoch": res["best_epoch"],
                 "val": res["val"],
@@ -181,17 +234,23 @@ def run_protocol(
                 "n_test_subjects": len(y),
             }
         )
-    summary = summarise_seeds(per_seed, n_boot=cls.bootstrap)
+    if cls.folds:
+        summary, ci_method = summarise_folds(per_seed, n_boot=cls.bootstrap), FOLD_CI_METHOD
+    else:
+        summary, ci_method = summarise_seeds(per_seed, n_boot=cls.bootstrap), CI_METHOD
     row = {
         "model": name or (ssl.method if ssl is not None else "no SSL"),
         "roi": roi or seg.meta.get("source", ""),
         "backbone": backbone.label,
         "summary": summary,
-        "oracle_auc": oracle_auc,
+        "image_ceiling_auc": ceiling_auc,
     }
-    table = paper_table([row])
+    table = (
+        paper_table([row]) + f"\n{_protocol_words(cls, len(seed_rows))}; 95 % CI: {ci_method}.\n"
+    )
     result = {
         "summary": summary,
+        "ci_method": ci_method,
         "per_seed": seed_rows,
         "table_row": {k: v for k, v in row.items() if k != "summary"},
         "config": {
@@ -204,6 +263,6 @@ def run_protocol(
     }
     write_json(out / "cls_metrics.json", result)
     (out / "table.md").write_text(table)
-    roc_figure(per_seed, out / "roc.png", title=row["model"], oracle_auc=oracle_auc)
+    roc_figure(per_seed, out / "roc.png", title=row["model"], ceiling_auc=ceiling_auc)
     reliability_figure(per_seed, out / "reliability.png", title=row["model"])
     return {"summary": summary, "per_seed": seed_rows, "table": table, "wall_s": result["wall_s"]}

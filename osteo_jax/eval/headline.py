@@ -1,0 +1,127 @@
+"""The headline table: Bayes ceilings, then every row beside the baselines with paired Δ AUC.
+
+Pure formatting of :func:`osteo_jax.train.comparison.compare_rows` output
+(``comparison.json``), shared by ``comparison.md``, the report and the CLI.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CLINICAL_ROW",
+    "COMPARISON_JSON",
+    "COMPARISON_MD",
+    "IMAGE_ROW",
+    "ceiling_table",
+    "headline_table",
+    "rows_table",
+]
+
+# Written by the comparison stage into the protocol folder.
+COMPARISON_JSON = "comparison.json"
+COMPARISON_MD = "comparison.md"
+IMAGE_ROW = "image model"
+CLINICAL_ROW = "clinical"
+
+_CEILINGS = (
+    ("image_ceiling_auc", "image (every label-bearing quantity the image shows)"),
+    ("clinical_ceiling_auc", "age + sex"),
+    ("image_clinical_ceiling_auc", "image + age + sex"),
+    ("hand_latent_auc", "hand bone-health latent alone (not a ceiling)"),
+)
+
+
+def _pm(s: dict) -> str:
+    return f"{s['mean']:.2f} ± {s['std']:.2f}"
+
+
+def _diff(d: dict | None) -> str:
+    if d is None:
+        return "–"
+    lo, hi = d["ci95"]
+    mark = " *" if d["excludes_zero"] else ""
+    return f"{d['difference']:+.3f} ({lo:+.3f}, {hi:+.3f}){mark}"
+
+
+def ceiling_table(ceilings: dict | None) -> tuple[list[str], list[list[str]]]:
+    """``(header, rows)`` of the synthetic cohort's ceilings; no rows for real data."""
+    header = ["Bayes ceiling (AUC)", "this cohort", "population"]
+    if not ceilings:
+        return header, []
+    pop = ceilings.get("population", {})
+    return header, [
+        [words, f"{ceilings[key]:.3f}", "–" if pop.get(key) is None else f"{pop[key]:.3f}"]
+        for key, words in _CEILINGS
+    ]
+
+
+def rows_table(
+    comparison: dict, model: str | None = None
+) -> tuple[list[str], list[list[str]], str]:
+    """``(header, rows, footer)``: AUC, interval, Δ vs clinical and vs the image model, F1, ….
+
+    Args:
+      comparison: ``compare_rows`` output.
+      model: the image model's name (appended to its row label).
+    """
+    header = [
+        "row", "AUC", "95 % CI", "Δ AUC vs clinical (95 % CI)",
+        "Δ AUC image model − row (95 % CI)", "F1", "accuracy", "sensitivity", "specificity",
+    ]  # fmt: skip
+    rows = []
+    for name, row in comparison["rows"].items():
+        s = row["summary"]
+        lo, hi = s["auc"]["ci95"]
+        rows.append(
+            [
+                f"{name}: {model}" if name == IMAGE_ROW and model else name,
+                _pm(s["auc"]),
+                f"{lo:.2f}–{hi:.2f}",
+                _diff(comparison["vs_clinical"].get(name)),
+                _diff(comparison["vs_image"].get(name)),
+                _pm(s["f1_positive"]),
+                _pm(s["accuracy"]),
+                _pm(s["sensitivity"]),
+                _pm(s["specificity"]),
+            ]
+        )
+    how = (
+        f"{comparison['folds']}-fold cross-validation, pooled, ± std over folds"
+        if comparison.get("folds")
+        else "mean ± std over seeds"
+    )
+    footer = (
+        f"All rows on the same test subjects ({how}). 95 % CI: {comparison['ci_method']}. "
+        f"Δ: paired difference on the same subjects ({comparison['paired_method']}); * = the "
+        "interval excludes 0. Threshold 0.5 for F1, accuracy, sensitivity and specificity. "
+        "Baselines are logistic regressions fitted on the training subjects (fusion: on the "
+        "validation subjects), never on a test subject. Bayes posterior rows: the generator's "
+        "exact posteriors on the same test subjects (the ceilings, measured like any row)."
+    )
+    for name, why in comparison.get("skipped", {}).items():
+        footer += f" No {name} row: {why}."
+    return header, rows, footer
+
+
+def _markdown(header: list[str], rows: list[list[str]]) -> list[str]:
+    return [
+        "| " + " | ".join(header) + " |",
+        "|" + "---|" * len(header),
+        *("| " + " | ".join(r) + " |" for r in rows),
+    ]
+
+
+def headline_table(comparison: dict, metrics: dict | None = None) -> str:
+    """Markdown: the ceilings (synthetic data), then the rows table and its footer.
+
+    Args:
+      comparison: ``compare_rows`` output (or ``comparison.json``).
+      metrics: the protocol's ``cls_metrics.json`` (names the image model's row).
+    """
+    lines = []
+    header, rows = ceiling_table(comparison.get("ceilings"))
+    if rows:
+        lines += _markdown(header, rows) + [""]
+    model = (metrics or {}).get("table_row", {}).get("model")
+    header, rows, footer = rows_table(comparison, model)
+    lines += _markdown(header, rows) + ["", footer]
+    return "\n".join(lines) + "\n"

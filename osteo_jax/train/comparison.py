@@ -1,0 +1,228 @@
+"""The ruler a classification result is read against: baselines and Bayes posteriors, same splits.
+
+After :func:`~osteo_jax.train.protocol.run_protocol` has written its parts (``seed<k>/`` or
+``fold<i>/``: ``split.json``, ``val_predictions.csv``, ``test_predictions.csv``), this stage
+scores on exactly the same test subjects of every part:
+
+* ``image model``: the protocol's own subject probabilities;
+* ``fusion``: the image score plus the covariates, stacked on the validation subjects;
+* ``clinical``: logistic regression on the covariates (default age and sex), fitted on train;
+* ``radiogrammetry``: on the cortical indices measured from the predicted masks (when a
+  ``radiogrammetry.json`` over all subjects is given), alone and with the covariates;
+* ``Bayes posterior (...)``: on a synthetic cohort, the generator's exact posteriors
+  (``ceiling.csv``): the ceilings evaluated on the same test subjects.
+
+Each row is summarised like the protocol (mean ± std over seeds with the hierarchical
+bootstrap interval, or the pooled folds), and compared with the clinical row and with the image
+model by a paired bootstrap on the same subjects (``paired_difference``). Writes
+``comparison.json`` and ``comparison.md`` into the protocol folder.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from osteo_jax.data.ceiling import read_ceilings, read_posteriors
+from osteo_jax.data.folder import read_csv, rows_from, write_csv, write_json
+from osteo_jax.eval.baselines import (
+    DEFAULT_COVARIATES,
+    clinical_scores,
+    fusion_scores,
+    radiogrammetry_features,
+    radiogrammetry_scores,
+    read_covariates,
+    read_labels,
+)
+from osteo_jax.eval.cls_metrics import (
+    CI_METHOD,
+    FOLD_CI_METHOD,
+    PAIRED_METHOD,
+    paired_difference,
+    summarise_folds,
+    summarise_seeds,
+)
+from osteo_jax.eval.headline import (
+    CLINICAL_ROW,
+    COMPARISON_JSON,
+    COMPARISON_MD,
+    IMAGE_ROW,
+    headline_table,
+)
+
+__all__ = ["compare_rows"]
+
+
+def _read_predictions(path: Path) -> dict[str, tuple[int, float]]:
+    return {r["subject_id"]: (int(r["label"]), float(r["probability"])) for r in read_csv(path)}
+
+
+def _val_predictions(cls_dir: Path, part: dict, segments) -> dict[str, tuple[int, float]]:
+    """The image model's validation-subject probabilities of one part (computed if absent)."""
+    from osteo_jax.train.protocol import VAL_PREDICTIONS
+
+    path = cls_dir / part["dir"] / VAL_PREDICTIONS
+    if path.exists():
+        return _read_predictions(path)
+    if segments is None:
+        raise ValueError(
+            f"{path}: missing (a protocol folder from before validation predictions were "
+            "saved); pass its segments folder to compute them"
+        )
+    import flax.serialization
+
+    from osteo_jax.config import BackboneConfig, from_dict
+    from osteo_jax.eval.extract import load_segments
+    from osteo_jax.train.cls_loop import predict_segments, subject_scores
+    from osteo_jax.train.protocol import MODEL_FILE
+
+    metrics = json.loads((cls_dir / "cls_metrics.json").read_text())
+    backbone = from_dict(BackboneConfig, metrics["config"]["backbone"])
+    seg = load_segments(segments).select_bones(tuple(metrics["config"]["cls"]["bones"]))
+    val = set(json.loads((cls_dir / part["dir"] / "split.json").read_text())["val"])
+    subset = seg.take(np.flatnonzero(np.isin(seg.subject_ids, sorted(val))))
+    params = flax.serialization.msgpack_restore((cls_dir / part["dir"] / MODEL_FILE).read_bytes())
+    p, y = subject_scores(predict_segments(params, backbone, subset), subset)
+    subjects = np.unique(subset.subject_ids)
+    write_csv(path, rows_from({"subject_id": subjects, "label": y, "probability": np.round(p, 6)}))
+    return _read_predictions(path)
+
+
+def compare_rows(
+    cls_dir: str | Path,
+    data: str | Path,
+    *,
+    radiogrammetry: str | Path | None = None,
+    covariates: Sequence[str] = DEFAULT_COVARIATES,
+    segments: str | Path | None = None,
+    n_boot: int = 1000,
+) -> dict:
+    """Scores the baselines and Bayes posteriors on the protocol's splits; writes the tables.
+
+    Args:
+      cls_dir: a finished :func:`~osteo_jax.train.protocol.run_protocol` folder.
+      data: the dataset folder the segments were cut from (``subjects.csv`` for labels and
+        covariates; ``oracle.json`` / ``ceiling.csv`` when synthetic).
+      radiogrammetry: ``radiogrammetry.json`` measured on all subjects (``split="all"``); None
+        leaves the radiogrammetry rows out.
+      covariates: ``subjects.csv`` columns of the clinical baseline (and of fusion); empty
+        leaves the clinical row out and makes fusion a recalibration of the image score.
+      segments: the segments folder, needed only for protocol folders written before
+        validation predictions were saved.
+      n_boot: bootstrap resamples of the intervals and the paired differences.
+
+    Returns:
+      ``{"rows": {name: {"summary", "per_part"}}, "vs_clinical": {name: paired},
+      "vs_image": {name: paired}, "ceilings", "ci_method", "paired_method", "folds",
+      "skipped": {row: why}}`` (fusion is skipped where a validation part has fewer than 2
+      subjects of a class), also
+      written to ``cls_dir/comparison.json``; the headline table to ``comparison.md``.
+
+    Raises:
+      DatasetError: a covariate column is missing from ``subjects.csv`` (named).
+    """
+    cls_dir, data = Path(cls_dir), Path(data)
+    metrics = json.loads((cls_dir / "cls_metrics.json").read_text())
+    folds = int(metrics["config"]["cls"].get("folds", 0))
+    labels = read_labels(data)
+    cov = read_covariates(data, tuple(covariates)) if covariates else None
+    radio = radiogrammetry_features(radiogrammetry) if radiogrammetry else None
+    posteriors = read_posteriors(data)
+    rows: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+    skipped: dict[str, str] = {}  # rows that cannot be fitted on some part, and why
+
+    def add(name: str, ids: list[str], probs: np.ndarray) -> None:
+        y = np.array([labels[s] for s in ids])
+        rows.setdefault(name, []).append((np.asarray(ids), np.asarray(probs, np.float64), y))
+
+    for part in metrics["per_seed"]:
+        part.setdefault("dir", f"seed{part['seed']}")
+        split = json.loads((cls_dir / part["dir"] / "split.json").read_text())
+        test_ids = sorted(split["test"])
+        test = _read_predictions(cls_dir / part["dir"] / "test_predictions.csv")
+        val = _val_predictions(cls_dir, part, segments)
+        fitted = []
+        add(IMAGE_ROW, test_ids, [test[s][1] for s in test_ids])
+        image_scores = {s: p for s, (_, p) in {**val, **test}.items()}
+        fusion_name = f"fusion (image + {', '.join(covariates)})" if cov else "image, recalibrated"
+        try:
+            fusion = fusion_scores(split, labels, image_scores, cov)
+        except ValueError as err:  # e.g. a tiny validation part with one subject of a class
+            skipped[fusion_name] = f"{part['dir']}: {err}"
+        else:
+            fitted.append(fusion)
+            add(fusion_name, test_ids, fusion.probability(test_ids))
+        if cov is not None:
+            clinical = clinical_scores(split, labels, cov)
+            fitted.append(clinical)
+            add(
+                f"{CLINICAL_ROW} ({', '.join(covariates)})",
+                test_ids,
+                clinical.probability(test_ids),
+            )
+        if radio is not None:
+            r_only = radiogrammetry_scores(split, labels, radio)
+            fitted.append(r_only)
+            add("radiogrammetry (measured CI)", test_ids, r_only.probability(test_ids))
+            if cov is not None:
+                r_cov = radiogrammetry_scores(split, labels, radio, cov)
+                fitted.append(r_cov)
+                add(
+                    f"radiogrammetry + {', '.join(covariates)}",
+                    test_ids,
+                    r_cov.probability(test_ids),
+                )
+        for b in fitted:  # the test subjects are never fitted on (also tested)
+            seen = set(b.fit_subjects) & set(test_ids)
+            if seen:
+                raise AssertionError(f"{b.name} baseline was fitted on test subjects {seen}")
+        if posteriors is not None:
+            for key, words in (
+                ("image", "Bayes posterior: image"),
+                ("clinical", "Bayes posterior: age, sex"),
+                ("image_clinical", "Bayes posterior: image + age, sex"),
+            ):
+                add(words, test_ids, [posteriors[key][s] for s in test_ids])
+
+    for name, why in skipped.items():
+        rows.pop(name, None)
+        print(f"comparison: no {name} row ({why})")
+    summarise = summarise_folds if folds else summarise_seeds
+    out: dict = {
+        "rows": {},
+        "vs_clinical": {},
+        "vs_image": {},
+        "ceilings": read_ceilings(data),
+        "ci_method": FOLD_CI_METHOD if folds else CI_METHOD,
+        "paired_method": PAIRED_METHOD + (" (pooled folds)" if folds else ""),
+        "folds": folds,
+        "covariates": list(covariates),
+        "skipped": skipped,
+    }
+    for name, parts in rows.items():
+        out["rows"][name] = {
+            "summary": summarise([(p, y) for _, p, y in parts], n_boot=n_boot),
+            "per_part": [
+                {"subject_id": ids.tolist(), "probability": p.tolist(), "label": y.tolist()}
+                for ids, p, y in parts
+            ],
+        }
+
+    def paired(a: str, b: str) -> dict:
+        pairs = [(pa, pb, ya) for (_, pa, ya), (_, pb, _) in zip(rows[a], rows[b], strict=True)]
+        if folds:  # each subject once: one pooled test set
+            pairs = [tuple(np.concatenate(x) for x in zip(*pairs, strict=True))]
+        return paired_difference(pairs, n_boot=max(n_boot, 1000))
+
+    clinical = next((n for n in rows if n.startswith(CLINICAL_ROW)), None)
+    for name in rows:
+        if clinical and name != clinical:
+            out["vs_clinical"][name] = paired(name, clinical)
+        if name != IMAGE_ROW:
+            out["vs_image"][name] = paired(IMAGE_ROW, name)
+    write_json(cls_dir / COMPARISON_JSON, out)
+    (cls_dir / COMPARISON_MD).write_text(headline_table(out, metrics))
+    return out
