@@ -1,0 +1,134 @@
+"""The comparison stage on a hand-built protocol folder: same test subjects, k-fold pooling,
+paired differences against an independent computation, baselines blind to test labels."""
+
+import json
+
+import numpy as np
+import pytest
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from osteo_jax.config import ClsConfig
+from osteo_jax.data.folder import rows_from, write_csv, write_json
+from osteo_jax.eval.headline import headline_table
+from osteo_jax.train.comparison import compare_rows
+from osteo_jax.train.protocol import protocol_parts
+
+N = 90
+
+
+def _dataset(tmp_path, seed=0):
+    rng = np.random.default_rng(seed)
+    age = rng.uniform(45, 85, N)
+    sex = np.where(rng.random(N) < 0.8, "F", "M")
+    label = (rng.random(N) < 1 / (1 + np.exp(-(age - 68) / 5))).astype(int)
+    ids = np.array([f"S{i:03d}" for i in range(N)])
+    data = tmp_path / "data"
+    data.mkdir()
+    write_csv(
+        data / "subjects.csv",
+        rows_from({"subject_id": ids, "age": age, "sex": sex, "label": label}),
+    )
+    # An image score that knows the label better than age does.
+    score = 1 / (1 + np.exp(-(2.5 * label - 1.2 + rng.normal(0, 1, N))))
+    return data, ids, label, score
+
+
+def _protocol_folder(tmp_path, ids, label, score, cls):
+    out = tmp_path / "cls"
+    out.mkdir()
+    per_seed = []
+    for name, seed, (tr, va, te) in protocol_parts(ids, label, cls):
+        (out / name).mkdir()
+        write_json(out / name / "split.json", {k: ids[i].tolist() for k, i in
+                   (("train", tr), ("val", va), ("test", te))})  # fmt: skip
+        for file, idx in (("val_predictions.csv", va), ("test_predictions.csv", te)):
+            columns = {"subject_id": ids[idx], "label": label[idx], "probability": score[idx]}
+            write_csv(out / name / file, rows_from(columns))
+        per_seed.append({"dir": name, "seed": seed})
+    write_json(out / "cls_metrics.json", {
+        "per_seed": per_seed, "table_row": {"model": "toy"},
+        "config": {"cls": {"folds": cls.folds, "bones": []}, "backbone": {}},
+    })  # fmt: skip
+    return out
+
+
+@pytest.mark.parametrize("folds", [0, 3])
+def test_rows_use_the_test_subjects_and_pair_them(tmp_path, folds):
+    data, ids, label, score = _dataset(tmp_path)
+    cls = ClsConfig(folds=folds, seeds=(0, 1, 2), split=(0.6, 0.2, 0.2))
+    out = _protocol_folder(tmp_path, ids, label, score, cls)
+    res = compare_rows(out, data, n_boot=200)
+    assert set(res["rows"]) == {"image model", "fusion (image + age, sex)", "clinical (age, sex)"}
+    parts = [json.loads((out / p["dir"] / "split.json").read_text())
+             for p in json.loads((out / "cls_metrics.json").read_text())["per_seed"]]  # fmt: skip
+    index = {s: i for i, s in enumerate(ids)}
+    clinical_aucs = []
+    for k, split in enumerate(parts):
+        test = sorted(split["test"])
+        for row in res["rows"].values():
+            assert row["per_part"][k]["subject_id"] == test
+        # The clinical row equals a logistic regression fitted here on the train subjects only.
+        tr = [index[s] for s in split["train"]]
+        x = np.column_stack([[float(a) for a in _col(data, "age")], _col(data, "sex") == "M"])
+        model = make_pipeline(StandardScaler(), LogisticRegression(tol=1e-10, max_iter=10_000))
+        model.fit(x[tr], label[tr])
+        te = [index[s] for s in test]
+        want = model.predict_proba(x[te])[:, 1]
+        got = np.array(res["rows"]["clinical (age, sex)"]["per_part"][k]["probability"])
+        np.testing.assert_allclose(got, want, atol=1e-6)
+        clinical_aucs.append((te, want))
+    image = res["rows"]["image model"]["summary"]["auc"]
+    if folds:  # pooled: every subject tested once
+        all_te = np.concatenate([te for te, _ in clinical_aucs])
+        assert sorted(all_te.tolist()) == list(range(N))
+        pooled_clin = np.concatenate([p for _, p in clinical_aucs])
+        assert image["mean"] == pytest.approx(roc_auc_score(label[all_te], score[all_te]))
+        want_diff = roc_auc_score(label[all_te], score[all_te]) - roc_auc_score(
+            label[all_te], pooled_clin
+        )
+    else:
+        want_diff = np.mean([
+            roc_auc_score(label[te], score[te]) - roc_auc_score(label[te], p)
+            for te, p in clinical_aucs
+        ])  # fmt: skip
+    diff = res["vs_clinical"]["image model"]
+    assert diff["difference"] == pytest.approx(want_diff, abs=1e-9)
+    assert diff["ci95"][0] <= diff["difference"] <= diff["ci95"][1]
+    assert res["vs_image"]["clinical (age, sex)"]["difference"] == pytest.approx(want_diff)
+    table = headline_table(res)
+    assert "| clinical (age, sex) |" in table and "Δ AUC vs clinical" in table
+    assert (out / "comparison.json").exists() and (out / "comparison.md").exists()
+
+
+def test_baseline_predictions_do_not_depend_on_test_labels(tmp_path):
+    data, ids, label, score = _dataset(tmp_path)
+    cls = ClsConfig(seeds=(0,), split=(0.6, 0.2, 0.2))
+    out = _protocol_folder(tmp_path, ids, label, score, cls)
+    first = compare_rows(out, data, n_boot=50)
+    test = set(json.loads((out / "seed0" / "split.json").read_text())["test"])
+    rows = _rows(data)
+    for r in rows:  # flip every test subject's label in subjects.csv
+        if r["subject_id"] in test:
+            r["label"] = str(1 - int(r["label"]))
+    write_csv(data / "subjects.csv", rows)
+    second = compare_rows(out, data, n_boot=50)
+    for name in ("clinical (age, sex)", "fusion (image + age, sex)"):
+        a = first["rows"][name]["per_part"][0]
+        b = second["rows"][name]["per_part"][0]
+        assert a["subject_id"] == b["subject_id"]
+        assert a["probability"] == b["probability"], name  # the fits never read a test label
+        assert a["label"] != b["label"]  # while the scoring did use the (flipped) labels
+
+
+def _rows(data):
+    import csv
+
+    with open(data / "subjects.csv") as f:
+        return list(csv.DictReader(f))
+
+
+def _col(data, name):
+    return np.array([r[name] for r in _rows(data)])
