@@ -28,5 +28,9 @@ def test_demo_notebook_runs():
         timeout=600,
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "oracle_auc" in res.stdout and "| SimCLR + linear probe |" in res.stdout
+    assert "| SimCLR + linear probe |" in res.stdout  # the paper-format table
+    # the Bayes ceilings and the comparison table (the clinical baseline on the same subjects)
+    assert "image_ceiling_auc" in res.stdout and "clinical_ceiling_auc" in res.stdout
+    assert "| clinical (age, sex) |" in res.stdout and "Δ AUC vs clinical" in res.stdout
+    assert "Bayes posterior: image" in res.stdout
     assert "probability_interval" in res.stdout

@@ -190,8 +190,8 @@ def test_baseline_rows(presets):
 
 
 def test_format_table(tables):
-    def stat(mean, std):
-        return {"mean": mean, "std": std}
+    def stat(mean, std, ci95=None):
+        return {"mean": mean, "std": std} | ({} if ci95 is None else {"ci95": ci95})
 
     records = [
         {
@@ -199,18 +199,21 @@ def test_format_table(tables):
             "crop": "custom",
             "summary": {
                 "f1_positive": stat(0.6, 0.05),
-                "auc": stat(0.755, 0.021),
+                "auc": stat(0.755, 0.021, [0.712, 0.798]),
                 "accuracy": stat(0.7, 0.0),
             },
             "paper": {"f1": 0.68, "auc": 0.85, "accuracy": 0.82},
-            "oracle_auc": 0.7274,
+            "image_ceiling_auc": 0.8747,
+            "clinical_auc": stat(0.851, 0.04, [0.78, 0.91]),
+            "vs_clinical": {"difference": -0.094, "ci95": [-0.181, 0.012], "excludes_zero": False},
+            "bayes_image_auc": stat(0.866, 0.031, [0.80, 0.92]),
         },
         {
             "method": "SwAV",
             "crop": "custom",
             "summary": None,
             "paper": {"f1": 0.54, "auc": 0.68, "accuracy": None},
-            "oracle_auc": None,
+            "image_ceiling_auc": None,
         },
     ]
     text = tables.format_table(
@@ -219,20 +222,79 @@ def test_format_table(tables):
     assert text == (
         "### Table 7\n"
         "\n"
-        "| SSL method | multi-crop | F1 | AUC | accuracy | paper F1 / AUC / acc. | oracle AUC |\n"
-        "|---|---|---|---|---|---|---|\n"
-        "| SimCLR | custom | 0.60 ± 0.05 | 0.76 ± 0.02 | 0.70 ± 0.00 | 0.68 / 0.85 / 0.82 "
-        "| 0.73 |\n"
-        "| SwAV | custom | not reproduced | – | – | 0.54 / 0.68 / – | – |\n"
+        "| SSL method | multi-crop | F1 | AUC | AUC 95 % CI | accuracy | clinical (age, sex) AUC "
+        "| Δ AUC vs clinical (95 % CI) | Bayes posterior: image AUC | paper F1 / AUC / acc. "
+        "| image ceiling AUC |\n"
+        "|---|---|---|---|---|---|---|---|---|---|---|\n"
+        "| SimCLR | custom | 0.60 ± 0.05 | 0.76 ± 0.02 | 0.71–0.80 | 0.70 ± 0.00 | 0.85 ± 0.04 "
+        "| -0.09 (-0.18, +0.01) | 0.87 ± 0.03 | 0.68 / 0.85 / 0.82 | 0.87 |\n"
+        "| SwAV | custom | not reproduced | – | – | – | – | – | – | 0.54 / 0.68 / – | – |\n"
+        "\n" + tables.FOOTER + "\n"
     )
+    from osteo_jax.eval.cls_metrics import CI_METHOD, PAIRED_METHOD
+
+    assert CI_METHOD in tables.FOOTER and PAIRED_METHOD in tables.FOOTER
+    assert "oracle" not in text.lower()
+    # an interval that excludes 0 is marked
+    delta = {"difference": 0.12, "ci95": [0.03, 0.2], "excludes_zero": True}
+    assert tables._delta_cell(delta) == "+0.12 (+0.03, +0.20) *"
+
+
+CEILINGS = {
+    "image_ceiling_auc": 0.8747,
+    "clinical_ceiling_auc": 0.8750,
+    "image_clinical_ceiling_auc": 0.8984,
+    "hand_latent_auc": 0.7274,
+    "population": {
+        "image_ceiling_auc": 0.8612,
+        "clinical_ceiling_auc": 0.8703,
+        "image_clinical_ceiling_auc": 0.8931,
+        "hand_latent_auc": 0.7960,
+        "n_subjects": 200000,
+    },
+    "r": 0.6,
+    "n_subjects": 192,
+    "n_osteoporotic": 59,
+}
 
 
 def test_synthetic_note_says_so(tables):
-    oracle = {
-        "n_subjects": 192,
-        "n_osteoporotic": 59,
-        "oracle_auc": 0.7274,
-        "oracle_auc_population": 0.796,
+    note = tables.synthetic_note(CEILINGS)
+    assert note.startswith("SYNTHETIC DATA") and "192 subjects (59 osteoporotic)" in note
+    # the image ceiling of the cohort and of the population, and the hand latent as no ceiling
+    assert "0.87 (population 0.86)" in note and "0.73 (population 0.80), is not a ceiling" in note
+    assert "0.90 (population 0.89)" in note and "200,000" in note
+    assert "oracle" not in note.lower()
+
+
+def test_ceilings_table_and_row_baselines():
+    helpers = _load(EXPERIMENTS / "cls_quality.py")
+    table = helpers.ceilings_table(CEILINGS).splitlines()
+    assert table[0] == "| Bayes ceiling (AUC) | this cohort | population |"
+    assert len(table) == 2 + 4 and "| 0.875 | 0.861 |" in table[2]
+    assert "not a ceiling" in table[5] and "| 0.727 | 0.796 |" in table[5]
+
+    def summary(auc):
+        return {"auc": {"mean": auc, "std": 0.01, "ci95": [auc - 0.1, auc + 0.1], "per_seed": []}}
+
+    paired = {"difference": -0.1, "ci95": [-0.2, 0.0], "excludes_zero": False, "p_value": 0.1}
+    comparison = {
+        "rows": {
+            "image model": {"summary": summary(0.75)},
+            "clinical (age, sex)": {"summary": summary(0.85)},
+            "Bayes posterior: image": {"summary": summary(0.87)},
+        },
+        "vs_clinical": {"image model": paired},
+        "vs_image": {},
+        "ci_method": "hierarchical bootstrap",
     }
-    note = tables.synthetic_note(oracle)
-    assert note.startswith("SYNTHETIC DATA") and "0.73" in note and "0.80" in note
+    base = helpers.row_baselines(comparison)
+    assert base["clinical_auc"] == {"mean": 0.85, "std": 0.01, "ci95": [0.85 - 0.1, 0.85 + 0.1]}
+    assert base["bayes_image_auc"]["mean"] == 0.87 and base["vs_clinical"] is paired
+    assert base["comparison_ci_method"] == "hierarchical bootstrap"
+    # real data without covariates: no clinical or Bayes rows
+    comparison["rows"] = {"image model": {"summary": summary(0.75)}}
+    comparison["vs_clinical"] = {}
+    base = helpers.row_baselines(comparison)
+    assert base["clinical_auc"] is None and base["bayes_image_auc"] is None
+    assert base["vs_clinical"] is None

@@ -10,9 +10,11 @@ ablations' "no SSL, no custom multi-crop" row.
 ``SEG``: segments cut as ``SEGMENTS`` says (``experiments/paper_tables.py`` cuts and caches
 them). Paper (no SSL and no custom multi-crop): F1 0.53, AUC 0.67, accuracy 0.72.
 
-Expected, 3 seeds on 2 shared CPU cores: demo size AUC 0.61 ± 0.09 (oracle 0.73) in 138 s
-(segments cached); cpu size about 15 min (``experiments/cls_quality.py``, row ``scratch``: 912
-s). Synthetic cohort: no clinical result.
+Expected, 3 seeds on 2 shared CPU cores: demo size AUC 0.61 ± 0.09 in 138 s (segments cached); cpu
+size about 15 min (``experiments/cls_quality.py``, row ``scratch``: 912 s). Measured before the
+Bayes ceilings existed and not re-run: on that 192-subject cohort the hand latent's AUC is 0.73 (not
+a ceiling) and the image ceiling 0.875, as is the age + sex ceiling. Synthetic cohort: no clinical
+result.
 """
 
 from __future__ import annotations

@@ -9,9 +9,11 @@ pixel of a raw image is > 0, so the custom rule accepts every crop.
 ``SEG``: segments cut as ``SEGMENTS`` says (``experiments/paper_tables.py`` cuts and caches
 them). Paper: F1 -0.12 and AUC -0.07 from the full pipeline, i.e. F1 0.56, AUC 0.78.
 
-Expected, 3 seeds on 2 shared CPU cores: demo size AUC 0.62 ± 0.12 (oracle 0.73) in 98 s
-(segments cached); cpu size about 8 min (``experiments/cls_quality.py``, row ``full``: 492 s).
-Synthetic cohort: no clinical result.
+Expected, 3 seeds on 2 shared CPU cores: demo size AUC 0.62 ± 0.12 in 98 s (segments cached); cpu
+size about 8 min (``experiments/cls_quality.py``, row ``full``: 492 s). Measured before the Bayes
+ceilings existed and not re-run: on that 192-subject cohort the hand latent's AUC is 0.73 (not a
+ceiling) and the image ceiling 0.875, as is the age + sex ceiling. Synthetic cohort: no clinical
+result.
 """
 
 from __future__ import annotations

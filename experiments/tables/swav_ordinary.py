@@ -10,9 +10,11 @@ Differs from the other Table 7 rows only in ``ssl.method`` and ``ssl.crops.custo
 ``SEG``: segments cut as ``SEGMENTS`` says (``experiments/paper_tables.py`` cuts and caches
 them). Paper (real data, 192 subjects): F1 0.51, AUC 0.66, accuracy 0.70.
 
-Expected, 3 seeds on 2 shared CPU cores: demo size AUC 0.65 ± 0.13 (oracle 0.73) in 134 s
-(segments cached); cpu size about 8 min (``experiments/cls_quality.py``, row ``full``: 492 s).
-Synthetic cohort: no clinical result.
+Expected, 3 seeds on 2 shared CPU cores: demo size AUC 0.65 ± 0.13 in 134 s (segments cached); cpu
+size about 8 min (``experiments/cls_quality.py``, row ``full``: 492 s). Measured before the Bayes
+ceilings existed and not re-run: on that 192-subject cohort the hand latent's AUC is 0.73 (not a
+ceiling) and the image ceiling 0.875, as is the age + sex ceiling. Synthetic cohort: no clinical
+result.
 """
 
 from __future__ import annotations

@@ -557,11 +557,11 @@ def paper_table(rows: Sequence[dict]) -> str:
     lines = []
     for r in rows:
         s = r["summary"]
-        oracle = r.get("image_ceiling_auc")
+        ceiling = r.get("image_ceiling_auc")
         lines.append(
             f"| {r['model']} | {r['roi']} | {r['backbone']} | {cell(s['f1_positive'])} | "
             f"{cell(s['auc'])} | {cell(s['accuracy'])} | {cell(s['f1_macro'])} | "
             f"{cell(s['sensitivity'])} | {cell(s['specificity'])} | "
-            f"{'' if oracle is None else f'{oracle:.2f}'} |"
+            f"{'' if ceiling is None else f'{ceiling:.2f}'} |"
         )
     return head + "\n".join(lines) + "\n"

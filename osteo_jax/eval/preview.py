@@ -71,7 +71,7 @@ def dataset_preview(
     root = Path(root)
     out = Path(out) if out is not None else root / "preview.png"
     subjects = read_csv(root / SUBJECTS_CSV)
-    oracle = read_ceilings(root)
+    ceilings = read_ceilings(root)
     bones_path = root / "bones.csv"
     picked = _pick(list(subjects), n_images)
     cols = 4
@@ -141,18 +141,19 @@ def dataset_preview(
         f"subjects: {len(subjects)}   osteoporotic: {n_pos}",
         f"annotators: {', '.join(annotators) or 'none'} (+ exact map)",
     ]
-    if oracle:
-        pop = oracle["population"]
+    if ceilings:
+        pop = ceilings["population"]
         lines += [
             "Bayes ceilings (AUC)   cohort  population",
-            f"  image               {oracle['image_ceiling_auc']:.3f}   "
+            f"  image               {ceilings['image_ceiling_auc']:.3f}   "
             f"{pop['image_ceiling_auc']:.3f}",
-            f"  age + sex           {oracle['clinical_ceiling_auc']:.3f}   "
+            f"  age + sex           {ceilings['clinical_ceiling_auc']:.3f}   "
             f"{pop['clinical_ceiling_auc']:.3f}",
-            f"  image + age + sex   {oracle['image_clinical_ceiling_auc']:.3f}   "
+            f"  image + age + sex   {ceilings['image_clinical_ceiling_auc']:.3f}   "
             f"{pop['image_clinical_ceiling_auc']:.3f}",
-            f"hand latent alone     {oracle['hand_latent_auc']:.3f}   {pop['hand_latent_auc']:.3f}",
-            f"coupling r of hand latent to T-score: {oracle['r']:.2f}",
+            f"hand latent alone     {ceilings['hand_latent_auc']:.3f}   "
+            f"{pop['hand_latent_auc']:.3f}",
+            f"coupling r of hand latent to T-score: {ceilings['r']:.2f}",
         ]
     lines += ["", "SYNTHETIC DATA - method development only,", "no clinical use."]
     ax.text(0.02, 0.95, "\n".join(lines), va="top", family="monospace", fontsize=10)
