@@ -132,7 +132,7 @@ def test_summary_and_paper_table(per_seed):
     assert summary["f1_positive"]["std"] == pytest.approx(f1.std())
     assert summary["f1_positive"]["per_seed"] == pytest.approx(f1.tolist())
     row = {"model": "simclr", "roi": "segments", "backbone": "ResNet-18", "summary": summary}
-    table = paper_table([dict(row, oracle_auc=0.812)])
+    table = paper_table([dict(row, image_ceiling_auc=0.812)])
     lines = table.strip().split("\n")
     assert len(lines) == 3  # header, rule, one row
     assert lines[0].startswith("| model | ROI | backbone | F1 | AUC | accuracy")
