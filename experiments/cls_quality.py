@@ -59,6 +59,7 @@ from osteo_jax.config import (
     SSLConfig,
     SynthConfig,
 )
+from osteo_jax.eval.headline import delta_cell
 
 ROWS = ("full", "scratch", "raw", "unet", "exact")
 
@@ -174,14 +175,6 @@ def _pm(stat: dict | None, digits: int = 3) -> str:
     return "–" if stat is None else f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
 
 
-def _delta(paired: dict | None) -> str:
-    if paired is None:
-        return "–"
-    lo, hi = paired["ci95"]
-    mark = " *" if paired["excludes_zero"] else ""
-    return f"{paired['difference']:+.3f} ({lo:+.3f}, {hi:+.3f}){mark}"
-
-
 def baselines_table(results: dict, image_ceiling: float) -> str:
     """Markdown: each row's AUC beside the clinical baseline and Bayes posterior, same subjects.
 
@@ -210,7 +203,7 @@ def baselines_table(results: dict, image_ceiling: float) -> str:
             _pm(auc),
             "–" if ci is None else f"{ci[0]:.3f}–{ci[1]:.3f}",
             _pm(v.get("clinical_auc")),
-            _delta(v.get("vs_clinical")),
+            delta_cell(v.get("vs_clinical")),
             _pm(v.get("bayes_image_auc")),
             f"{image_ceiling - auc['mean']:.3f}",
         ]
@@ -329,7 +322,7 @@ def main() -> None:
         }
         print(
             f"{row}: AUC {_pm(s['auc'])}; same test subjects: clinical (age, sex) "
-            f"{_pm(base['clinical_auc'])}, Δ AUC vs clinical {_delta(base['vs_clinical'])}, "
+            f"{_pm(base['clinical_auc'])}, Δ AUC vs clinical {delta_cell(base['vs_clinical'])}, "
             f"Bayes posterior: image {_pm(base['bayes_image_auc'])} (image ceiling "
             f"{image_ceiling:.3f}) in {results[row]['wall_s']:.0f} s"
         )

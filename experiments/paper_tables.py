@@ -69,6 +69,7 @@ from pathlib import Path
 from types import ModuleType
 
 from osteo_jax.eval.cls_metrics import CI_METHOD, PAIRED_METHOD
+from osteo_jax.eval.headline import delta_cell
 
 HERE = Path(__file__).resolve().parent
 ROWS_DIR = HERE / "tables"
@@ -177,14 +178,6 @@ def _ci_cell(stat: dict | None) -> str:
     return f"{lo:.2f}–{hi:.2f}"
 
 
-def _delta_cell(paired: dict | None) -> str:
-    if paired is None:
-        return "–"
-    lo, hi = paired["ci95"]
-    mark = " *" if paired["excludes_zero"] else ""
-    return f"{paired['difference']:+.2f} ({lo:+.2f}, {hi:+.2f}){mark}"
-
-
 def _paper_cell(paper: dict | None) -> str:
     paper = paper or {}
     values = [paper.get(k) for k in ("f1", "auc", "accuracy")]
@@ -235,7 +228,7 @@ def format_table(title: str, columns: tuple, records: list[dict]) -> str:
             ]
             baselines = [
                 _cell(r.get("clinical_auc")),
-                _delta_cell(r.get("vs_clinical")),
+                delta_cell(r.get("vs_clinical"), 2),
                 _cell(r.get("bayes_image_auc")),
             ]
         ceiling = r.get("image_ceiling_auc")
@@ -407,7 +400,7 @@ def main() -> None:
             f"{name}: F1 {_cell(s['f1_positive'])}, AUC {_cell(s['auc'])} "
             f"({_ci_cell(s['auc'])}), accuracy {_cell(s['accuracy'])}; same test subjects: "
             f"clinical (age, sex) AUC {_cell(base['clinical_auc'])}, Δ AUC vs clinical "
-            f"{_delta_cell(base['vs_clinical'])}, Bayes posterior: image AUC "
+            f"{delta_cell(base['vs_clinical'], 2)}, Bayes posterior: image AUC "
             f"{_cell(base['bayes_image_auc'])} "
             f"(image ceiling {ceilings['image_ceiling_auc']:.2f}); "
             f"{'cached' if cached else f'{wall:.0f} s'}",

@@ -48,3 +48,16 @@ def small_cfg():
 @pytest.fixture(scope="session")
 def small_renders(paper_cohort, small_cfg):
     return [render_subject(paper_cohort, i, small_cfg) for i in range(16)]
+
+
+@pytest.fixture(scope="session")
+def cohort_images():
+    """200 subjects (30 % positive) with 1-4 images each, in a shuffled image order."""
+    rng = np.random.default_rng(3)
+    n_subjects = 200
+    subject_label = (rng.random(n_subjects) < 0.3).astype(np.int64)
+    counts = rng.integers(1, 5, n_subjects)
+    subjects = np.repeat(np.array([f"S{i:03d}" for i in range(n_subjects)]), counts)
+    labels = np.repeat(subject_label, counts)
+    perm = rng.permutation(len(subjects))
+    return subjects[perm], labels[perm]

@@ -149,19 +149,6 @@ def test_summary_and_paper_table(per_seed):
 # ---------------------------------------------------------------------------------- splits
 
 
-@pytest.fixture(scope="module")
-def cohort_images():
-    """200 subjects (30 % positive) with 1-4 images each, in a shuffled image order."""
-    rng = np.random.default_rng(3)
-    n_subjects = 200
-    subject_label = (rng.random(n_subjects) < 0.3).astype(np.int64)
-    counts = rng.integers(1, 5, n_subjects)
-    subjects = np.repeat(np.array([f"S{i:03d}" for i in range(n_subjects)]), counts)
-    labels = np.repeat(subject_label, counts)
-    perm = rng.permutation(len(subjects))
-    return subjects[perm], labels[perm]
-
-
 @pytest.mark.parametrize("seed", [0, 1])
 def test_split_is_a_subject_partition_stratified(cohort_images, seed):
     subjects, labels = cohort_images

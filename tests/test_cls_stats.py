@@ -400,19 +400,6 @@ def test_delong_needs_two_of_each_class():
 # ------------------------------------------------------------------------------ k-fold splits
 
 
-@pytest.fixture(scope="module")
-def cohort_images():
-    """150 subjects (30 % positive) with 1-4 images each, in a shuffled image order."""
-    rng = np.random.default_rng(3)
-    n_subjects = 150
-    subject_label = (rng.random(n_subjects) < 0.3).astype(np.int64)
-    counts = rng.integers(1, 5, n_subjects)
-    subjects = np.repeat(np.array([f"S{i:03d}" for i in range(n_subjects)]), counts)
-    labels = np.repeat(subject_label, counts)
-    perm = rng.permutation(len(subjects))
-    return subjects[perm], labels[perm]
-
-
 @pytest.mark.parametrize("k", [2, 5, 10])
 def test_folds_partition_subjects_stratified(cohort_images, k):
     subjects, labels = cohort_images

@@ -237,7 +237,7 @@ def test_format_table(tables):
     assert "oracle" not in text.lower()
     # an interval that excludes 0 is marked
     delta = {"difference": 0.12, "ci95": [0.03, 0.2], "excludes_zero": True}
-    assert tables._delta_cell(delta) == "+0.12 (+0.03, +0.20) *"
+    assert tables.delta_cell(delta, 2) == "+0.12 (+0.03, +0.20) *"
 
 
 CEILINGS = {

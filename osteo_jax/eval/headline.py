@@ -12,6 +12,7 @@ __all__ = [
     "COMPARISON_MD",
     "IMAGE_ROW",
     "ceiling_table",
+    "delta_cell",
     "headline_table",
     "rows_table",
 ]
@@ -34,12 +35,13 @@ def _pm(s: dict) -> str:
     return f"{s['mean']:.2f} ± {s['std']:.2f}"
 
 
-def _diff(d: dict | None) -> str:
-    if d is None:
+def delta_cell(paired: dict | None, digits: int = 3) -> str:
+    """A paired difference as ``+0.012 (-0.030, +0.055)``, `` *`` when its interval excludes 0."""
+    if paired is None:
         return "–"
-    lo, hi = d["ci95"]
-    mark = " *" if d["excludes_zero"] else ""
-    return f"{d['difference']:+.3f} ({lo:+.3f}, {hi:+.3f}){mark}"
+    lo, hi = paired["ci95"]
+    mark = " *" if paired["excludes_zero"] else ""
+    return f"{paired['difference']:+.{digits}f} ({lo:+.{digits}f}, {hi:+.{digits}f}){mark}"
 
 
 def ceiling_table(ceilings: dict | None) -> tuple[list[str], list[list[str]]]:
@@ -76,8 +78,8 @@ def rows_table(
                 f"{name}: {model}" if name == IMAGE_ROW and model else name,
                 _pm(s["auc"]),
                 f"{lo:.2f}–{hi:.2f}",
-                _diff(comparison["vs_clinical"].get(name)),
-                _diff(comparison["vs_image"].get(name)),
+                delta_cell(comparison["vs_clinical"].get(name)),
+                delta_cell(comparison["vs_image"].get(name)),
                 _pm(s["f1_positive"]),
                 _pm(s["accuracy"]),
                 _pm(s["sensitivity"]),
