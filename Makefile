@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test notebook lint clean-venv
+.PHONY: demo test e2e notebook lint clean-venv
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ demo: $(VENV)/.installed
 
 test: $(VENV)/.installed-test
 	$(PY) -m pytest -q
+
+# SIGKILL-and-resume of the real CLI and other slower end-to-end tests (a few minutes); CI runs it.
+e2e: $(VENV)/.installed-test
+	$(PY) -m pytest -q -m e2e
 
 # Executes colab/demo.ipynb top to bottom on CPU (a small pipeline, a few minutes); CI runs it.
 notebook: $(VENV)/.installed-test

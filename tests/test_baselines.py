@@ -246,7 +246,7 @@ def test_fit_logistic_rejects_bad_input():
         clinical_scores({"train": ["a"], "val": ["a"], "test": []}, {}, None)
 
 
-@pytest.mark.slow
+@pytest.mark.e2e
 def test_radiogrammetry_of_run_measures_every_subject_and_spreads_only_val(tmp_path, monkeypatch):
     """split="all" measures the segmenter's train subjects too; the costly 2MCI spread is
     measured on the validation subjects only, over the requested number of hypotheses."""

@@ -41,6 +41,9 @@ from osteo_jax.config import (
 )
 from osteo_jax.train.loop import Checkpointer
 
+# Several real CLI subprocesses per test: `make e2e` (CI runs it after `make test`).
+pytestmark = pytest.mark.e2e
+
 # 12 training images, 2 per step: 6 steps an epoch, 18 in all. No validation split (it would
 # only add a compile; validation does not touch the parameters).
 SEG = SegTrainConfig(
@@ -229,7 +232,6 @@ def reference(inputs, tmp_path_factory):
     return get
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("command", ["train-seg", "pretrain", "train-cls"])
 def test_killed_run_resumes_to_the_uninterrupted_state(command, inputs, reference, tmp_path):
     env = inputs["env"]
@@ -286,7 +288,6 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
-@pytest.mark.slow
 def test_train_cls_killed_between_best_checkpoint_and_best_json(inputs, reference, tmp_path):
     ref, _, want = reference("train-cls")
     run = tmp_path / "run"
