@@ -428,6 +428,7 @@ def _data_of(segments_dir: str) -> Path | None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """The paper's protocol on a segments folder: table, ROC and reliability figures."""
     from osteo_jax.data.ceiling import read_ceilings
+    from osteo_jax.eval.baselines import read_covariates
     from osteo_jax.eval.headline import headline_table
     from osteo_jax.train.comparison import compare_rows
     from osteo_jax.train.protocol import run_protocol
@@ -435,6 +436,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = _protocol_config(args)
     data = _data_of(args.segments)
     ceilings = read_ceilings(data) if data is not None else None
+    if data is not None and cfg.covariates:  # a missing column fails before training
+        read_covariates(data, cfg.covariates)
     res = run_protocol(
         args.segments,
         args.out,

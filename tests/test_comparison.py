@@ -132,3 +132,16 @@ def _rows(data):
 
 def _col(data, name):
     return np.array([r[name] for r in _rows(data)])
+
+
+def test_run_refuses_data_without_a_covariate_before_training(tmp_path):
+    from osteo_jax.config import ExperimentConfig
+    from osteo_jax.data.folder import DatasetError
+    from osteo_jax.train.experiment import run_experiment
+
+    data = tmp_path / "mine"
+    data.mkdir()
+    write_csv(data / "subjects.csv", [{"subject_id": "A", "sex": "F", "label": 1}])
+    with pytest.raises(DatasetError, match="age"):
+        run_experiment(ExperimentConfig(), tmp_path / "run", data=data, progress=False)
+    assert not (tmp_path / "run" / "config.json").exists()

@@ -103,6 +103,10 @@ def run_experiment(
             write_dataset(cfg.synth, data, workers=workers, overwrite=True, progress=progress)
         stage("synth", t)
     data = Path(data)
+    if cfg.protocol.covariates:  # fail now, not after hours of training, if a column is missing
+        from osteo_jax.eval.baselines import read_covariates
+
+        read_covariates(data, cfg.protocol.covariates)
     try:
         write_config(out, cfg, str(data))
     except ValueError as err:
