@@ -78,6 +78,8 @@ def test_run_writes_the_report(run):
         assert text in md and text in page, text
     assert "oracle" not in md.lower()
     metrics = json.loads((out / "cls" / "cls_metrics.json").read_text())
+    assert metrics["table_row"]["model"] == TINY.protocol.name
+    assert f"image model: {TINY.protocol.name}" in md
     auc = metrics["summary"]["auc"]["mean"]
     assert f"{auc:.2f} ±" in md  # the table shows the protocol's numbers
     for rel in ("figures/dice_per_bone.png", "figures/bone_contribution.png", "cls/roc.png"):

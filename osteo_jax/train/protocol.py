@@ -199,13 +199,13 @@ def run_protocol(
             seed=seed,
             progress=progress,
         )
-        for name, idx in ((VAL_PREDICTIONS, va), (TEST_PREDICTIONS, te)):
+        for file, idx in ((VAL_PREDICTIONS, va), (TEST_PREDICTIONS, te)):
             part_set = seg.take(idx)
             probs = predict_segments(res["params"], backbone, part_set)
             p, y = subject_scores(probs, part_set)
             subjects = np.unique(part_set.subject_ids)
             write_csv(
-                folder / name,
+                folder / file,
                 rows_from({"subject_id": subjects, "label": y, "probability": np.round(p, 6)}),
             )
         test = part_set  # the test part, written last
