@@ -82,7 +82,10 @@ def test_run_writes_the_report(run):
     assert f"image model: {TINY.protocol.name}" in md
     auc = metrics["summary"]["auc"]["mean"]
     assert f"{auc:.2f} ±" in md  # the table shows the protocol's numbers
-    for rel in ("figures/dice_per_bone.png", "figures/bone_contribution.png", "cls/roc.png"):
+    for rel in (
+        "figures/dice_per_bone.png", "figures/bone_contribution.png", "cls/roc.png",
+        "figures/comparison.png",
+    ):  # fmt: skip
         assert (out / rel).stat().st_size > 1000
         assert rel in md and rel in page
     radio = json.loads((out / "radiogrammetry.json").read_text())

@@ -1,4 +1,4 @@
-"""Figures of the classification protocol: ROC with a bootstrap band, reliability diagram."""
+"""Figures of the classification protocol: ROC with a bootstrap band, reliability, comparison."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 
 from osteo_jax.eval.cls_metrics import reliability_curve, roc_curve  # noqa: E402
 
-__all__ = ["reliability_figure", "roc_figure"]
+__all__ = ["comparison_figure", "reliability_figure", "roc_figure"]
 
 _NOTE = "synthetic data: method development only, no clinical claim"
 
@@ -113,3 +113,51 @@ def reliability_figure(
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def comparison_figure(comparison: dict, path: str | os.PathLike, *, title: str = "") -> str:
+    """Forest plot of the headline comparison: each row's AUC with its 95 % interval.
+
+    Args:
+      comparison: :func:`osteo_jax.train.comparison.compare_rows` output.
+      path: PNG to write.
+      title: figure title.
+
+    Returns:
+      ``str(path)``. Vertical lines mark the synthetic cohort's image and clinical Bayes
+      ceilings where known; rows whose interval of the difference to the clinical row excludes
+      zero are drawn filled.
+    """
+    names = list(comparison["rows"])
+    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(names) + 1.6))
+    for i, name in enumerate(names):
+        auc = comparison["rows"][name]["summary"]["auc"]
+        lo, hi = auc["ci95"]
+        real = (comparison["vs_clinical"].get(name) or {}).get("excludes_zero", False)
+        color = "tab:gray" if name.startswith("Bayes") else "tab:blue"
+        ax.errorbar(
+            auc["mean"], i, xerr=[[auc["mean"] - lo], [hi - auc["mean"]]], fmt="o",
+            color=color, mfc=color if real else "white", capsize=3,
+        )  # fmt: skip
+    ceilings = comparison.get("ceilings") or {}
+    for key, style, words in (
+        ("image_ceiling_auc", "--", "image ceiling"),
+        ("clinical_ceiling_auc", ":", "age + sex ceiling"),
+    ):
+        if key in ceilings:
+            ax.axvline(
+                ceilings[key], color="k", ls=style, lw=1, label=f"{words} {ceilings[key]:.2f}"
+            )
+    ax.axvline(0.5, color="0.8", lw=1)
+    ax.set_yticks(range(len(names)), names)
+    ax.invert_yaxis()
+    ax.set_xlabel("AUC (mean over seeds, 95 % interval); filled: differs from clinical")
+    ax.set_xlim(0.3, 1.0)
+    if ceilings:
+        ax.legend(loc="lower left", fontsize=8)
+    ax.set_title(title or "The model beside the baselines, same test subjects", fontsize=10)
+    fig.text(0.99, 0.01, _NOTE, ha="right", va="bottom", fontsize=7, color="0.4")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return str(path)

@@ -25,6 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from osteo_jax.config import BONE_NAMES  # noqa: E402
+from osteo_jax.eval.cls_figure import comparison_figure  # noqa: E402
 from osteo_jax.eval.cls_metrics import CI_METHOD  # noqa: E402
 from osteo_jax.eval.headline import COMPARISON_JSON, ceiling_table, rows_table  # noqa: E402
 from osteo_jax.eval.radiogrammetry_run import radiogrammetry_of_run  # noqa: E402
@@ -336,6 +337,8 @@ def write_report(out: str | os.PathLike, cfg, data: str | os.PathLike) -> dict[s
         header, rows, footer = rows_table(comparison, metrics["table_row"]["model"])
         doc.table(header, rows)
         doc.p(footer)
+        comparison_figure(comparison, fig_dir / "comparison.png")
+        doc.img(f"{FIGURES}/comparison.png", "AUC of every row with its 95 % interval")
 
     doc.h(2, "Classification (paper format)")
     s, row = metrics["summary"], metrics["table_row"]
