@@ -106,14 +106,14 @@ def ensure_dataset(data: Path, subjects: int | None = None) -> dict:
     """Generates the synthetic cohort in ``data`` unless it is there; returns its ceilings.
 
     Returns:
-      :func:`~osteo_jax.data.ceiling.read_ceilings` of ``data`` (the three Bayes ceilings, the
+      :func:`~osteo_jax.data.synth.ceiling.read_ceilings` of ``data`` (the three Bayes ceilings, the
       hand latent's AUC, ``population``, ``n_subjects``, ``n_osteoporotic``, ...).
 
     Raises:
       SystemExit: ``data`` is not a synthetic dataset folder (no ceilings to read against).
     """
-    from osteo_jax.data.ceiling import CEILINGS_JSON, read_ceilings
-    from osteo_jax.data.synthetic import write_dataset
+    from osteo_jax.data.synth.ceiling import CEILINGS_JSON, read_ceilings
+    from osteo_jax.data.synth.synthetic import write_dataset
 
     if not (data / "images.csv").exists():
         t0 = time.perf_counter()

@@ -25,8 +25,8 @@ import time
 from pathlib import Path
 
 from osteo_jax.config import BONE_NAMES, SegConfig, SegTrainConfig, SynthConfig
-from osteo_jax.data.inmemory import load_seg_arrays
-from osteo_jax.data.synthetic import write_dataset
+from osteo_jax.data.pipeline import load_seg_arrays
+from osteo_jax.data.synth.synthetic import write_dataset
 from osteo_jax.train.loop import train_segmenter
 
 

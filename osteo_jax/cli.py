@@ -78,7 +78,7 @@ def _add_synth_args(p: argparse.ArgumentParser, default_out: str | None) -> None
 
 def cmd_synth(args: argparse.Namespace) -> int:
     """Writes a synthetic dataset folder."""
-    from osteo_jax.data.synthetic import write_dataset
+    from osteo_jax.data.synth.synthetic import write_dataset
 
     cfg = _synth_config(args)
     t0 = time.perf_counter()
@@ -427,7 +427,7 @@ def _data_of(segments_dir: str) -> Path | None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """The paper's protocol on a segments folder: table, ROC and reliability figures."""
-    from osteo_jax.data.ceiling import read_ceilings
+    from osteo_jax.data.synth.ceiling import read_ceilings
     from osteo_jax.eval.baselines import read_covariates
     from osteo_jax.eval.headline import headline_table
     from osteo_jax.train.comparison import compare_rows
@@ -638,7 +638,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``osteo-jax`` console script."""
     args = build_parser().parse_args(argv)
-    from osteo_jax.data.folder import DatasetError
+    from osteo_jax.data.errors import DatasetError
 
     try:
         return args.func(args)

@@ -7,7 +7,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
-from osteo_jax.data.folder import DatasetError, write_csv
+from osteo_jax.data.errors import DatasetError
+from osteo_jax.data.folder import write_csv
 from osteo_jax.eval.baselines import (
     DEFAULT_C,
     SubjectFeatures,
@@ -261,7 +262,7 @@ def test_radiogrammetry_of_run_measures_every_subject_and_spreads_only_val(tmp_p
         SynthConfig,
     )
     from osteo_jax.data.folder import read_csv
-    from osteo_jax.data.synthetic import write_dataset
+    from osteo_jax.data.synth.synthetic import write_dataset
     from osteo_jax.eval import radiogrammetry_run
     from osteo_jax.eval.report import radiogrammetry_of_run as from_report
     from osteo_jax.train.loop import train_segmenter

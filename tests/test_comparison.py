@@ -136,7 +136,7 @@ def _col(data, name):
 
 def test_run_refuses_data_without_a_covariate_before_training(tmp_path):
     from osteo_jax.config import ExperimentConfig
-    from osteo_jax.data.folder import DatasetError
+    from osteo_jax.data.errors import DatasetError
     from osteo_jax.train.experiment import run_experiment
 
     data = tmp_path / "mine"

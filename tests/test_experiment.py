@@ -23,7 +23,7 @@ from osteo_jax.config import (
     SSLConfig,
     SynthConfig,
 )
-from osteo_jax.data.folder import DatasetError
+from osteo_jax.data.errors import DatasetError
 
 BACKBONE = BackboneConfig(depth=18, width=4)
 TINY = ExperimentConfig(
@@ -95,8 +95,8 @@ def test_run_writes_the_report(run):
 def test_every_row_is_scored_on_the_protocol_test_subjects(run):
     """The baselines and Bayes rows use exactly each seed's test subjects; the ceilings match
     the generator's posteriors on them."""
-    from osteo_jax.data.ceiling import read_posteriors
-    from osteo_jax.data.cohort import roc_auc
+    from osteo_jax.data.synth.ceiling import read_posteriors
+    from osteo_jax.data.synth.cohort import roc_auc
 
     out, _ = run
     comparison = json.loads((out / "cls" / "comparison.json").read_text())

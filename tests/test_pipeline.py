@@ -6,9 +6,14 @@ import numpy as np
 import pytest
 
 from osteo_jax.config import CohortConfig, PhysicsConfig, SynthConfig
-from osteo_jax.data.inmemory import load_seg_arrays
-from osteo_jax.data.pipeline import FolderSource, RandomFlip, TfdsSource, make_loader
-from osteo_jax.data.synthetic import write_dataset
+from osteo_jax.data.pipeline import (
+    FolderSource,
+    RandomFlip,
+    TfdsSource,
+    load_seg_arrays,
+    make_loader,
+)
+from osteo_jax.data.synth.synthetic import write_dataset
 
 SIZE = 32
 

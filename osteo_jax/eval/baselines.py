@@ -37,7 +37,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from osteo_jax.data.folder import SUBJECTS_CSV, DatasetError, read_csv
+from osteo_jax.data.errors import DatasetError
+from osteo_jax.data.folder import SUBJECTS_CSV, read_csv
 
 __all__ = [
     "DEFAULT_C",

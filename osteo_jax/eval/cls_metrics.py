@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 from scipy import stats
 
-from osteo_jax.data.cohort import roc_auc
+from osteo_jax.data.synth.cohort import roc_auc
 
 __all__ = [
     "CI_METHOD",

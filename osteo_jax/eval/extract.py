@@ -28,10 +28,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from osteo_jax.config import ROI_REGIONS, SegmentConfig
+from osteo_jax.data.errors import DatasetError
 from osteo_jax.data.folder import (
     IMAGES_CSV,
     SUBJECTS_CSV,
-    DatasetError,
     annotators_of,
     ensure_new_dir,
     mask_relpath,

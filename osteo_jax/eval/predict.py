@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from osteo_jax.data.folder import DatasetError
+from osteo_jax.data.errors import DatasetError
 
 __all__ = ["PredictModel", "predict_images"]
 

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from osteo_jax.data.ceiling import read_ceilings, read_posteriors
 from osteo_jax.data.folder import read_csv, rows_from, write_csv, write_json
+from osteo_jax.data.synth.ceiling import read_ceilings, read_posteriors
 from osteo_jax.eval.baselines import (
     DEFAULT_COVARIATES,
     clinical_scores,

@@ -31,7 +31,7 @@ __all__ = ["run_experiment"]
 
 
 def _image_ceiling(data: Path) -> float | None:
-    from osteo_jax.data.ceiling import read_ceilings
+    from osteo_jax.data.synth.ceiling import read_ceilings
 
     ceilings = read_ceilings(data)
     return None if ceilings is None else ceilings["image_ceiling_auc"]
@@ -79,7 +79,7 @@ def run_experiment(
     Raises:
       ValueError: no data and no ``cfg.synth``; ``out`` holds a run of another config.
     """
-    from osteo_jax.data.synthetic import write_dataset
+    from osteo_jax.data.synth.synthetic import write_dataset
     from osteo_jax.eval.extract import extract_segments
     from osteo_jax.train.loop import train_segmenter, write_config
     from osteo_jax.train.protocol import run_protocol
