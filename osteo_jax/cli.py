@@ -170,39 +170,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _experiment_config(path: str):
-    """An :class:`ExperimentConfig` from ``--config``; a protocol-only config is wrapped."""
-    import dataclasses
-
-    from osteo_jax.config import ExperimentConfig, ProtocolConfig, from_dict
-
-    try:
-        return _load_config(path, ExperimentConfig, from_dict)
-    except ValueError as err:
-        if "expected ExperimentConfig" not in str(err):
-            raise
-    proto = _load_config(path, ProtocolConfig, from_dict)
-    return dataclasses.replace(ExperimentConfig(), name=proto.name, protocol=proto)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     """Runs (or resumes) one experiment config end to end on a dataset folder."""
+    from osteo_jax.config import ExperimentConfig, load_config
     from osteo_jax.train.experiment import run_experiment
 
-    cfg = _experiment_config(args.config)
+    cfg = load_config(args.config, ExperimentConfig)
     _print_run(run_experiment(cfg, args.out, data=args.data, workers=args.workers))
     return 0
 
 
 def _seg_train_config(args: argparse.Namespace):
-    """SegTrainConfig from --config (a JSON file or an experiments/*.py) and CLI overrides."""
+    """SegTrainConfig from --config (JSON or experiments/*.py[:arg]) and the CLI overrides."""
     import dataclasses
 
-    from osteo_jax.config import SegTrainConfig, from_dict
+    from osteo_jax.config import SegTrainConfig, load_config
 
-    cfg = SegTrainConfig()
-    if args.config:
-        cfg = _load_config(args.config, SegTrainConfig, from_dict)
+    cfg = load_config(args.config, SegTrainConfig) if args.config else SegTrainConfig()
     over = {
         k: v
         for k, v in dict(
@@ -223,29 +207,6 @@ def _seg_train_config(args: argparse.Namespace):
         if v is not None
     }
     return dataclasses.replace(cfg, seg=dataclasses.replace(cfg.seg, **seg_over))
-
-
-def _load_config(path: str, cls, from_dict):
-    """Loads a config: ``.json`` (asdict output) or ``.py`` with ``get_config()``."""
-    import importlib.util
-
-    p = Path(path)
-    if not p.exists():
-        raise ValueError(f"{p}: config file not found")
-    if p.suffix == ".json":
-        data = json.loads(p.read_text())
-        return from_dict(cls, data.get("config", data))
-    spec = importlib.util.spec_from_file_location(p.stem, p)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    cfg = module.get_config()
-    if not isinstance(cfg, cls):
-        cfg = getattr(cfg, "seg_train", cfg)
-    if not isinstance(cfg, cls):
-        raise ValueError(
-            f"{p}: get_config() returned {type(cfg).__name__}, expected {cls.__name__}"
-        )
-    return cfg
 
 
 def cmd_train_seg(args: argparse.Namespace) -> int:
@@ -299,12 +260,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
 
 def _protocol_config(args: argparse.Namespace):
-    """ProtocolConfig from --config (JSON or experiments/*.py) and the CLI overrides."""
+    """ProtocolConfig from --config (JSON or experiments/*.py[:arg]) and the CLI overrides."""
     import dataclasses
 
-    from osteo_jax.config import ProtocolConfig, from_dict
+    from osteo_jax.config import ProtocolConfig, load_config
 
-    cfg = _load_config(args.config, ProtocolConfig, from_dict) if args.config else ProtocolConfig()
+    cfg = load_config(args.config, ProtocolConfig) if args.config else ProtocolConfig()
     ssl, cls, backbone = cfg.ssl, cfg.cls, cfg.backbone
     method = getattr(args, "method", None)
     if method == "none":
