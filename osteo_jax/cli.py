@@ -99,7 +99,7 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 
 def _print_run(res: dict) -> None:
-    """Headline of a finished :func:`~osteo_jax.train.experiment.run_experiment`."""
+    """Headline of a finished :func:`~osteo_jax.pipeline.experiment.run_experiment`."""
     radio = res.get("radiogrammetry", {})
     seg = res.get("seg_val") or {}
     lines = [
@@ -127,7 +127,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The main job: the whole pipeline on the synthetic paper cohort at demo size."""
     import dataclasses
 
-    from osteo_jax.train.experiment import demo_config, run_experiment
+    from osteo_jax.pipeline.experiment import demo_config, run_experiment
 
     cfg = demo_config()
     if args.subjects is not None or args.seed is not None:
@@ -141,7 +141,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Probability of osteoporosis and 2MCI, with intervals, for new radiographs."""
-    from osteo_jax.eval.predict import predict_images
+    from osteo_jax.pipeline.predict import predict_images
 
     results = predict_images(
         args.images,
@@ -173,7 +173,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """Runs (or resumes) one experiment config end to end on a dataset folder."""
     from osteo_jax.config import ExperimentConfig, load_config
-    from osteo_jax.train.experiment import run_experiment
+    from osteo_jax.pipeline.experiment import run_experiment
 
     cfg = load_config(args.config, ExperimentConfig)
     _print_run(run_experiment(cfg, args.out, data=args.data, workers=args.workers))
@@ -211,10 +211,18 @@ def _seg_train_config(args: argparse.Namespace):
 
 def cmd_train_seg(args: argparse.Namespace) -> int:
     """Trains the segmenter on a dataset folder (resuming from the run's latest checkpoint)."""
+    from osteo_jax.eval.seg_eval import evaluate_segmenter
     from osteo_jax.train.loop import train_segmenter
 
     cfg = _seg_train_config(args)
-    res = train_segmenter(args.data, args.out, cfg, stream=args.stream, workers=args.workers)
+    res = train_segmenter(
+        args.data,
+        args.out,
+        cfg,
+        evaluate_fn=evaluate_segmenter,
+        stream=args.stream,
+        workers=args.workers,
+    )
     val = res["val"]
     print(
         f"trained {res['steps']} steps (resumed from {res['resumed_from']}) in "
@@ -230,7 +238,7 @@ def cmd_train_seg(args: argparse.Namespace) -> int:
 
 def cmd_eval_seg(args: argparse.Namespace) -> int:
     """Evaluates a trained segmenter; writes seg_metrics.json and a figure into the run."""
-    from osteo_jax.eval.seg_run import evaluate_run
+    from osteo_jax.pipeline.seg_run import evaluate_run
 
     res = evaluate_run(args.run, args.data, split=args.split, n_figure=args.figure_images)
     m = res["metrics"]
@@ -245,7 +253,7 @@ def cmd_eval_seg(args: argparse.Namespace) -> int:
 def cmd_segment(args: argparse.Namespace) -> int:
     """Cuts the bone segments of every image of a dataset folder."""
     from osteo_jax.config import SegmentConfig
-    from osteo_jax.eval.extract import extract_segments
+    from osteo_jax.pipeline.extract import extract_segments
 
     cfg = SegmentConfig(size=args.size, frame=args.frame, roi=args.roi, background=args.background)
     out = extract_segments(
@@ -325,7 +333,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     """Self-supervised pretraining on the training subjects of one split (or all segments)."""
     import dataclasses
 
-    from osteo_jax.eval.extract import load_segments
+    from osteo_jax.data.segments import load_segments
     from osteo_jax.train.ssl_loop import train_ssl
 
     cfg = _protocol_config(args)
@@ -345,9 +353,9 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 def cmd_train_cls(args: argparse.Namespace) -> int:
     """Trains the classifier on one split; selects on val macro-F1; reports the test subjects."""
-    from osteo_jax.eval.cls_metrics import binary_metrics
-    from osteo_jax.eval.extract import load_segments
-    from osteo_jax.train.cls_loop import predict_segments, subject_scores, train_classifier
+    from osteo_jax.data.segments import load_segments
+    from osteo_jax.eval.cls_metrics import binary_metrics, subject_metrics, subject_scores
+    from osteo_jax.train.cls_loop import predict_segments, train_classifier
     from osteo_jax.train.ssl_loop import restore_ssl_params
 
     cfg = _protocol_config(args)
@@ -362,6 +370,7 @@ def cmd_train_cls(args: argparse.Namespace) -> int:
         seg.take(va),
         args.out,
         cfg.cls,
+        evaluate_fn=subject_metrics,
         backbone_cfg=backbone,
         params=params,
         seed=args.seed,
@@ -391,8 +400,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from osteo_jax.data.synth.ceiling import read_ceilings
     from osteo_jax.eval.baselines import read_covariates
     from osteo_jax.eval.headline import headline_table
-    from osteo_jax.train.comparison import compare_rows
-    from osteo_jax.train.protocol import run_protocol
+    from osteo_jax.pipeline.comparison import compare_rows
+    from osteo_jax.pipeline.protocol import run_protocol
 
     cfg = _protocol_config(args)
     data = _data_of(args.segments)

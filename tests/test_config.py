@@ -21,7 +21,7 @@ ROW = EXPERIMENTS / "tables" / "simclr_custom.py"
 
 @pytest.fixture(scope="module")
 def demo():
-    from osteo_jax.train.experiment import demo_config
+    from osteo_jax.pipeline.experiment import demo_config
 
     return demo_config()
 
