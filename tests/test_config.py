@@ -85,14 +85,14 @@ def _args(*argv):
 
 
 def test_cli_train_seg_reads_the_seg_part_of_an_experiment(demo):
-    from osteo_jax.cli import _seg_train_config
+    from osteo_jax.cli.train import _seg_train_config
 
     args = _args("train-seg", "--data", "d", "--out", "o", "--config", str(DEMO), "--epochs", "3")
     assert _seg_train_config(args) == dataclasses.replace(demo.seg, epochs=3)
 
 
 def test_cli_protocol_commands_reach_every_size():
-    from osteo_jax.cli import _protocol_config
+    from osteo_jax.cli.train import _protocol_config
 
     for cmd in ("evaluate", "pretrain", "train-cls"):
         args = _args(cmd, "--segments", "s", "--out", "o", "--config", f"{ROW}:demo")

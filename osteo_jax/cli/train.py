@@ -1,183 +1,10 @@
-"""The ``osteo-jax`` command line.
-
-Subcommands:
-  synth    generate a synthetic cohort as a dataset folder
-  preview  write a preview figure of a dataset folder
-  demo     the main job on the synthetic paper cohort (for now: synth + preview)
-  train-seg / eval-seg      train and score the mixture segmenter
-  segment                   cut the 7 bone segments of every image (segmenter, mask or raw)
-  pretrain                  self-supervised pretraining of the ResNet on segments
-  train-cls                 classifier (linear probe or fine-tune) on one split
-  evaluate                  the paper's protocol (3 seeds or k folds), baselines, table, ROC
-  build-tfds                build a dataset folder into a TFDS ArrayRecord dataset (no TF)
-  validate                  check a dataset folder; the first problem is named with file and row
-
-Heavy imports happen inside each subcommand so that ``osteo-jax --help`` is instant.
-"""
+"""Stage commands: train-seg, eval-seg, segment, pretrain, train-cls and evaluate."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import sys
-import time
 from pathlib import Path
-
-
-def _synth_config(args: argparse.Namespace):
-    from osteo_jax.config import AnnotatorConfig, CohortConfig, PhysicsConfig, SynthConfig
-
-    return SynthConfig(
-        cohort=CohortConfig(
-            preset=args.preset, n_subjects=args.subjects, r=args.r, osteopenia=args.osteopenia
-        ),
-        physics=PhysicsConfig(size=args.size),
-        annotators=AnnotatorConfig(n_annotators=args.annotators),
-        seed=args.seed,
-    )
-
-
-def _add_synth_args(p: argparse.ArgumentParser, default_out: str | None) -> None:
-    p.add_argument(
-        "--preset",
-        default="paper",
-        choices=("paper", "screening"),
-        help="cohort preset (default: paper, 192 subjects, 59 osteoporotic)",
-    )
-    p.add_argument(
-        "--subjects", type=int, default=None, help="number of subjects (default: the preset's)"
-    )
-    p.add_argument(
-        "--size",
-        type=int,
-        default=1024,
-        help="image side in pixels over a 204.8 mm field (default 1024 = 0.2 mm)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed; the same seed gives the same files")
-    p.add_argument(
-        "--r",
-        type=float,
-        default=0.6,
-        help="correlation of the hand-level latent with the T-score (default 0.6)",
-    )
-    p.add_argument(
-        "--osteopenia", default="merge_into_normal", choices=("merge_into_normal", "exclude")
-    )
-    p.add_argument("--annotators", type=int, default=3, help="annotator masks per image")
-    p.add_argument("--workers", type=int, default=None, help="render processes (default: cores)")
-    p.add_argument(
-        "--format",
-        default="png",
-        choices=("png", "dicom", "dicom-mono1"),
-        help="image files: 16-bit PNG (default), DICOM MONOCHROME2 or MONOCHROME1",
-    )
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
-    if default_out is None:
-        p.add_argument("--out", required=True, help="output dataset folder")
-
-
-def cmd_synth(args: argparse.Namespace) -> int:
-    """Writes a synthetic dataset folder."""
-    from osteo_jax.data.synth.synthetic import write_dataset
-
-    cfg = _synth_config(args)
-    t0 = time.perf_counter()
-    out = write_dataset(
-        cfg, args.out, workers=args.workers, overwrite=args.overwrite, image_format=args.format
-    )
-    print(f"wrote {out} in {time.perf_counter() - t0:.1f} s")
-    return 0
-
-
-def cmd_preview(args: argparse.Namespace) -> int:
-    """Writes the preview figure of a dataset folder."""
-    from osteo_jax.eval.preview import dataset_preview
-
-    fig = dataset_preview(args.data, args.out)
-    print(f"preview figure: {fig}")
-    return 0
-
-
-def _print_run(res: dict) -> None:
-    """Headline of a finished :func:`~osteo_jax.pipeline.experiment.run_experiment`."""
-    radio = res.get("radiogrammetry", {})
-    seg = res.get("seg_val") or {}
-    lines = [
-        "SYNTHETIC DATA - method development only, no clinical use."
-        if (Path(res["data"]) / "oracle.json").exists()
-        else "Research software - no clinical use.",
-        res.get("table") or "",
-    ]
-    if seg:
-        lines.append(
-            f"segmenter (validation): Dice {seg.get('dice/consensus/mean', float('nan')):.3f}, "
-            f"GED {seg.get('ged', float('nan')):.3f}"
-        )
-    if "MC2_r" in radio:
-        lines.append(f"2MCI from predicted masks vs truth: r = {radio['MC2_r']:.3f}")
-    lines += [
-        f"report:    {res.get('report', {}).get('html', '-')}",
-        "stages:    " + ", ".join(f"{k} {v:.0f} s" for k, v in res["stages"].items()),
-        f"wall time: {res['wall_s']:.0f} s",
-    ]
-    print("\n".join(lines))
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    """The main job: the whole pipeline on the synthetic paper cohort at demo size."""
-    import dataclasses
-
-    from osteo_jax.pipeline.experiment import demo_config, run_experiment
-
-    cfg = demo_config()
-    if args.subjects is not None or args.seed is not None:
-        synth = cfg.synth
-        cohort = dataclasses.replace(synth.cohort, n_subjects=args.subjects or None)
-        synth = dataclasses.replace(synth, cohort=cohort, seed=args.seed or synth.seed)
-        cfg = dataclasses.replace(cfg, synth=synth)
-    _print_run(run_experiment(cfg, args.out, data=args.data, workers=args.workers))
-    return 0
-
-
-def cmd_predict(args: argparse.Namespace) -> int:
-    """Probability of osteoporosis and 2MCI, with intervals, for new radiographs."""
-    from osteo_jax.pipeline.predict import predict_images
-
-    results = predict_images(
-        args.images,
-        args.run,
-        interval=args.interval,
-        figure=args.figure,
-        spacing_mm=args.spacing,
-    )
-    for r in results:
-        lo, hi = r["probability_interval"]
-        clo, chi = r["2MCI_interval"]
-        print(
-            f"{r['path']}: p(osteoporosis) = {r['probability']:.3f} "
-            f"[{lo:.3f}, {hi:.3f}], 2MCI = {r['2MCI']:.3f} [{clo:.3f}, {chi:.3f}]"
-        )
-    print("research software trained on synthetic data: not a diagnosis")
-    if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps(results, indent=1) + "\n")
-        tmp.replace(out)
-        print(f"json: {out}")
-    if args.figure:
-        print(f"figure: {args.figure}")
-    return 0
-
-
-def cmd_run(args: argparse.Namespace) -> int:
-    """Runs (or resumes) one experiment config end to end on a dataset folder."""
-    from osteo_jax.config import ExperimentConfig, load_config
-    from osteo_jax.pipeline.experiment import run_experiment
-
-    cfg = load_config(args.config, ExperimentConfig)
-    _print_run(run_experiment(cfg, args.out, data=args.data, workers=args.workers))
-    return 0
 
 
 def _seg_train_config(args: argparse.Namespace):
@@ -430,30 +257,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_build_tfds(args: argparse.Namespace) -> int:
-    """Builds a dataset folder into a TFDS (ArrayRecord) dataset, readable without TensorFlow."""
-    from osteo_jax.data.tfds_builder import build_tfds, load_tfds
-
-    path = build_tfds(args.data, args.out, overwrite=args.overwrite)
-    n = len(load_tfds(args.out))
-    print(f"built {path} ({n} records); read with osteo_jax.data.tfds_builder.load_tfds")
-    return 0
-
-
-def cmd_validate(args: argparse.Namespace) -> int:
-    """Checks a dataset folder (tables, paths, images, masks, labels, splits); writes nothing."""
-    from osteo_jax.data.validate import validate_folder
-
-    report = validate_folder(args.data, check_images=not args.tables_only)
-    print(
-        f"{args.data}: OK - {report.n_subjects} subjects, {report.n_images} images, masks "
-        + ", ".join(f"{k} {v}" for k, v in report.masks.items())
-    )
-    for w in report.warnings:
-        print(f"warning: {w}")
-    return 0
-
-
 def _add_protocol_args(p: argparse.ArgumentParser, *, ssl: bool, cls: bool) -> None:
     p.add_argument("--segments", required=True, help="segments folder (osteo-jax segment)")
     p.add_argument("--out", required=True, help="run / output folder (resumes)")
@@ -477,23 +280,8 @@ def _add_protocol_args(p: argparse.ArgumentParser, *, ssl: bool, cls: bool) -> N
         p.add_argument("--cls-epochs", type=int, default=None)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of ``osteo-jax``."""
-    from osteo_jax.config import ROI_REGIONS
-
-    parser = argparse.ArgumentParser(
-        prog="osteo-jax",
-        description="Osteoporosis screening from hand radiographs (research code; synthetic "
-        "default data; no clinical use).",
-    )
-    sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("synth", help="generate a synthetic cohort as a dataset folder")
-    _add_synth_args(p, None)
-    p.set_defaults(func=cmd_synth)
-    p = sub.add_parser("preview", help="preview figure of a dataset folder")
-    p.add_argument("--data", required=True, help="dataset folder")
-    p.add_argument("--out", default=None, help="figure path (default: DATA/preview.png)")
-    p.set_defaults(func=cmd_preview)
+def add_train_seg(sub) -> None:
+    """Adds ``train-seg`` to the subcommands ``sub``."""
     p = sub.add_parser("train-seg", help="train the mixture segmenter on a dataset folder")
     p.add_argument("--data", required=True, help="dataset folder or TFDS build folder")
     p.add_argument(
@@ -516,12 +304,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--samples", type=int, default=None, help="S latents per decoder")
     p.add_argument("--mode", default=None, choices=("auto", "vmap", "scan"))
     p.set_defaults(func=cmd_train_seg)
+
+
+def add_eval_seg(sub) -> None:
+    """Adds ``eval-seg`` to the subcommands ``sub``."""
     p = sub.add_parser("eval-seg", help="evaluate a trained segmenter")
     p.add_argument("--run", required=True, help="run folder written by train-seg")
     p.add_argument("--data", required=True, help="dataset folder")
     p.add_argument("--split", default="val", choices=("val", "train", "all"))
     p.add_argument("--figure-images", type=int, default=4)
     p.set_defaults(func=cmd_eval_seg)
+
+
+def add_segment(sub) -> None:
+    """Adds ``segment`` to the subcommands ``sub``."""
+    from osteo_jax.config import ROI_REGIONS
+
     p = sub.add_parser("segment", help="cut the bone segments of every image")
     p.add_argument("--data", required=True, help="dataset folder")
     p.add_argument(
@@ -546,17 +344,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--overwrite", action="store_true")
     p.set_defaults(func=cmd_segment)
+
+
+def add_pretrain(sub) -> None:
+    """Adds ``pretrain`` to the subcommands ``sub``."""
     p = sub.add_parser("pretrain", help="self-supervised pretraining on segments")
     _add_protocol_args(p, ssl=True, cls=False)
     p.add_argument("--split-seed", type=int, default=0, help="pretrain on this split's train part")
     p.add_argument("--all", action="store_true", help="pretrain on every segment instead")
     p.add_argument("--max-steps", type=int, default=None)
     p.set_defaults(func=cmd_pretrain)
+
+
+def add_train_cls(sub) -> None:
+    """Adds ``train-cls`` to the subcommands ``sub``."""
     p = sub.add_parser("train-cls", help="train the classifier on one split")
     _add_protocol_args(p, ssl=False, cls=True)
     p.add_argument("--ssl-run", default=None, help="pretrain run folder (default: random init)")
     p.add_argument("--seed", type=int, default=0, help="split and init seed")
     p.set_defaults(func=cmd_train_cls)
+
+
+def add_evaluate(sub) -> None:
+    """Adds ``evaluate`` to the subcommands ``sub``."""
     p = sub.add_parser("evaluate", help="the paper's protocol (3 seeds) on a segments folder")
     _add_protocol_args(p, ssl=True, cls=True)
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2)")
@@ -564,58 +374,3 @@ def build_parser() -> argparse.ArgumentParser:
         "--folds", type=int, default=None, help="k-fold cross-validation over subjects instead"
     )
     p.set_defaults(func=cmd_evaluate)
-    p = sub.add_parser("build-tfds", help="build a TFDS ArrayRecord dataset from a folder")
-    p.add_argument("--data", required=True, help="dataset folder (the manual directory)")
-    p.add_argument("--out", required=True, help="TFDS data_dir")
-    p.add_argument("--overwrite", action="store_true", help="rebuild an existing build")
-    p.set_defaults(func=cmd_build_tfds)
-    p = sub.add_parser("validate", help="check a dataset folder")
-    p.add_argument("--data", required=True, help="dataset folder")
-    p.add_argument("--tables-only", action="store_true", help="do not decode images and masks")
-    p.set_defaults(func=cmd_validate)
-    p = sub.add_parser(
-        "demo", help="the whole pipeline on the synthetic paper cohort (about 10 min on CPU)"
-    )
-    p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
-    p.add_argument("--data", default=None, help="dataset folder instead of the synthetic one")
-    p.add_argument("--subjects", type=int, default=None, help="cohort size (default 192)")
-    p.add_argument("--seed", type=int, default=None, help="synthetic cohort seed (default 0)")
-    p.add_argument("--workers", type=int, default=None, help="render processes")
-    p.set_defaults(func=cmd_demo)
-    p = sub.add_parser("predict", help="classify new radiographs (DICOM/PNG/TIFF) with intervals")
-    p.add_argument("images", nargs="+", help="radiograph files")
-    p.add_argument("--run", required=True, help="experiment folder (osteo-jax run / demo)")
-    p.add_argument("--out", default=None, help="JSON output file")
-    p.add_argument("--figure", default=None, help="PNG figure of the predictions")
-    p.add_argument(
-        "--interval", type=float, default=0.9, help="central mass of the intervals (0.9)"
-    )
-    p.add_argument(
-        "--spacing", type=float, default=None, help="pixel spacing (mm) if the file has none"
-    )
-    p.set_defaults(func=cmd_predict)
-    p = sub.add_parser("run", help="run an experiment config end to end (resumes)")
-    p.add_argument("--config", required=True, help="experiments/*.py (get_config()) or JSON")
-    p.add_argument("--out", required=True, help="run folder")
-    p.add_argument(
-        "--data", default=None, help="dataset folder (default: the config's synthetic cohort)"
-    )
-    p.add_argument("--workers", type=int, default=None, help="render processes")
-    p.set_defaults(func=cmd_run)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``osteo-jax`` console script."""
-    args = build_parser().parse_args(argv)
-    from osteo_jax.data.errors import DatasetError
-
-    try:
-        return args.func(args)
-    except (DatasetError, ValueError) as e:
-        print(f"osteo-jax {args.command}: error: {e}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())
