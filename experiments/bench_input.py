@@ -29,7 +29,7 @@ def _data_dir(tmp: str) -> Path:
     if (DEFAULT_DATA / "images.csv").exists():
         return DEFAULT_DATA
     from osteo_jax.config import CohortConfig, PhysicsConfig, SynthConfig
-    from osteo_jax.data.synthetic import write_dataset
+    from osteo_jax.data.synth.synthetic import write_dataset
 
     cfg = SynthConfig(cohort=CohortConfig(n_subjects=32), physics=PhysicsConfig(size=1024))
     return write_dataset(cfg, Path(tmp) / "ds", progress=False)

@@ -30,8 +30,8 @@ import time
 from pathlib import Path
 
 from osteo_jax.config import CohortConfig, SynthConfig
-from osteo_jax.data.ceiling import CEILING_KEYS, read_ceilings
-from osteo_jax.data.synthetic import render_subject, sample_cohort, write_dataset
+from osteo_jax.data.synth.ceiling import CEILING_KEYS, read_ceilings
+from osteo_jax.data.synth.synthetic import render_subject, sample_cohort, write_dataset
 
 
 def main() -> None:

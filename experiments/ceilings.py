@@ -6,7 +6,7 @@ For each preset and coupling r: the AUC of the generator's exact posterior of th
 the image's label-bearing latent quantities (image), given age and sex (clinical), given both
 (image + clinical), and the hand bone-health latent's AUC (not a ceiling), on the seed-0 cohort
 of the preset's size and on 200,000 subjects of the same model (population).
-``osteo_jax/data/ceiling.py`` says what enters and why. About 10-20 s per row on 2 cores.
+``osteo_jax/data/synth/ceiling.py`` says what enters and why. About 10-20 s per row on 2 cores.
 
 Measured (2026-11-30): paper preset, r = 0.6: image 0.889, clinical 0.868, image + clinical
 0.898, hand latent 0.795 (population); the seed-0 192-subject cohort 0.875 / 0.875 / 0.898 /
@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 from osteo_jax.config import CohortConfig
-from osteo_jax.data.ceiling import CEILING_KEYS, ceilings, population_ceilings
-from osteo_jax.data.cohort import sample_cohort
+from osteo_jax.data.synth.ceiling import CEILING_KEYS, ceilings, population_ceilings
+from osteo_jax.data.synth.cohort import sample_cohort
 
 SETTINGS = (("paper", 0.6), ("screening", 0.6), ("screening", 0.9), ("paper", 0.0))
 

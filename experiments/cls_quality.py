@@ -15,7 +15,7 @@ validation macro-F1, subject probability = mean over its 7 segments):
 * ``unet``: single-decoder U-Net segmenter -> segments -> SimCLR -> linear probe;
 * ``exact``: segments cut with the generator's exact label map -> SimCLR -> linear probe.
 
-After each row's protocol, :func:`osteo_jax.train.comparison.compare_rows` scores on the same
+After each row's protocol, :func:`osteo_jax.pipeline.comparison.compare_rows` scores on the same
 test subjects of every seed the clinical baseline (logistic regression on age and sex, fitted on
 the training subjects), a fusion row and the generator's exact Bayes posteriors (written to
 ``OUT/<row>/comparison.{json,md}``); the table shows beside each row its clinical baseline, its
@@ -106,14 +106,14 @@ def ensure_dataset(data: Path, subjects: int | None = None) -> dict:
     """Generates the synthetic cohort in ``data`` unless it is there; returns its ceilings.
 
     Returns:
-      :func:`~osteo_jax.data.ceiling.read_ceilings` of ``data`` (the three Bayes ceilings, the
+      :func:`~osteo_jax.data.synth.ceiling.read_ceilings` of ``data`` (the three Bayes ceilings, the
       hand latent's AUC, ``population``, ``n_subjects``, ``n_osteoporotic``, ...).
 
     Raises:
       SystemExit: ``data`` is not a synthetic dataset folder (no ceilings to read against).
     """
-    from osteo_jax.data.ceiling import CEILINGS_JSON, read_ceilings
-    from osteo_jax.data.synthetic import write_dataset
+    from osteo_jax.data.synth.ceiling import CEILINGS_JSON, read_ceilings
+    from osteo_jax.data.synth.synthetic import write_dataset
 
     if not (data / "images.csv").exists():
         t0 = time.perf_counter()
@@ -144,7 +144,7 @@ def row_baselines(comparison: dict) -> dict:
     """The clinical baseline and the Bayes image posterior beside a row.
 
     Args:
-      comparison: :func:`~osteo_jax.train.comparison.compare_rows` output for the row's folder.
+      comparison: :func:`~osteo_jax.pipeline.comparison.compare_rows` output for the row's folder.
 
     Returns:
       ``{"clinical_auc", "bayes_image_auc"}`` (``{"mean", "std", "ci95"}`` of the AUC on the
@@ -221,6 +221,7 @@ def baselines_table(results: dict, image_ceiling: float) -> str:
 
 def ensure_segmenter(data: Path, run: str | Path, form: str, epochs: int = 40) -> None:
     """Trains a segmenter of ``form`` ("mixture" or "unet") into ``run`` unless it has one."""
+    from osteo_jax.eval.seg_eval import evaluate_segmenter
     from osteo_jax.train.loop import train_segmenter
 
     if (Path(run) / "checkpoints").exists():
@@ -228,12 +229,12 @@ def ensure_segmenter(data: Path, run: str | Path, form: str, epochs: int = 40) -
     seg_cfg = SegTrainConfig(epochs=epochs)
     if form == "unet":
         seg_cfg = dataclasses.replace(seg_cfg, seg=dataclasses.replace(seg_cfg.seg, form="unet"))
-    train_segmenter(data, run, seg_cfg)
+    train_segmenter(data, run, seg_cfg, evaluate_fn=evaluate_segmenter)
 
 
 def ensure_segments(data: Path, seg_dir: Path, source: str, cfg: SegmentConfig) -> Path:
     """Cuts the segments of ``data`` into ``seg_dir`` unless they are there (a cache)."""
-    from osteo_jax.eval.extract import extract_segments
+    from osteo_jax.pipeline.extract import extract_segments
 
     if not (seg_dir / "segments.json").exists():
         extract_segments(data, seg_dir, source=source, cfg=cfg, overwrite=True)
@@ -263,8 +264,8 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    from osteo_jax.train.comparison import compare_rows
-    from osteo_jax.train.protocol import run_protocol
+    from osteo_jax.pipeline.comparison import compare_rows
+    from osteo_jax.pipeline.protocol import run_protocol
 
     out = Path(args.out)
     n = args.subjects

@@ -8,7 +8,7 @@ Synthetic data: method development only, no clinical use.
 """
 
 from osteo_jax.config import ExperimentConfig
-from osteo_jax.train.experiment import demo_config
+from osteo_jax.pipeline.experiment import demo_config
 
 
 def get_config() -> ExperimentConfig:

@@ -10,7 +10,7 @@ Commands (2 CPU cores; the segmenter runs are reused if present, trained if not)
 Every row is one config file in ``experiments/tables/`` (``get_config(size)`` returns its
 :class:`~osteo_jax.config.ProtocolConfig`; ``SEGMENTS``, ``ROI``, ``MODEL`` and ``PAPER`` say
 which segments it reads, how the table names it and what the paper reported), run with the
-paper's protocol by :func:`osteo_jax.train.protocol.run_protocol`: stratified subject-wise
+paper's protocol by :func:`osteo_jax.pipeline.protocol.run_protocol`: stratified subject-wise
 80/10/10 split per seed, pretraining on the training subjects only, checkpoint by validation
 macro-F1, mean ± std over the seeds of the positive-class F1, AUC and accuracy.
 
@@ -40,7 +40,7 @@ config), pretraining runs per (segments, bones, split, SSL config), so rows that
 (segments, full config), so a row used by several tables (or two rows with the same config at
 a small size) is run once. XLA compilations are cached on disk too (seeds share them).
 
-After each row's protocol, :func:`osteo_jax.train.comparison.compare_rows` scores on the same
+After each row's protocol, :func:`osteo_jax.pipeline.comparison.compare_rows` scores on the same
 test subjects of every seed a clinical baseline (logistic regression on age and sex, fitted on
 the row's training subjects) and the generator's exact Bayes posteriors; the tables show beside
 each row its clinical baseline, the row's paired Δ AUC against it (95 % interval) and the Bayes
@@ -307,8 +307,8 @@ def main() -> None:
     jax.config.update("jax_compilation_cache_dir", str(cache / "xla"))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
 
-    from osteo_jax.train.comparison import compare_rows
-    from osteo_jax.train.protocol import run_protocol
+    from osteo_jax.pipeline.comparison import compare_rows
+    from osteo_jax.pipeline.protocol import run_protocol
 
     # Dataset, segmenter and segment caching; the baseline cells and the ceilings table.
     helpers = load_module(HERE / "cls_quality.py")

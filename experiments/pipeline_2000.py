@@ -13,7 +13,7 @@ baselines in the report. Synthetic data: method development only, no clinical cl
 import dataclasses
 
 from osteo_jax.config import CohortConfig, ExperimentConfig
-from osteo_jax.train.experiment import demo_config
+from osteo_jax.pipeline.experiment import demo_config
 
 
 def get_config() -> ExperimentConfig:

@@ -67,7 +67,7 @@ def _predictor(seg_run: Path):
     import jax
 
     from osteo_jax.eval.seg_eval import make_predict_fn
-    from osteo_jax.eval.seg_run import restore_segmenter
+    from osteo_jax.pipeline.seg_run import restore_segmenter
 
     model, params, cfg, step = restore_segmenter(seg_run)
     predict = make_predict_fn(model)

@@ -25,8 +25,9 @@ import time
 from pathlib import Path
 
 from osteo_jax.config import BONE_NAMES, SegConfig, SegTrainConfig, SynthConfig
-from osteo_jax.data.inmemory import load_seg_arrays
-from osteo_jax.data.synthetic import write_dataset
+from osteo_jax.data.pipeline import load_seg_arrays
+from osteo_jax.data.synth.synthetic import write_dataset
+from osteo_jax.eval.seg_eval import evaluate_segmenter
 from osteo_jax.train.loop import train_segmenter
 
 
@@ -83,7 +84,9 @@ def main() -> None:
         if name not in configs:
             raise SystemExit(f"unknown model {name!r}; choose from {sorted(configs)}")
         t0 = time.perf_counter()
-        res = train_segmenter(arrays, out / name, configs[name], validate_every=10)
+        res = train_segmenter(
+            arrays, out / name, configs[name], evaluate_fn=evaluate_segmenter, validate_every=10
+        )
         results[name] = {
             "alpha_max(train)": res["train"].get("alpha_max"),
             "wall_s": round(time.perf_counter() - t0, 1),

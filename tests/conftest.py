@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from osteo_jax.config import PhysicsConfig, SynthConfig
-from osteo_jax.data.synthetic import render_subject, sample_cohort
+from osteo_jax.data.synth.synthetic import render_subject, sample_cohort
 
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")

@@ -7,7 +7,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 from sklearn.preprocessing import StandardScaler
 
-from osteo_jax.data.folder import DatasetError, write_csv
+from osteo_jax.data.errors import DatasetError
+from osteo_jax.data.folder import write_csv
 from osteo_jax.eval.baselines import (
     DEFAULT_C,
     SubjectFeatures,
@@ -261,12 +262,10 @@ def test_radiogrammetry_of_run_measures_every_subject_and_spreads_only_val(tmp_p
         SynthConfig,
     )
     from osteo_jax.data.folder import read_csv
-    from osteo_jax.data.synthetic import write_dataset
-    from osteo_jax.eval import radiogrammetry_run
-    from osteo_jax.eval.report import radiogrammetry_of_run as from_report
+    from osteo_jax.data.synth.synthetic import write_dataset
+    from osteo_jax.pipeline import radiogrammetry_run
     from osteo_jax.train.loop import train_segmenter
 
-    assert from_report is radiogrammetry_run.radiogrammetry_of_run  # old import path works
     synth = SynthConfig(cohort=CohortConfig(n_subjects=6), physics=PhysicsConfig(size=96))
     data = write_dataset(synth, tmp_path / "ds", workers=1, progress=False)
     seg = SegTrainConfig(
@@ -275,7 +274,7 @@ def test_radiogrammetry_of_run_measures_every_subject_and_spreads_only_val(tmp_p
         ot=OTConfig(num_iters=5), batch_size=2, epochs=1, warmup_steps=1, val_fraction=0.34,
         max_steps=1,
     )  # fmt: skip
-    train_segmenter(data, tmp_path / "seg", seg, progress=False, validate=False)
+    train_segmenter(data, tmp_path / "seg", seg, progress=False)
     parts = json.loads((tmp_path / "seg" / "split.json").read_text())
     part_of = {s: p for p, ids in parts.items() for s in ids}
     calls = []
@@ -308,6 +307,8 @@ def test_radiogrammetry_of_run_measures_every_subject_and_spreads_only_val(tmp_p
     assert sorted(feats.subject_ids) == sorted(part_of) and feats.values.shape == (6, 4)
     # The default measures the validation subjects only, as before the move.
     calls.clear()
-    val = from_report(data, tmp_path / "seg", tmp_path / "val.json", hypotheses=0, progress=False)
+    val = radiogrammetry_run.radiogrammetry_of_run(
+        data, tmp_path / "seg", tmp_path / "val.json", hypotheses=0, progress=False
+    )
     assert {r["split"] for r in val["per_image"]} == {"val"} and len(val["per_image"]) == n_val
     assert calls == [4] * n_val  # hypotheses=0: all K * S

@@ -10,7 +10,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from osteo_jax.config import CohortConfig
-from osteo_jax.data.ceiling import (
+from osteo_jax.data.synth.ceiling import (
     CEILING_KEYS,
     _Model,
     ceilings,
@@ -19,7 +19,7 @@ from osteo_jax.data.ceiling import (
     read_posteriors,
     write_ceilings,
 )
-from osteo_jax.data.cohort import hand_latent_auc, roc_auc, sample_cohort
+from osteo_jax.data.synth.cohort import hand_latent_auc, roc_auc, sample_cohort
 
 N = 40_000
 
@@ -178,7 +178,7 @@ def test_bone_likelihood_matches_quadrature_with_and_without_clipping(r):
 def test_age_likelihood_matches_direct_sum_including_clips():
     cfg = CohortConfig()
     model = _Model(cfg, t_mean=-1.2, t_sd=1.3)
-    from osteo_jax.data import cohort as c
+    from osteo_jax.data.synth import cohort as c
 
     ci = np.array([[0.5, 0.6, 0.55, 0.8, 0.47, 0.6, 0.52]])  # MC2 clipped: left out
     porosity = np.array([[0.03, 0.06, 0.07, 0.02, 0.09, 0.15, 0.05]])

@@ -10,8 +10,9 @@ import pytest
 
 from osteo_jax.cli import main
 from osteo_jax.config import CLASS_NAMES, CohortConfig, PhysicsConfig, SynthConfig
-from osteo_jax.data.folder import DatasetError, load_example, read_labels, read_png
-from osteo_jax.data.synthetic import render_subject, sample_cohort
+from osteo_jax.data.errors import DatasetError
+from osteo_jax.data.folder import load_example, read_labels, read_png
+from osteo_jax.data.synth.synthetic import render_subject, sample_cohort
 
 ARGS = ["--preset", "paper", "--subjects", "6", "--size", "128", "--seed", "3"]
 

@@ -7,7 +7,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from osteo_jax.config import BONE_NAMES, CohortConfig
-from osteo_jax.data.cohort import (
+from osteo_jax.data.synth.cohort import (
     T_NORMAL,
     T_OSTEOPOROSIS,
     Cohort,

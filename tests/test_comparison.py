@@ -13,8 +13,8 @@ from sklearn.preprocessing import StandardScaler
 from osteo_jax.config import ClsConfig
 from osteo_jax.data.folder import rows_from, write_csv, write_json
 from osteo_jax.eval.headline import headline_table
-from osteo_jax.train.comparison import compare_rows
-from osteo_jax.train.protocol import protocol_parts
+from osteo_jax.pipeline.comparison import compare_rows
+from osteo_jax.pipeline.protocol import protocol_parts
 
 N = 90
 
@@ -136,8 +136,8 @@ def _col(data, name):
 
 def test_run_refuses_data_without_a_covariate_before_training(tmp_path):
     from osteo_jax.config import ExperimentConfig
-    from osteo_jax.data.folder import DatasetError
-    from osteo_jax.train.experiment import run_experiment
+    from osteo_jax.data.errors import DatasetError
+    from osteo_jax.pipeline.experiment import run_experiment
 
     data = tmp_path / "mine"
     data.mkdir()

@@ -27,7 +27,8 @@ from pydicom.uid import (
 )
 
 from osteo_jax.data.dicom import read_dicom, write_dicom
-from osteo_jax.data.folder import DatasetError, write_png16
+from osteo_jax.data.errors import DatasetError
+from osteo_jax.data.folder import write_png16
 from osteo_jax.data.imageio import read_image, resample_to_spacing
 
 STUDIES = ("RG1", "RG3")

@@ -23,7 +23,7 @@ from osteo_jax.config import (
     SSLConfig,
     SynthConfig,
 )
-from osteo_jax.data.folder import DatasetError
+from osteo_jax.data.errors import DatasetError
 
 BACKBONE = BackboneConfig(depth=18, width=4)
 TINY = ExperimentConfig(
@@ -57,7 +57,7 @@ TINY = ExperimentConfig(
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from osteo_jax.train.experiment import run_experiment
+    from osteo_jax.pipeline.experiment import run_experiment
 
     out = tmp_path_factory.mktemp("exp") / "run"
     res = run_experiment(TINY, out, workers=1, progress=False)
@@ -95,8 +95,8 @@ def test_run_writes_the_report(run):
 def test_every_row_is_scored_on_the_protocol_test_subjects(run):
     """The baselines and Bayes rows use exactly each seed's test subjects; the ceilings match
     the generator's posteriors on them."""
-    from osteo_jax.data.ceiling import read_posteriors
-    from osteo_jax.data.cohort import roc_auc
+    from osteo_jax.data.synth.ceiling import read_posteriors
+    from osteo_jax.data.synth.cohort import roc_auc
 
     out, _ = run
     comparison = json.loads((out / "cls" / "comparison.json").read_text())
@@ -122,9 +122,9 @@ def test_every_row_is_scored_on_the_protocol_test_subjects(run):
 def test_saved_models_reproduce_the_protocol_predictions(run):
     """The per-seed models written by the protocol, restored by predict's loader, give back
     each test segment's probability in test_segments.csv."""
-    from osteo_jax.eval.extract import load_segments
+    from osteo_jax.data.segments import load_segments
+    from osteo_jax.pipeline.protocol import load_models
     from osteo_jax.train.cls_loop import predict_segments
-    from osteo_jax.train.protocol import load_models
 
     out, _ = run
     models, backbone, bones, metrics = load_models(out / "cls")
@@ -171,13 +171,13 @@ def test_predict_png_and_dicom_agree_and_bad_file_fails(run, tmp_path, capsys):
     assert "broken.dcm" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
     with pytest.raises(DatasetError, match="missing.png"):
-        from osteo_jax.eval.predict import predict_images
+        from osteo_jax.pipeline.predict import predict_images
 
         predict_images([tmp_path / "missing.png"], out)
 
 
 def test_rerun_resumes_and_refuses_another_config(run):
-    from osteo_jax.train.experiment import run_experiment
+    from osteo_jax.pipeline.experiment import run_experiment
 
     out, first = run
     files = ("seg/metrics.jsonl", "segments/segments.npz", "cls/cls_metrics.json",

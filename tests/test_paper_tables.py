@@ -142,11 +142,13 @@ def test_row_config_loads(name, size, presets):
 
 
 def test_default_size_is_what_the_cli_loads():
-    from osteo_jax.cli import _load_config
+    from osteo_jax.config import load_config
 
     path = EXPERIMENTS / "tables" / "simclr_custom.py"
-    cfg = _load_config(str(path), ProtocolConfig, from_dict)
+    cfg = load_config(str(path), ProtocolConfig)
     assert cfg == _load(path).get_config("cpu")
+    for size in ("demo", "paper"):  # --config row.py:size reaches every size
+        assert load_config(f"{path}:{size}", ProtocolConfig) == _load(path).get_config(size)
 
 
 @pytest.mark.parametrize("size", ["demo", "cpu", "paper"])

@@ -6,9 +6,14 @@ import numpy as np
 import pytest
 
 from osteo_jax.config import CohortConfig, PhysicsConfig, SynthConfig
-from osteo_jax.data.inmemory import load_seg_arrays
-from osteo_jax.data.pipeline import FolderSource, RandomFlip, TfdsSource, make_loader
-from osteo_jax.data.synthetic import write_dataset
+from osteo_jax.data.pipeline import (
+    FolderSource,
+    RandomFlip,
+    TfdsSource,
+    load_seg_arrays,
+    make_loader,
+)
+from osteo_jax.data.synth.synthetic import write_dataset
 
 SIZE = 32
 
@@ -172,9 +177,7 @@ def test_train_seg_same_params_from_memory_stream_workers_and_tfds(folder, tmp_p
     }
     params = {}
     for name, kw in runs.items():
-        out = train_segmenter(
-            run_dir=tmp_path / name, cfg=cfg, progress=False, validate=False, **kw
-        )
+        out = train_segmenter(run_dir=tmp_path / name, cfg=cfg, progress=False, **kw)
         assert out["steps"] == 2
         params[name] = jax.device_get(out["state"].params)
     same = jax.tree.map(np.array_equal, params["memory"], params["stream2"])

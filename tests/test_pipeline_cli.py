@@ -8,7 +8,7 @@ import pytest
 
 from osteo_jax.cli import main
 from osteo_jax.config import BackboneConfig, ClsConfig, CropConfig, ProtocolConfig, SSLConfig
-from osteo_jax.eval.extract import load_segments
+from osteo_jax.data.segments import load_segments
 
 TINY = ProtocolConfig(
     name="tiny",

@@ -5,7 +5,7 @@ import pytest
 from scipy import ndimage
 
 from osteo_jax.config import BONE_NAMES, CLASS_NAMES, SynthConfig
-from osteo_jax.data.synthetic import render_subject, sample_cohort
+from osteo_jax.data.synth.synthetic import render_subject, sample_cohort
 from osteo_jax.eval.radiogrammetry import (
     BoneMeasurement,
     measure_bone,

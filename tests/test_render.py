@@ -7,8 +7,8 @@ import pytest
 from scipy import ndimage
 
 from osteo_jax.config import BONE_NAMES, CLASS_NAMES, PhysicsConfig, SynthConfig
-from osteo_jax.data.synthetic import render_subject, sample_cohort
-from osteo_jax.data.xray import effective_mu, to_attenuation
+from osteo_jax.data.synth.synthetic import render_subject, sample_cohort
+from osteo_jax.data.synth.xray import effective_mu, to_attenuation
 
 
 def test_render_deterministic_and_seed_dependent(paper_cohort, small_cfg, small_renders):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from osteo_jax.config import BONE_NAMES, BackboneConfig, ClsConfig, CropConfig, SSLConfig
-from osteo_jax.eval.extract import SegmentSet
+from osteo_jax.data.segments import SegmentSet
 from osteo_jax.models.heads import Prototypes
 from osteo_jax.train.state import (
     TrainState,

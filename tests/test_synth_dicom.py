@@ -6,7 +6,7 @@ import pytest
 from osteo_jax.cli import main
 from osteo_jax.data.folder import read_csv
 from osteo_jax.data.imageio import read_image
-from osteo_jax.data.inmemory import load_seg_arrays
+from osteo_jax.data.pipeline import load_seg_arrays
 
 ARGS = ["--subjects", "3", "--size", "64", "--seed", "2", "--workers", "1"]
 

@@ -10,17 +10,17 @@ import pytest
 import tensorflow_datasets as tfds
 
 from osteo_jax.config import CohortConfig, PhysicsConfig, SynthConfig
+from osteo_jax.data.errors import DatasetError
 from osteo_jax.data.folder import (
     IMAGES_CSV,
     SUBJECTS_CSV,
-    DatasetError,
     annotators_of,
     mask_relpath,
     read_csv,
     read_png,
     write_csv,
 )
-from osteo_jax.data.synthetic import write_dataset
+from osteo_jax.data.synth.synthetic import write_dataset
 from osteo_jax.data.tfds_builder import MISSING_MASK, OsteoHandXray, build_tfds, load_tfds
 
 

@@ -10,8 +10,9 @@ import pytest
 from PIL import Image
 
 from osteo_jax.config import CohortConfig, PhysicsConfig, SynthConfig
-from osteo_jax.data.folder import DatasetError, write_labels, write_png16
-from osteo_jax.data.synthetic import write_dataset
+from osteo_jax.data.errors import DatasetError
+from osteo_jax.data.folder import write_labels, write_png16
+from osteo_jax.data.synth.synthetic import write_dataset
 from osteo_jax.data.validate import ValidationReport, validate_folder
 
 

@@ -1,17 +1,6 @@
-"""Data: the synthetic cohort generator and the dataset folder format."""
+"""Data: the dataset folder format and its readers; the synthetic cohort is in ``data.synth``."""
 
-from osteo_jax.data.cohort import Cohort, hand_latent_auc, roc_auc, sample_cohort
-from osteo_jax.data.folder import DatasetError, load_example
-from osteo_jax.data.synthetic import Radiograph, render_subject, write_dataset
+from osteo_jax.data.errors import DatasetError
+from osteo_jax.data.folder import load_example
 
-__all__ = [
-    "Cohort",
-    "DatasetError",
-    "Radiograph",
-    "load_example",
-    "hand_latent_auc",
-    "render_subject",
-    "roc_auc",
-    "sample_cohort",
-    "write_dataset",
-]
+__all__ = ["DatasetError", "load_example"]

@@ -38,7 +38,7 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
-from osteo_jax.data.folder import DatasetError
+from osteo_jax.data.errors import DatasetError
 
 __all__ = ["read_dicom", "write_dicom"]
 

@@ -31,15 +31,12 @@ import numpy as np
 from PIL import Image
 
 from osteo_jax.config import CLASS_NAMES
+from osteo_jax.data.errors import DatasetError
 
 FORMAT_VERSION = 1
 SUBJECTS_CSV = "subjects.csv"
 IMAGES_CSV = "images.csv"
 EXACT = "exact"
-
-
-class DatasetError(ValueError):
-    """Bad or unreadable dataset input; the message names the file and the problem."""
 
 
 def annotator_name(m: int) -> str:

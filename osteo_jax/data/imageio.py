@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image
 
 from osteo_jax.data.dicom import read_dicom
-from osteo_jax.data.folder import DatasetError
+from osteo_jax.data.errors import DatasetError
 
 __all__ = ["read_image", "resample_to_spacing"]
 

@@ -1,27 +1,24 @@
-"""A dataset folder loaded into memory at the model's resolution (images + annotator masks).
+"""A dataset folder in memory at the model's resolution: the arrays and the per-image transforms.
 
-The segmenter trains on whole radiographs resized to a small square (128 x 128 on CPU). This
-module reads the folder (``images.csv`` + ``masks/<annotator>/``), normalises each image to
-[0, 1] by robust percentiles (bit depth and exposure differ between sources), pads to a square
-(air = 0, background = 0), and resizes: area averaging for images, nearest neighbour for label
-maps. Decoding runs in a thread pool (PIL releases the GIL).
+The segmenter trains on whole radiographs resized to a small square (128 x 128 on CPU). Each
+image is normalised to [0, 1] by robust percentiles (bit depth and exposure differ between
+sources), padded to a square (air = 0, background = 0), and resized: area averaging for images,
+nearest neighbour for label maps. :class:`SegArrays` holds a folder decoded that way
+(:func:`osteo_jax.data.pipeline.load_seg_arrays` decodes it in a thread pool, through the same
+per-record path as the streaming pipeline; PIL releases the GIL).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from osteo_jax.data.folder import (
-    EXACT,
-    DatasetError,
-    annotators_of,
-)
+from osteo_jax.data.errors import DatasetError
+from osteo_jax.data.folder import EXACT, annotators_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,41 +90,6 @@ def default_annotators(root: str | os.PathLike) -> tuple[str, ...]:
     if EXACT in annotators_of(root):
         return (EXACT,)
     raise DatasetError(f"{Path(root) / 'masks'}: no mask folders found")
-
-
-def load_seg_arrays(
-    root: str | os.PathLike,
-    size: int,
-    annotators: tuple[str, ...] | None = None,
-    *,
-    workers: int = 8,
-) -> SegArrays:
-    """Loads a dataset folder's images and masks at ``size x size``.
-
-    Images with no mask from any of ``annotators`` are skipped; an image missing only some
-    annotators gets the masks it has repeated in the empty slots.
-
-    Args:
-      root: dataset folder.
-      size: output side in pixels.
-      annotators: mask folders to use as targets (default :func:`default_annotators`).
-      workers: decoding threads.
-
-    Returns:
-      A :class:`SegArrays`.
-    """
-    from osteo_jax.data.pipeline import FolderSource  # the one per-record decode path
-
-    src = FolderSource(root, size, annotators)
-    with ThreadPoolExecutor(workers) as pool:
-        records = list(pool.map(src.__getitem__, range(len(src))))
-    return SegArrays(
-        images=np.stack([r["image"] for r in records]),
-        masks=np.stack([r["masks"] for r in records]),
-        image_ids=src.image_ids,
-        subject_ids=src.subject_ids,
-        annotators=src.annotators,
-    )
 
 
 def split_by_subject(

@@ -1,8 +1,10 @@
 """A streaming grain input pipeline: decode, resize, augment and batch on the fly.
 
-:mod:`osteo_jax.data.inmemory` loads a whole folder at the model's resolution up front; this
-module does the same work per record, inside a ``grain`` pipeline, so datasets that do not fit
-in memory (or full-resolution decoding that should overlap training) can stream::
+Every record is decoded by one path, :class:`FolderSource` (or :class:`TfdsSource` for a TFDS
+build), per record inside a ``grain`` pipeline, so datasets that do not fit in memory (or
+full-resolution decoding that should overlap training) can stream; :func:`load_seg_arrays`
+decodes a whole folder once at the model's resolution into a
+:class:`~osteo_jax.data.inmemory.SegArrays` through the same source::
 
     src = FolderSource("data/paper", size=128)             # or TfdsSource("data/tfds", 128)
     train_idx, val_idx = split_by_subject(src.subject_ids, 0.2, seed=0)
@@ -10,9 +12,9 @@ in memory (or full-resolution decoding that should overlap training) can stream:
         batch["image"]   # [8, 128, 128, 1] float32, batch["masks"] [8, M, 128, 128] uint8
 
 Records are dicts ``{image [S, S, 1] float32, masks [M, S, S] uint8, image_id, subject_id}``
-computed exactly as :func:`osteo_jax.data.inmemory.load_seg_arrays` does (robust-percentile
-normalisation, square padding, area resize for images, nearest for masks; a missing
-annotator's slot repeats one of the masks present).
+(robust-percentile normalisation, square padding, area resize for images, nearest for masks,
+as :mod:`osteo_jax.data.inmemory` defines them; a missing annotator's slot repeats one of the
+masks present).
 
 Determinism: the order (``shuffle``) and every record's augmentation (``random_map``) are
 seeded by ``MapDataset.seed(seed)`` and the record's position, and batching happens before the
@@ -25,22 +27,17 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import grain
 import numpy as np
 
-from osteo_jax.data.folder import (
-    EXACT,
-    IMAGES_CSV,
-    DatasetError,
-    mask_relpath,
-    read_csv,
-    read_labels,
-)
+from osteo_jax.data.errors import DatasetError
+from osteo_jax.data.folder import EXACT, IMAGES_CSV, mask_relpath, read_csv, read_labels
 from osteo_jax.data.imageio import read_image
-from osteo_jax.data.inmemory import default_annotators, resize_image, resize_labels
+from osteo_jax.data.inmemory import SegArrays, default_annotators, resize_image, resize_labels
 
 Record = dict[str, Any]
 
@@ -295,8 +292,6 @@ def seg_source(
     Returns:
       A source with ``subject_ids``, ``image_ids`` and ``annotators`` attributes.
     """
-    from osteo_jax.data.inmemory import SegArrays, load_seg_arrays
-
     if isinstance(data, SegArrays):
         return SegArraysSource(data)
     if not isinstance(data, (str, os.PathLike)):
@@ -306,6 +301,39 @@ def seg_source(
     if stream:
         return FolderSource(data, size, annotators)
     return SegArraysSource(load_seg_arrays(data, size, tuple(annotators) if annotators else None))
+
+
+def load_seg_arrays(
+    root: str | os.PathLike,
+    size: int,
+    annotators: tuple[str, ...] | None = None,
+    *,
+    workers: int = 8,
+) -> SegArrays:
+    """Loads a dataset folder's images and masks at ``size x size``.
+
+    Images with no mask from any of ``annotators`` are skipped; an image missing only some
+    annotators gets the masks it has repeated in the empty slots.
+
+    Args:
+      root: dataset folder.
+      size: output side in pixels.
+      annotators: mask folders to use as targets (default :func:`default_annotators`).
+      workers: decoding threads.
+
+    Returns:
+      A :class:`SegArrays`.
+    """
+    src = FolderSource(root, size, annotators)
+    with ThreadPoolExecutor(workers) as pool:
+        records = list(pool.map(src.__getitem__, range(len(src))))
+    return SegArrays(
+        images=np.stack([r["image"] for r in records]),
+        masks=np.stack([r["masks"] for r in records]),
+        image_ids=src.image_ids,
+        subject_ids=src.subject_ids,
+        annotators=src.annotators,
+    )
 
 
 class _Subset:

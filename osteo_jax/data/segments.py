@@ -21,25 +21,47 @@ Crop-based baselines (the paper's Table 8) use the same machinery with other set
 :class:`~osteo_jax.config.SegmentConfig`: ``roi`` groups several bones into one box (e.g. the
 distal radius and ulna), and ``background="keep"`` resamples the plain radiograph in that box
 instead of zeroing what lies outside the mask.
+
+A dataset's segments, one row per radiograph (:class:`SegmentSet`), are kept in a segments
+folder (written by :func:`osteo_jax.pipeline.extract.extract_segments`) that
+:func:`load_segments` reads::
+
+    segments.npz    images [n, B, S, S] float16 in [0, 1], valid [n, B] bool
+    segments.csv    image_id, subject_id, label, t_score (one row per image, same order)
+    segments.json   source, bones, segment config, segmenter run and step, dataset path
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
 
 from osteo_jax.config import CLASS_NAMES, ROI_REGIONS, SegmentConfig
+from osteo_jax.data.errors import DatasetError
+from osteo_jax.data.folder import read_csv
 
 __all__ = [
+    "SEGMENTS_CSV",
+    "SEGMENTS_JSON",
+    "SEGMENTS_NPZ",
+    "SegmentSet",
     "Segments",
     "cut_segments",
+    "load_segments",
     "labels_from_probs",
     "segment_masks",
     "segments_from_prediction",
 ]
+
+SEGMENTS_NPZ = "segments.npz"
+SEGMENTS_CSV = "segments.csv"
+SEGMENTS_JSON = "segments.json"
 
 _FRAMES = ("aligned", "box")
 _BACKGROUNDS = ("zero", "keep")
@@ -282,3 +304,83 @@ def segments_from_prediction(
         cut_segments(image, labels_from_probs(p, image.shape), spacing_mm=spacing_mm, cfg=cfg)
         for p in probs
     ]
+
+
+# ----------------------------------------------------------------- a dataset's segments
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentSet:
+    """The segments of a dataset, one row per radiograph.
+
+    Attributes:
+      images: ``[n, B, S, S]`` float32 in [0, 1].
+      valid: ``[n, B]`` bool.
+      image_ids, subject_ids: ``[n]`` str.
+      labels: ``[n]`` int (1 = osteoporosis), -1 where unknown.
+      t_scores: ``[n]`` float, NaN where unknown.
+      bones: names of the B segments.
+      meta: contents of ``segments.json``.
+    """
+
+    images: np.ndarray
+    valid: np.ndarray
+    image_ids: np.ndarray
+    subject_ids: np.ndarray
+    labels: np.ndarray
+    t_scores: np.ndarray
+    bones: tuple[str, ...]
+    meta: dict
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def take(self, idx: np.ndarray) -> SegmentSet:
+        """The rows ``idx``."""
+        return dataclasses.replace(
+            self,
+            images=self.images[idx],
+            valid=self.valid[idx],
+            image_ids=self.image_ids[idx],
+            subject_ids=self.subject_ids[idx],
+            labels=self.labels[idx],
+            t_scores=self.t_scores[idx],
+        )
+
+    def select_bones(self, bones: tuple[str, ...]) -> SegmentSet:
+        """Only the segments named ``bones`` (a raw-image set ignores the selection)."""
+        if self.bones == ("image",):
+            return self
+        missing = [b for b in bones if b not in self.bones]
+        if missing:
+            raise ValueError(f"bones {missing} not in this segment set ({self.bones})")
+        idx = [self.bones.index(b) for b in bones]
+        return dataclasses.replace(
+            self, images=self.images[:, idx], valid=self.valid[:, idx], bones=tuple(bones)
+        )
+
+
+def load_segments(path: str | os.PathLike) -> SegmentSet:
+    """Reads a folder written by :func:`extract_segments`."""
+    path = Path(path)
+    for name in (SEGMENTS_NPZ, SEGMENTS_CSV, SEGMENTS_JSON):
+        if not (path / name).exists():
+            raise DatasetError(f"{path / name}: not found; is {path} a segments folder?")
+    meta = json.loads((path / SEGMENTS_JSON).read_text())
+    with np.load(path / SEGMENTS_NPZ) as z:
+        images, valid = z["images"].astype(np.float32), z["valid"]
+    rows = read_csv(path / SEGMENTS_CSV)
+    if len(rows) != images.shape[0]:
+        raise DatasetError(
+            f"{path / SEGMENTS_CSV}: {len(rows)} rows but {images.shape[0]} images in the npz"
+        )
+    return SegmentSet(
+        images=images,
+        valid=valid,
+        image_ids=np.array([r["image_id"] for r in rows]),
+        subject_ids=np.array([r["subject_id"] for r in rows]),
+        labels=np.array([int(r["label"]) for r in rows]),
+        t_scores=np.array([float(r["t_score"]) for r in rows]),
+        bones=tuple(meta["bones"]),
+        meta=meta,
+    )

@@ -58,10 +58,10 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from osteo_jax.config import CLASS_NAMES
+from osteo_jax.data.errors import DatasetError
 from osteo_jax.data.folder import (
     IMAGES_CSV,
     SUBJECTS_CSV,
-    DatasetError,
     annotators_of,
     image_relpath,
     mask_relpath,

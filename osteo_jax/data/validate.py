@@ -1,7 +1,7 @@
 """Read-only validation of a user's dataset folder (README.md, "Dataset folder format").
 
 :func:`validate_folder` walks ``subjects.csv``, ``images.csv``, the images and the masks and
-raises :class:`~osteo_jax.data.folder.DatasetError` on the *first* problem, with a message that
+raises :class:`~osteo_jax.data.errors.DatasetError` on the *first* problem, with a message that
 names the file, the row and the problem. Rows are given as ``data row N`` (1-based, the header
 not counted) and ``line M`` (the physical CSV line, the header being line 1), so either an
 editor's line number or a spreadsheet's row number finds it.
@@ -51,14 +51,8 @@ from pathlib import Path
 import numpy as np
 
 from osteo_jax.config import CLASS_NAMES
-from osteo_jax.data.folder import (
-    IMAGES_CSV,
-    SUBJECTS_CSV,
-    DatasetError,
-    annotators_of,
-    mask_relpath,
-    read_png,
-)
+from osteo_jax.data.errors import DatasetError
+from osteo_jax.data.folder import IMAGES_CSV, SUBJECTS_CSV, annotators_of, mask_relpath, read_png
 from osteo_jax.data.imageio import read_image
 
 __all__ = ["SPLITS", "WHO_OSTEOPOROSIS_T", "ValidationReport", "validate_folder"]

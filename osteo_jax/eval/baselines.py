@@ -5,7 +5,7 @@ model's evaluation allows it to see:
 
 * clinical: covariates of ``subjects.csv`` (default age and sex), fitted on the train subjects;
 * radiogrammetry: cortical indices measured on the segmenter's predicted masks (MC2, MC3, MC4,
-  radius; :func:`osteo_jax.eval.radiogrammetry_run.radiogrammetry_of_run` with ``split="all"``),
+  radius; :func:`osteo_jax.pipeline.radiogrammetry_run.radiogrammetry_of_run` with ``split="all"``),
   optionally with covariates, fitted on the train subjects;
 * fusion (stacking): the image model's score and the covariates, fitted on the validation
   subjects, because the image model was trained on the train subjects and its scores there
@@ -37,7 +37,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from osteo_jax.data.folder import SUBJECTS_CSV, DatasetError, read_csv
+from osteo_jax.data.errors import DatasetError
+from osteo_jax.data.folder import SUBJECTS_CSV, read_csv
 
 __all__ = [
     "DEFAULT_C",
@@ -243,7 +244,7 @@ def radiogrammetry_features(
     """Per-subject cortical indices from a ``radiogrammetry.json`` (or its loaded content).
 
     Args:
-      radio: the file :func:`osteo_jax.eval.radiogrammetry_run.radiogrammetry_of_run` writes,
+      radio: the file :func:`osteo_jax.pipeline.radiogrammetry_run.radiogrammetry_of_run` writes,
         or its dict (``per_image`` records with ``subject_id`` and ``<bone>_ci``).
       bones: bones whose ``<bone>_ci`` are read.
 

@@ -119,7 +119,7 @@ def comparison_figure(comparison: dict, path: str | os.PathLike, *, title: str =
     """Forest plot of the headline comparison: each row's AUC with its 95 % interval.
 
     Args:
-      comparison: :func:`osteo_jax.train.comparison.compare_rows` output.
+      comparison: :func:`osteo_jax.pipeline.comparison.compare_rows` output.
       path: PNG to write.
       title: figure title.
 

@@ -22,7 +22,8 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 from scipy import stats
 
-from osteo_jax.data.cohort import roc_auc
+from osteo_jax.data.segments import SegmentSet
+from osteo_jax.data.synth.cohort import roc_auc
 
 __all__ = [
     "CI_METHOD",
@@ -39,7 +40,9 @@ __all__ = [
     "paper_table",
     "reliability_curve",
     "roc_curve",
+    "subject_metrics",
     "subject_probabilities",
+    "subject_scores",
     "summarise_folds",
     "summarise_seeds",
 ]
@@ -148,6 +151,17 @@ def subject_probabilities(
     return subjects, probs
 
 
+def subject_scores(probs: np.ndarray, segments: SegmentSet) -> tuple[np.ndarray, np.ndarray]:
+    """``(subject_probs, subject_labels)`` from segment probabilities ``[n, B]``.
+
+    Subjects in sorted order (:func:`subject_probabilities` over ``segments.valid``); each
+    subject's label is that of its first image in ``segments``.
+    """
+    subjects, p = subject_probabilities(probs, segments.valid, segments.subject_ids)
+    first = {s: i for i, s in reversed(list(enumerate(segments.subject_ids)))}
+    return p, segments.labels[[first[s] for s in subjects]]
+
+
 def _f1(tp: float, fp: float, fn: float) -> float:
     denom = 2 * tp + fp + fn
     return 2 * tp / denom if denom > 0 else 0.0
@@ -228,6 +242,15 @@ def binary_metrics(probs: np.ndarray, labels: np.ndarray, threshold: float = 0.5
     """
     probs, labels = check_probabilities(probs, labels)
     return _binary_metrics(probs, labels, threshold)
+
+
+def subject_metrics(probs: np.ndarray, segments: SegmentSet) -> dict[str, float]:
+    """:func:`binary_metrics` of the subjects of ``segments`` from segment probabilities.
+
+    The classifier loop's validation score (its ``evaluate_fn``; it keeps the best
+    ``f1_macro``).
+    """
+    return binary_metrics(*subject_scores(probs, segments))
 
 
 def _resamples(

@@ -1,6 +1,6 @@
 """The headline table: Bayes ceilings, then every row beside the baselines with paired Δ AUC.
 
-Pure formatting of :func:`osteo_jax.train.comparison.compare_rows` output
+Pure formatting of :func:`osteo_jax.pipeline.comparison.compare_rows` output
 (``comparison.json``), shared by ``comparison.md``, the report and the CLI.
 """
 

@@ -17,7 +17,6 @@ import numpy as np  # noqa: E402
 from matplotlib.colors import ListedColormap  # noqa: E402
 
 from osteo_jax.config import CLASS_NAMES  # noqa: E402
-from osteo_jax.data.ceiling import read_ceilings  # noqa: E402
 from osteo_jax.data.folder import (  # noqa: E402
     EXACT,
     SUBJECTS_CSV,
@@ -25,6 +24,7 @@ from osteo_jax.data.folder import (  # noqa: E402
     load_example,
     read_csv,
 )
+from osteo_jax.data.synth.ceiling import read_ceilings  # noqa: E402
 
 # One colour per class (background transparent).
 CLASS_COLOURS = (

@@ -13,7 +13,7 @@ predicted at 128 px (one model pixel ~ 1.6 mm at 0.2 mm spacing) still gives sub
 Profile model. The site's window is cut into a few blocks along the axis; the intensity profiles
 across the shaft (cubic-spline samples every half pixel) are averaged within each block, and
 each block's mean profile is fitted by least squares with the projection of a tube
-(``DATA_PHYSICS.md``; what :mod:`osteo_jax.data.raster` renders): for a tube of outer radius R
+(``DATA_PHYSICS.md``; what :mod:`osteo_jax.data.synth.raster` renders): for a tube of outer radius R
 centred at ``c`` and medullary radius ``r`` centred at ``c + d`` the attenuation across the
 shaft is, in log (display) units,
 

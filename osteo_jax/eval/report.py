@@ -1,11 +1,12 @@
 """The screening report of an experiment folder: ``report.md`` and ``report.html`` + figures.
 
-:func:`write_report` reads what :func:`osteo_jax.train.experiment.run_experiment` wrote
+:func:`write_report` reads what :func:`osteo_jax.pipeline.experiment.run_experiment` wrote
 (segmenter run, segments, protocol results, radiogrammetry) and lays out, for a colleague:
 the headline table (Bayes ceilings; the model beside the clinical, radiogrammetry and fusion
 baselines and the Bayes posteriors, with paired Δ AUC), the paper-format table, ROC with its
 bootstrap band, reliability diagram, per-bone Dice, segmentation panels of a few test subjects
-(image, consensus, hypotheses with weights, uncertainty, the 7 segments with their probabilities),
+(image, consensus, hypotheses with weights, uncertainty, the 7 segments with their probabilities;
+drawn by :mod:`osteo_jax.pipeline.report`, which restores the segmenter, and passed in),
 per-bone contribution to the subject score, and radiogrammetry (measured vs true 2MCI, 2MCI vs
 T-score). The same content is written as Markdown and as self-contained-folder HTML.
 """
@@ -16,6 +17,7 @@ import csv
 import html
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
@@ -28,9 +30,8 @@ from osteo_jax.config import BONE_NAMES  # noqa: E402
 from osteo_jax.eval.cls_figure import comparison_figure  # noqa: E402
 from osteo_jax.eval.cls_metrics import CI_METHOD  # noqa: E402
 from osteo_jax.eval.headline import COMPARISON_JSON, ceiling_table, rows_table  # noqa: E402
-from osteo_jax.eval.radiogrammetry_run import radiogrammetry_of_run  # noqa: E402
 
-__all__ = ["radiogrammetry_of_run", "write_report"]
+__all__ = ["FIGURES", "write_report"]
 
 FIGURES = "figures"
 SYNTHETIC_NOTE = (
@@ -214,87 +215,21 @@ def _radiogrammetry_figure(radio: dict, path: Path) -> bool:
     return True
 
 
-def _subject_panels(out: Path, data: Path, n: int, fig_dir: Path) -> list[str]:
-    """Segmentation and segment panels of ``n`` test subjects of seed 0."""
-    import jax
-
-    from osteo_jax.data.pipeline import FolderSource
-    from osteo_jax.eval.extract import load_segments
-    from osteo_jax.eval.seg_eval import make_predict_fn, predict_batches
-    from osteo_jax.eval.seg_figure import segmentation_figure
-    from osteo_jax.eval.seg_run import restore_segmenter
-
-    seeds = sorted((out / "cls").glob("seed*/test_segments.csv"))
-    if not seeds or n <= 0:
-        return []
-    seg_rows = _read_csv(seeds[0])
-    prob = {(r["image_id"], r["bone"]): float(r["probability"]) for r in seg_rows}
-    test_subjects = _read_csv(seeds[0].parent / "test_predictions.csv")
-    by_label = [
-        [r for r in test_subjects if r["label"] == lab][: (n + 1) // 2] for lab in ("1", "0")
-    ]
-    picked = [r["subject_id"] for r in (by_label[0] + by_label[1])[:n]]
-    subj_p = {r["subject_id"]: float(r["probability"]) for r in test_subjects}
-    model, params, cfg, _ = restore_segmenter(out / "seg")
-    # Decode only the picked subjects' first images (not the whole folder).
-    source = FolderSource(data, cfg.seg.image_size, cfg.annotators)
-    records = [source[int(np.flatnonzero(source.subject_ids == s)[0])] for s in picked]
-    _, probs, weights = next(
-        predict_batches(
-            model,
-            params,
-            np.stack([r["image"] for r in records]),
-            jax.random.key(cfg.seed + 101),
-            max(cfg.batch_size, len(records)),
-            make_predict_fn(model),
-        )
-    )
-    rows = []
-    for j, rec in enumerate(records):
-        rows.append(
-            dict(
-                image=rec["image"][..., 0],
-                probs=np.asarray(probs[j]),
-                weights=np.asarray(weights[j]),
-                masks=rec["masks"],
-                title=f"{picked[j]} p={subj_p[picked[j]]:.2f}",
-            )
-        )
-    figs = [str(segmentation_figure(rows, fig_dir / "subjects_segmentation.png", max_hypotheses=8))]
-    segs = load_segments(out / "segments")
-    fig, axes = plt.subplots(
-        len(picked),
-        len(segs.bones),
-        figsize=(1.5 * len(segs.bones), 1.7 * len(picked)),
-        squeeze=False,
-    )
-    for r, sid in enumerate(picked):
-        k = int(np.flatnonzero(segs.subject_ids == sid)[0])
-        for c, b in enumerate(segs.bones):
-            ax = axes[r, c]
-            ax.imshow(np.asarray(segs.images[k, c], np.float32), cmap="gray", vmin=0, vmax=1)
-            p = prob.get((str(segs.image_ids[k]), b))
-            ax.set_title(f"{b}" + ("" if p is None else f" p={p:.2f}"), fontsize=7)
-            ax.set_xticks([])
-            ax.set_yticks([])
-        axes[r, 0].set_ylabel(sid, fontsize=7)
-    fig.suptitle("the 7 segments and each one's probability of osteoporosis (seed 0)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(fig_dir / "subjects_segments.png", dpi=110)
-    plt.close(fig)
-    return figs + [str(fig_dir / "subjects_segments.png")]
-
-
 # ------------------------------------------------------------------------------- report
 
 
-def write_report(out: str | os.PathLike, cfg, data: str | os.PathLike) -> dict[str, Path]:
+def write_report(
+    out: str | os.PathLike, cfg, data: str | os.PathLike, *, panels: Sequence[str] = ()
+) -> dict[str, Path]:
     """Writes ``out/report.md`` and ``out/report.html`` (figures under ``out/figures``).
 
     Args:
-      out: an experiment folder (:func:`osteo_jax.train.experiment.run_experiment`).
+      out: an experiment folder (:func:`osteo_jax.pipeline.experiment.run_experiment`).
       cfg: its :class:`~osteo_jax.config.ExperimentConfig`.
       data: the dataset folder it ran on.
+      panels: figure files of the test subjects' segmentation (a name with
+        ``"segmentation"``) and segments, drawn by the caller, which holds the trained
+        segmenter (:func:`osteo_jax.pipeline.report.subject_panels`).
 
     Returns:
       ``{"md": path, "html": path}``.
@@ -363,7 +298,7 @@ def write_report(out: str | os.PathLike, cfg, data: str | os.PathLike) -> dict[s
         )
         doc.table(["bone", "Dice", "IoU"], dice_rows)
         doc.img(f"{FIGURES}/dice_per_bone.png", "Dice per bone against the annotators' consensus")
-    for f in _subject_panels(out, data, cfg.report_subjects, fig_dir):
+    for f in panels:
         caption = (
             "Test subjects: radiograph (subject probability), consensus, mixture mean, mutual "
             "information, and the heaviest hypotheses with their weights α"

@@ -1,9 +1,11 @@
 """Segment classifier loop: linear probe on a frozen backbone, or fine-tuning; pick by val macro-F1.
 
 Each valid segment is one training example carrying its subject's label, weighted by inverse
-class frequency (``ClsConfig.class_weight``). After every epoch the validation subjects are
-scored (subject probability = mean of its segments' probabilities, class by argmax) and the
-parameters with the best macro-F1 are kept (the paper's checkpoint selection). A linear probe
+class frequency (``ClsConfig.class_weight``). After every epoch the validation segments'
+probabilities are scored by the caller's ``evaluate_fn`` (the pipeline passes
+:func:`osteo_jax.eval.cls_metrics.subject_metrics`: subject probability = mean of its segments'
+probabilities, class by argmax) and the parameters with the best macro-F1 are kept (the paper's
+checkpoint selection). A linear probe
 computes the frozen backbone's features once and trains the head on them; fine-tuning runs the
 backbone in every step with a random resized crop of each segment.
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import functools
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import jax
@@ -27,8 +30,7 @@ from osteo_jax.config import BackboneConfig, ClsConfig
 from osteo_jax.data.augment import CropPolicy
 from osteo_jax.data.folder import write_json
 from osteo_jax.data.pipeline import ArraySource, make_loader
-from osteo_jax.eval.cls_metrics import binary_metrics, subject_probabilities
-from osteo_jax.eval.extract import SegmentSet
+from osteo_jax.data.segments import SegmentSet
 from osteo_jax.train.loop import (
     CHECKPOINT_DIR,
     METRICS_LOG,
@@ -50,7 +52,6 @@ __all__ = [
     "backbone_features",
     "fold_standardisation",
     "predict_segments",
-    "subject_scores",
     "train_classifier",
 ]
 
@@ -150,19 +151,13 @@ def _class_weights(labels: np.ndarray, mode: str | None) -> np.ndarray:
     return w[labels].astype(np.float32)
 
 
-def subject_scores(probs: np.ndarray, segments: SegmentSet) -> tuple[np.ndarray, np.ndarray]:
-    """``(subject_probs, subject_labels)`` from segment probabilities ``[n, B]``."""
-    subjects, p = subject_probabilities(probs, segments.valid, segments.subject_ids)
-    first = {s: i for i, s in reversed(list(enumerate(segments.subject_ids)))}
-    return p, segments.labels[[first[s] for s in subjects]]
-
-
 def train_classifier(
     train: SegmentSet,
     val: SegmentSet,
     run_dir: str | Path,
     cfg: ClsConfig = ClsConfig(),
     *,
+    evaluate_fn: Callable[[np.ndarray, SegmentSet], dict[str, float]],
     backbone_cfg: BackboneConfig = BackboneConfig(),
     params: dict | None = None,
     seed: int = 0,
@@ -175,6 +170,10 @@ def train_classifier(
       val: validation segments (model selection).
       run_dir: run folder (``config.json``, ``checkpoints/``, ``best/``, ``metrics.jsonl``).
       cfg: classifier settings.
+      evaluate_fn: ``(segment probabilities [n, B] of val, val) -> metrics`` after every
+        epoch; the checkpoint with the best ``f1_macro`` is kept
+        (:func:`osteo_jax.eval.cls_metrics.subject_metrics`, which the pipeline and the CLI
+        pass).
       backbone_cfg: the backbone's architecture.
       params: the one parameter pytree holding a (pretrained) ``backbone``; None initialises
         the backbone randomly (supervised from scratch with ``mode="finetune"``; with
@@ -266,8 +265,7 @@ def train_classifier(
             train_m = {k: float(v) for k, v in jax.device_get(metrics).items()}
             check_finite(train_m, int(state.step))
             probs = predict_segments(state.params, backbone_cfg, val, features=val_x)
-            p, y = subject_scores(probs, val)
-            val_m = binary_metrics(p, y)
+            val_m = evaluate_fn(probs, val)
             log.write(
                 json.dumps(
                     {

@@ -15,6 +15,7 @@ import functools
 import json
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import flax.serialization
@@ -29,7 +30,6 @@ from osteo_jax.config import SegTrainConfig
 from osteo_jax.data.folder import write_json
 from osteo_jax.data.inmemory import split_by_subject
 from osteo_jax.data.pipeline import make_loader, seg_source
-from osteo_jax.eval.seg_eval import evaluate_segmenter, make_predict_fn
 from osteo_jax.train.state import TrainState, create_seg_state, make_segmenter, seg_optimizer
 from osteo_jax.train.steps import seg_step
 
@@ -126,9 +126,9 @@ def train_segmenter(
     run_dir: str | os.PathLike,
     cfg: SegTrainConfig = SegTrainConfig(),
     *,
+    evaluate_fn: Callable[..., dict[str, float]] | None = None,
     progress: bool = True,
     log_every: int = 10,
-    validate: bool = True,
     validate_every: int = 1,
     devices=None,
     stream: bool = False,
@@ -142,10 +142,14 @@ def train_segmenter(
       run_dir: run folder (``config.json``, ``checkpoints/``, ``metrics.jsonl``,
         ``split.json``, ``val_metrics.json``).
       cfg: training configuration.
+      evaluate_fn: scores the validation subjects at the end of every ``validate_every``-th
+        epoch and at the end of training, called as ``evaluate_fn(model, params, images,
+        masks, key, batch_size=..., annotator_names=...)`` with the segmenter's parameters and
+        the validation images ``[n, S, S, 1]`` and masks ``[n, M, S, S]``; it returns a flat
+        dict of metrics (:func:`osteo_jax.eval.seg_eval.evaluate_segmenter`, which the
+        pipeline and the CLI pass). None: no validation.
       progress: show a progress bar.
       log_every: steps between metric lines in ``metrics.jsonl``.
-      validate: evaluate on the validation subjects at the end of every ``validate_every``-th
-        epoch and at the end of training.
       validate_every: epochs between validations.
       devices: devices of the data-parallel mesh (default: all).
       stream: decode a folder's images from disk at every read instead of once up front (for
@@ -198,10 +202,9 @@ def train_segmenter(
     sharded = NamedSharding(mesh, P("data"))
     state = jax.device_put(state, replicated)
     step_fn = jax.jit(functools.partial(seg_step, model=model, tx=tx, ot=cfg.ot), donate_argnums=0)
-    predict_fn = make_predict_fn(model)
 
     start = int(state.step)
-    if validate and len(val_idx):
+    if evaluate_fn is not None and len(val_idx):
         val_images, val_masks = _gather(source, val_idx)
     batches = iter(
         make_loader(
@@ -243,8 +246,8 @@ def train_segmenter(
             if done % cfg.checkpoint_every == 0 or end_of_epoch:
                 ckpt.save(state)
             due = (epoch + 1) % validate_every == 0 or done == total
-            if validate and len(val_idx) and end_of_epoch and due:
-                val = evaluate_segmenter(
+            if evaluate_fn is not None and len(val_idx) and end_of_epoch and due:
+                val = evaluate_fn(
                     model,
                     state.params["segmenter"],
                     val_images,
@@ -252,7 +255,6 @@ def train_segmenter(
                     val_key,
                     batch_size=cfg.batch_size,
                     annotator_names=source.annotators,
-                    predict_fn=predict_fn,
                 )
                 log.write(json.dumps({"step": done, "epoch": epoch, "split": "val", **val}) + "\n")
                 log.flush()

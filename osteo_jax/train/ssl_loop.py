@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from osteo_jax.config import SSLConfig
 from osteo_jax.data.pipeline import ArraySource, make_loader
-from osteo_jax.eval.extract import SegmentSet
+from osteo_jax.data.segments import SegmentSet
 from osteo_jax.train.loop import (
     CHECKPOINT_DIR,
     METRICS_LOG,

@@ -1,10 +1,13 @@
-"""Train state: the ONE parameter pytree, per-stage optimizer states, the step count.
+"""Train state: the parameter pytree, per-stage optimizer states, the step count.
 
-``params`` is a dict keyed by stage (``"segmenter"`` now; ``"backbone"``, ``"ssl_head"``,
-``"classifier"`` join later) so that every stage starts from the earlier stages' weights with no
-conversion, and a checkpoint holds the whole model. Optimizer states live under the name of the
-step that uses them (``opt_state["seg"]``). There is no PRNG key in the state: each step derives
-its key as ``fold_in(base_key, step)``, which keeps resumption deterministic.
+``params`` is a dict keyed by model part (``"segmenter"``, ``"backbone"``, ``"ssl_head"``,
+``"classifier"``); each stage's state holds the parts it trains or reads (segmenter training
+``"segmenter"``; pretraining ``"backbone"`` and ``"ssl_head"``; the classifier ``"backbone"``,
+taken from pretraining, and ``"classifier"``), so a stage starts from the earlier stage's
+weights with no conversion and its checkpoint holds all of them. Optimizer states live under
+the name of the step that uses them (``opt_state["seg"]``, ``["ssl"]``, ``["cls"]``). There is
+no PRNG key in the state: each step derives its key as ``fold_in(base_key, step)``, which keeps
+resumption deterministic. The model factories and optimizers of each stage are here too.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Bayes ceilings of the synthetic cohort: the best AUC any classifier can reach on it.
 
-The generator (:func:`osteo_jax.data.cohort.sample_cohort`) draws, per subject,
+The generator (:func:`osteo_jax.data.synth.cohort.sample_cohort`) draws, per subject,
 
     age a ~ preset's age bins (uniform within a bin),  sex s ~ Bernoulli(female fraction),
     T | a, s ~ N(mu(a, s), 1)                           (latent DXA T-score; label = T <= -2.5),
@@ -63,8 +63,8 @@ import numpy as np
 from scipy import special
 
 from osteo_jax.config import CohortConfig
-from osteo_jax.data import cohort as _c
 from osteo_jax.data.folder import read_csv, rows_from, write_csv, write_json
+from osteo_jax.data.synth import cohort as _c
 
 __all__ = [
     "CEILINGS_CSV",
@@ -300,7 +300,7 @@ def posteriors(cohort: _c.Cohort, cfg: CohortConfig = CohortConfig()) -> dict[st
     """The exact posterior probability of osteoporosis of every subject of a synthetic cohort.
 
     Args:
-      cohort: a cohort drawn by :func:`~osteo_jax.data.cohort.sample_cohort` with ``cfg``.
+      cohort: a cohort drawn by :func:`~osteo_jax.data.synth.cohort.sample_cohort` with ``cfg``.
       cfg: the cohort configuration it was drawn with (preset, r, couplings, quotas).
 
     Returns:
@@ -391,7 +391,7 @@ def write_ceilings(root, cohort: _c.Cohort, cfg: CohortConfig) -> dict:
         "quantities (image_ceiling_auc), given age and sex (clinical_ceiling_auc) and given both "
         "(image_clinical_ceiling_auc), on this cohort and on 200,000 subjects of the same model "
         "(population); hand_latent_auc is the AUC of the bone-health latent alone, not a "
-        "ceiling. See osteo_jax/data/ceiling.py.",
+        "ceiling. See osteo_jax/data/ceiling.py.",  # every oracle.json's text (now data/synth/)
     }
     write_json(root / CEILINGS_JSON, record)
     write_csv(

@@ -5,7 +5,7 @@ the image (cortical thinning, porosity, trabecular loss) is derived from one han
 bone-health latent ``h`` that correlates ``r`` with the latent DXA T-score; the osteoporosis
 label is the WHO cut on that T-score, never painted on the image. Porosity and trabecular BV/TV
 also follow age, and hand size follows sex, so the radiograph shows more than ``h``: the Bayes
-ceilings an image classifier is read against are in :mod:`osteo_jax.data.ceiling`.
+ceilings an image classifier is read against are in :mod:`osteo_jax.data.synth.ceiling`.
 
 Numbers follow ``DATA_PHYSICS.md``; see :mod:`osteo_jax.config` for every default.
 """
@@ -355,7 +355,7 @@ def hand_latent_auc(cohort: Cohort) -> float:
 
     Low latent means weak bone, so the score is ``-hand_latent``. This measures the coupling
     ``r``; it is *not* a ceiling for an image classifier, because the image also shows age and
-    sex (see :mod:`osteo_jax.data.ceiling` for the Bayes ceilings).
+    sex (see :mod:`osteo_jax.data.synth.ceiling` for the Bayes ceilings).
     """
     return roc_auc(-cohort.hand_latent, cohort.label)
 

@@ -3,9 +3,10 @@
 No public set of hand radiographs with DXA labels exists, so osteo_jax generates its default
 data from physics (``DATA_PHYSICS.md``): a cohort sampler ties every bone's geometry to one
 hand-level bone-health latent correlated ``r`` with the latent T-score
-(:mod:`~osteo_jax.data.cohort`); a parametric hand (:mod:`~osteo_jax.data.phantom`) is
-rasterised into path lengths and label maps (:mod:`~osteo_jax.data.raster`) and projected by
-Beer-Lambert with a detector model (:mod:`~osteo_jax.data.xray`).
+(:mod:`~osteo_jax.data.synth.cohort`); a parametric hand
+(:mod:`~osteo_jax.data.synth.phantom`) is rasterised into path lengths and label maps
+(:mod:`~osteo_jax.data.synth.raster`) and projected by Beer-Lambert with a detector model
+(:mod:`~osteo_jax.data.synth.xray`).
 
 Synthetic data, for method development only: nothing here supports a clinical claim.
 
@@ -31,8 +32,6 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from osteo_jax.config import BONE_NAMES, CLASS_NAMES, SynthConfig
-from osteo_jax.data.ceiling import write_ceilings
-from osteo_jax.data.cohort import Cohort, category_names, sample_cohort
 from osteo_jax.data.folder import (
     EXACT,
     FORMAT_VERSION,
@@ -49,9 +48,11 @@ from osteo_jax.data.folder import (
     write_labels,
     write_png16,
 )
-from osteo_jax.data.phantom import Scene, build_scene
-from osteo_jax.data.raster import AnnotatorDraw, Raster, rasterize
-from osteo_jax.data.xray import expose, transmission
+from osteo_jax.data.synth.ceiling import write_ceilings
+from osteo_jax.data.synth.cohort import Cohort, category_names, sample_cohort
+from osteo_jax.data.synth.phantom import Scene, build_scene
+from osteo_jax.data.synth.raster import AnnotatorDraw, Raster, rasterize
+from osteo_jax.data.synth.xray import expose, transmission
 
 __all__ = [
     "Cohort",
@@ -388,6 +389,7 @@ def _write_tables(
             photometric=IMAGE_FORMATS[image_format][1] or "MONOCHROME2",
             image_format=image_format,
             bits_stored=cfg.physics.bits_stored,
+            # The name every dataset.json has recorded since format 1 (not an import path).
             generator=dict(name="osteo_jax.data.synthetic", config=dataclasses.asdict(cfg)),
             synthetic=True,
             disclaimer="Synthetic radiographs for method development; no clinical use.",

@@ -83,7 +83,7 @@ def radiogrammetry_of_run(
     from osteo_jax.data.imageio import isotropic_spacing, read_image
     from osteo_jax.data.inmemory import normalise, resize_image
     from osteo_jax.eval.seg_eval import make_predict_fn, predict_batches
-    from osteo_jax.eval.seg_run import restore_segmenter
+    from osteo_jax.pipeline.seg_run import restore_segmenter
 
     data, seg_run, out_json = Path(data), Path(seg_run), Path(out_json)
     parts = json.loads((seg_run / "split.json").read_text())

@@ -6,18 +6,14 @@ mask folder of the dataset (``exact`` for the generator's exact map: the oracle-
 ablation; or an annotator), or not at all (``raw``: the whole radiograph resized to the segment
 size, the paper's "raw image instead of segments" ablation).
 
-Output folder (written to a temporary sibling and renamed into place, so a failure leaves
-nothing behind)::
-
-    segments.npz    images [n, B, S, S] float16 in [0, 1], valid [n, B] bool
-    segments.csv    image_id, subject_id, label, t_score (one row per image, same order)
-    segments.json   source, bones, segment config, segmenter run and step, dataset path
+The output is a segments folder (format in :mod:`osteo_jax.data.segments`, read back by
+:func:`~osteo_jax.data.segments.load_segments`), written to a temporary sibling and renamed
+into place, so a failure leaves nothing behind.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -28,10 +24,10 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from osteo_jax.config import ROI_REGIONS, SegmentConfig
+from osteo_jax.data.errors import DatasetError
 from osteo_jax.data.folder import (
     IMAGES_CSV,
     SUBJECTS_CSV,
-    DatasetError,
     annotators_of,
     ensure_new_dir,
     mask_relpath,
@@ -44,64 +40,15 @@ from osteo_jax.data.folder import (
 )
 from osteo_jax.data.imageio import read_image
 from osteo_jax.data.inmemory import normalise, resize_image
-from osteo_jax.data.segments import cut_segments, segments_from_prediction
+from osteo_jax.data.segments import (
+    SEGMENTS_CSV,
+    SEGMENTS_JSON,
+    SEGMENTS_NPZ,
+    cut_segments,
+    segments_from_prediction,
+)
 
-__all__ = ["SegmentSet", "extract_segments", "load_segments", "subject_labels"]
-
-SEGMENTS_NPZ = "segments.npz"
-SEGMENTS_CSV = "segments.csv"
-SEGMENTS_JSON = "segments.json"
-
-
-@dataclasses.dataclass(frozen=True)
-class SegmentSet:
-    """The segments of a dataset, one row per radiograph.
-
-    Attributes:
-      images: ``[n, B, S, S]`` float32 in [0, 1].
-      valid: ``[n, B]`` bool.
-      image_ids, subject_ids: ``[n]`` str.
-      labels: ``[n]`` int (1 = osteoporosis), -1 where unknown.
-      t_scores: ``[n]`` float, NaN where unknown.
-      bones: names of the B segments.
-      meta: contents of ``segments.json``.
-    """
-
-    images: np.ndarray
-    valid: np.ndarray
-    image_ids: np.ndarray
-    subject_ids: np.ndarray
-    labels: np.ndarray
-    t_scores: np.ndarray
-    bones: tuple[str, ...]
-    meta: dict
-
-    def __len__(self) -> int:
-        return int(self.images.shape[0])
-
-    def take(self, idx: np.ndarray) -> SegmentSet:
-        """The rows ``idx``."""
-        return dataclasses.replace(
-            self,
-            images=self.images[idx],
-            valid=self.valid[idx],
-            image_ids=self.image_ids[idx],
-            subject_ids=self.subject_ids[idx],
-            labels=self.labels[idx],
-            t_scores=self.t_scores[idx],
-        )
-
-    def select_bones(self, bones: tuple[str, ...]) -> SegmentSet:
-        """Only the segments named ``bones`` (a raw-image set ignores the selection)."""
-        if self.bones == ("image",):
-            return self
-        missing = [b for b in bones if b not in self.bones]
-        if missing:
-            raise ValueError(f"bones {missing} not in this segment set ({self.bones})")
-        idx = [self.bones.index(b) for b in bones]
-        return dataclasses.replace(
-            self, images=self.images[:, idx], valid=self.valid[:, idx], bones=tuple(bones)
-        )
+__all__ = ["extract_segments", "subject_labels"]
 
 
 def subject_labels(root: str | os.PathLike) -> dict[str, tuple[int, float]]:
@@ -125,7 +72,7 @@ def subject_labels(root: str | os.PathLike) -> dict[str, tuple[int, float]]:
 
 def _predictor(seg_run: str | os.PathLike):
     from osteo_jax.eval.seg_eval import make_predict_fn
-    from osteo_jax.eval.seg_run import restore_segmenter
+    from osteo_jax.pipeline.seg_run import restore_segmenter
 
     model, params, cfg, step = restore_segmenter(seg_run)
     predict = make_predict_fn(model)
@@ -260,29 +207,3 @@ def extract_segments(
     write_json(tmp / SEGMENTS_JSON, meta)
     publish_dir(tmp, out)
     return out
-
-
-def load_segments(path: str | os.PathLike) -> SegmentSet:
-    """Reads a folder written by :func:`extract_segments`."""
-    path = Path(path)
-    for name in (SEGMENTS_NPZ, SEGMENTS_CSV, SEGMENTS_JSON):
-        if not (path / name).exists():
-            raise DatasetError(f"{path / name}: not found; is {path} a segments folder?")
-    meta = json.loads((path / SEGMENTS_JSON).read_text())
-    with np.load(path / SEGMENTS_NPZ) as z:
-        images, valid = z["images"].astype(np.float32), z["valid"]
-    rows = read_csv(path / SEGMENTS_CSV)
-    if len(rows) != images.shape[0]:
-        raise DatasetError(
-            f"{path / SEGMENTS_CSV}: {len(rows)} rows but {images.shape[0]} images in the npz"
-        )
-    return SegmentSet(
-        images=images,
-        valid=valid,
-        image_ids=np.array([r["image_id"] for r in rows]),
-        subject_ids=np.array([r["subject_id"] for r in rows]),
-        labels=np.array([int(r["label"]) for r in rows]),
-        t_scores=np.array([float(r["t_score"]) for r in rows]),
-        bones=tuple(meta["bones"]),
-        meta=meta,
-    )

@@ -210,7 +210,7 @@ def _dir(deg: float) -> np.ndarray:
 
 
 def build_scene(cohort, i: int) -> Scene:
-    """Lays out subject ``i`` of a :class:`~osteo_jax.data.cohort.Cohort` as a :class:`Scene`."""
+    """Lays out subject ``i`` of a :class:`~osteo_jax.data.synth.cohort.Cohort` as a ``Scene``."""
     k = float(cohort.hand_scale[i])
     spread = float(cohort.spread[i])
     jit = cohort.finger_jitter_deg[i]

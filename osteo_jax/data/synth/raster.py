@@ -1,10 +1,10 @@
-"""Rasterises a hand :class:`~osteo_jax.data.phantom.Scene`: path-length maps and label maps.
+"""Rasterises a hand :class:`~osteo_jax.data.synth.phantom.Scene`: path-length maps and label maps.
 
 Each primitive is evaluated only inside its own bounding box, in its own frame (axial s,
 radial t), so a 1024 x 1024 hand costs a few million pixel operations. Outputs:
 
 * path lengths along the beam (mm) through bone mineral, fatty marrow and soft tissue, which
-  :mod:`osteo_jax.data.xray` turns into a radiograph by Beer-Lambert;
+  :mod:`osteo_jax.data.synth.xray` turns into a radiograph by Beer-Lambert;
 * the exact 8-class label map and M annotator maps with bounded boundary offsets (bias + smooth
   jitter) and the discrete "stop short" convention (metacarpal bases, styloids excluded);
 * the region where the two conventions differ (so tests can separate jitter from ambiguity).
@@ -16,7 +16,7 @@ import dataclasses
 
 import numpy as np
 
-from osteo_jax.data.phantom import Capsule, Ellipsoid, LongBone, Scene
+from osteo_jax.data.synth.phantom import Capsule, Ellipsoid, LongBone, Scene
 
 _MARGIN_MM = 2.0
 _TEX_SIZE = 256

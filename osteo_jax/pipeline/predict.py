@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from osteo_jax.data.folder import DatasetError
+from osteo_jax.data.errors import DatasetError
 
 __all__ = ["PredictModel", "predict_images"]
 
@@ -39,8 +39,8 @@ class PredictModel:
 
         from osteo_jax.config import ExperimentConfig, from_dict
         from osteo_jax.eval.seg_eval import make_predict_fn
-        from osteo_jax.eval.seg_run import restore_segmenter
-        from osteo_jax.train.protocol import load_models
+        from osteo_jax.pipeline.protocol import load_models
+        from osteo_jax.pipeline.seg_run import restore_segmenter
 
         self.run = Path(run)
         cfg_path = self.run / "config.json"
@@ -66,7 +66,7 @@ class PredictModel:
 
     def classify(self, segments: list) -> np.ndarray:
         """``[len(segments), n_models]`` subject probability of each segment set and model."""
-        from osteo_jax.eval.extract import SegmentSet
+        from osteo_jax.data.segments import SegmentSet
         from osteo_jax.train.cls_loop import predict_segments
 
         n = len(segments)

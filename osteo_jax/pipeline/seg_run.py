@@ -10,7 +10,7 @@ import jax
 import numpy as np
 
 from osteo_jax.config import SegTrainConfig, from_dict
-from osteo_jax.data.inmemory import load_seg_arrays
+from osteo_jax.data.pipeline import load_seg_arrays
 from osteo_jax.eval.seg_eval import evaluate_segmenter, make_predict_fn, predict_batches
 from osteo_jax.eval.seg_figure import segmentation_figure
 from osteo_jax.models.mixture import Segmenter

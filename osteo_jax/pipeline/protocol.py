@@ -29,6 +29,7 @@ import numpy as np
 
 from osteo_jax.config import BackboneConfig, ClsConfig, SSLConfig
 from osteo_jax.data.folder import rows_from, write_csv, write_json
+from osteo_jax.data.segments import SegmentSet, load_segments
 from osteo_jax.data.splits import stratified_subject_folds, stratified_subject_split
 from osteo_jax.eval.cls_figure import reliability_figure, roc_figure
 from osteo_jax.eval.cls_metrics import (
@@ -36,11 +37,12 @@ from osteo_jax.eval.cls_metrics import (
     FOLD_CI_METHOD,
     binary_metrics,
     paper_table,
+    subject_metrics,
+    subject_scores,
     summarise_folds,
     summarise_seeds,
 )
-from osteo_jax.eval.extract import SegmentSet, load_segments
-from osteo_jax.train.cls_loop import predict_segments, subject_scores, train_classifier
+from osteo_jax.train.cls_loop import predict_segments, train_classifier
 from osteo_jax.train.ssl_loop import train_ssl
 
 __all__ = [
@@ -194,6 +196,7 @@ def run_protocol(
             seg.take(va),
             folder / "cls",
             cls,
+            evaluate_fn=subject_metrics,
             backbone_cfg=backbone,
             params=params,
             seed=seed,

@@ -1,6 +1,6 @@
 """The ruler a classification result is read against: baselines and Bayes posteriors, same splits.
 
-After :func:`~osteo_jax.train.protocol.run_protocol` has written its parts (``seed<k>/`` or
+After :func:`~osteo_jax.pipeline.protocol.run_protocol` has written its parts (``seed<k>/`` or
 ``fold<i>/``: ``split.json``, ``val_predictions.csv``, ``test_predictions.csv``), this stage
 scores on exactly the same test subjects of every part:
 
@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from osteo_jax.data.ceiling import read_ceilings, read_posteriors
 from osteo_jax.data.folder import read_csv, rows_from, write_csv, write_json
+from osteo_jax.data.synth.ceiling import read_ceilings, read_posteriors
 from osteo_jax.eval.baselines import (
     DEFAULT_COVARIATES,
     clinical_scores,
@@ -62,7 +62,7 @@ def _read_predictions(path: Path) -> dict[str, tuple[int, float]]:
 
 def _val_predictions(cls_dir: Path, part: dict, segments) -> dict[str, tuple[int, float]]:
     """The image model's validation-subject probabilities of one part (computed if absent)."""
-    from osteo_jax.train.protocol import VAL_PREDICTIONS
+    from osteo_jax.pipeline.protocol import VAL_PREDICTIONS
 
     path = cls_dir / part["dir"] / VAL_PREDICTIONS
     if path.exists():
@@ -75,9 +75,10 @@ def _val_predictions(cls_dir: Path, part: dict, segments) -> dict[str, tuple[int
     import flax.serialization
 
     from osteo_jax.config import BackboneConfig, from_dict
-    from osteo_jax.eval.extract import load_segments
-    from osteo_jax.train.cls_loop import predict_segments, subject_scores
-    from osteo_jax.train.protocol import MODEL_FILE
+    from osteo_jax.data.segments import load_segments
+    from osteo_jax.eval.cls_metrics import subject_scores
+    from osteo_jax.pipeline.protocol import MODEL_FILE
+    from osteo_jax.train.cls_loop import predict_segments
 
     metrics = json.loads((cls_dir / "cls_metrics.json").read_text())
     backbone = from_dict(BackboneConfig, metrics["config"]["backbone"])
@@ -103,7 +104,7 @@ def compare_rows(
     """Scores the baselines and Bayes posteriors on the protocol's splits; writes the tables.
 
     Args:
-      cls_dir: a finished :func:`~osteo_jax.train.protocol.run_protocol` folder.
+      cls_dir: a finished :func:`~osteo_jax.pipeline.protocol.run_protocol` folder.
       data: the dataset folder the segments were cut from (``subjects.csv`` for labels and
         covariates; ``oracle.json`` / ``ceiling.csv`` when synthetic).
       radiogrammetry: ``radiogrammetry.json`` measured on all subjects (``split="all"``); None

@@ -31,7 +31,7 @@ __all__ = ["run_experiment"]
 
 
 def _image_ceiling(data: Path) -> float | None:
-    from osteo_jax.data.ceiling import read_ceilings
+    from osteo_jax.data.synth.ceiling import read_ceilings
 
     ceilings = read_ceilings(data)
     return None if ceilings is None else ceilings["image_ceiling_auc"]
@@ -79,10 +79,11 @@ def run_experiment(
     Raises:
       ValueError: no data and no ``cfg.synth``; ``out`` holds a run of another config.
     """
-    from osteo_jax.data.synthetic import write_dataset
-    from osteo_jax.eval.extract import extract_segments
+    from osteo_jax.data.synth.synthetic import write_dataset
+    from osteo_jax.eval.seg_eval import evaluate_segmenter
+    from osteo_jax.pipeline.extract import extract_segments
+    from osteo_jax.pipeline.protocol import run_protocol
     from osteo_jax.train.loop import train_segmenter, write_config
-    from osteo_jax.train.protocol import run_protocol
 
     t0 = time.perf_counter()
     out = Path(out)
@@ -117,7 +118,7 @@ def run_experiment(
 
     t = time.perf_counter()
     seg_run = out / "seg"
-    seg = train_segmenter(data, seg_run, cfg.seg, progress=progress)
+    seg = train_segmenter(data, seg_run, cfg.seg, evaluate_fn=evaluate_segmenter, progress=progress)
     stage("train-seg", t)
 
     t = time.perf_counter()
@@ -158,7 +159,8 @@ def run_experiment(
     stage("ssl+classifier", t)
 
     t = time.perf_counter()
-    from osteo_jax.eval.report import radiogrammetry_of_run, write_report
+    from osteo_jax.pipeline.radiogrammetry_run import radiogrammetry_of_run
+    from osteo_jax.pipeline.report import write_experiment_report
 
     radio_path = out / "radiogrammetry.json"
     radio = json.loads(radio_path.read_text()) if radio_path.exists() else {}
@@ -178,7 +180,7 @@ def run_experiment(
     stage("radiogrammetry", t)
 
     t = time.perf_counter()
-    from osteo_jax.train.comparison import compare_rows
+    from osteo_jax.pipeline.comparison import compare_rows
 
     comparison = compare_rows(
         out / "cls",
@@ -206,7 +208,7 @@ def run_experiment(
     write_json(out / "run_summary.json", summary)
     if report:
         t = time.perf_counter()
-        summary["report"] = {k: str(v) for k, v in write_report(out, cfg, data).items()}
+        summary["report"] = {k: str(v) for k, v in write_experiment_report(out, cfg, data).items()}
         stage("report", t)
         summary["wall_s"] = round(time.perf_counter() - t0, 1)
     from osteo_jax.eval.headline import COMPARISON_MD

@@ -1,0 +1,153 @@
+"""Configuration of the segmenter, its training and the segments cut from its prediction."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from osteo_jax.config.labels import CLASS_NAMES
+
+
+@dataclasses.dataclass(frozen=True)
+class SegConfig:
+    """The segmenter (``models/mixture.py``).
+
+    Attributes:
+      features: U-Net channels per level, finest first ((32, 64, 128, 256) on a GPU; the CPU
+        default is half as wide).
+      num_classes: classes of the label map.
+      num_experts: K decoders.
+      num_samples: S latents per decoder.
+      latent_dim: L.
+      form: ``"mixture"`` (paper), ``"mose"`` (shared decoder, learned priors) or ``"unet"``
+        (single deterministic decoder).
+      mode: decoder execution, ``"auto"`` | ``"vmap"`` | ``"scan"``.
+      head_hidden: hidden channels of the 1 x 1 head.
+      router_hidden: router width.
+      image_size: square input side the images are resized to.
+      dtype: ``"float32"`` or ``"bfloat16"`` computation.
+    """
+
+    features: tuple[int, ...] = (16, 32, 64, 128)
+    num_classes: int = len(CLASS_NAMES)
+    num_experts: int = 4
+    num_samples: int = 4
+    latent_dim: int = 6
+    form: str = "mixture"
+    mode: str = "auto"
+    head_hidden: int = 32
+    router_hidden: int = 64
+    image_size: int = 128
+    dtype: str = "float32"
+
+
+@dataclasses.dataclass(frozen=True)
+class OTConfig:
+    """The relaxed optimal-transport loss (``losses/ot.py``).
+
+    Attributes:
+      cost: pairwise cost, ``"iou"`` (1 - soft IoU, foreground mean) or ``"ce"``.
+      ce_weight: with ``cost="iou"``, add this times the cross-entropy cost. The IoU cost
+        ignores the background class, and a model can get stuck labelling the background with
+        a saturated bone class (seen with the single U-Net); a small CE term anchors every
+        pixel. 0 gives MoSE's pure IoU cost.
+      epsilon: entropic regularisation, absolute (costs lie in [0, 1]). 0.01 keeps the plan
+        soft while hypotheses are nearly tied, so every expert receives gradient early on (at
+        1e-3 the plan is nearly hard and the first expert to win takes every annotation: the
+        other decoders never train and the router collapses onto one expert). The solver
+        reaches the exact optimum within 1 % at 1e-3 (tests/test_ot.py).
+      epsilon_start: Sinkhorn anneals epsilon geometrically from this value to ``epsilon``
+        over the first half of the iterations (None: no annealing; then 1e-3 needs ~1000).
+      num_iters: fixed Sinkhorn iterations (so the solve vmaps over the batch).
+      gamma_start: initial capacity per hypothesis; ``None`` (default) starts at 1/N (N = K S
+        hypotheses), where the plan must give every hypothesis an equal share of the
+        annotations, so every decoder trains before the cap relaxes. MoSE's 0.5 lets the
+        first decoder to win take every annotation: on the synthetic cohort the router then
+        put all its weight on one expert by step ~80 (experiments/seg_quality.py,
+        ``mixture_gamma05``).
+      gamma_end: final capacity.
+      gamma_ramp_start: step at which gamma starts to grow.
+      gamma_ramp_steps: steps over which it grows linearly to ``gamma_end``.
+      kl_weight: lambda of the KL(row mass || alpha) term (MoSE: 1, 10 when M = 1).
+      balanced: the ablation where the plan's rows equal alpha and the router learns through
+        d OT / d alpha.
+    """
+
+    cost: str = "iou"
+    ce_weight: float = 0.1
+    epsilon: float = 0.01
+    epsilon_start: float | None = None
+    num_iters: int = 200
+    gamma_start: float | None = None
+    gamma_end: float = 1.0
+    gamma_ramp_start: int = 200
+    gamma_ramp_steps: int = 400
+    kl_weight: float = 1.0
+    balanced: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class SegTrainConfig:
+    """Segmenter training (``train/loop.py``).
+
+    Attributes:
+      seg: the model.
+      ot: the loss.
+      batch_size: images per step (global, across devices).
+      epochs: passes over the training split.
+      learning_rate: peak AdamW learning rate (warm-up then cosine decay).
+      warmup_steps: linear warm-up steps.
+      weight_decay: AdamW weight decay.
+      val_fraction: fraction of subjects held out for validation (split by subject).
+      annotators: annotator folders used as targets (None: every ``annotator_*`` folder, else
+        ``exact``).
+      seed: seed of initialisation, split, shuffling and latents.
+      checkpoint_every: steps between checkpoints (and always at the end of an epoch).
+      max_steps: stop after this many steps (None: run all epochs).
+    """
+
+    seg: SegConfig = SegConfig()
+    ot: OTConfig = OTConfig()
+    batch_size: int = 8
+    epochs: int = 20
+    learning_rate: float = 2e-3
+    warmup_steps: int = 50
+    weight_decay: float = 1e-4
+    val_fraction: float = 0.2
+    annotators: tuple[str, ...] | None = None
+    seed: int = 0
+    checkpoint_every: int = 100
+    max_steps: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentConfig:
+    """How bone segments are cut from a radiograph and its label map (``data/segments.py``).
+
+    Attributes:
+      size: side of the square segment in pixels (DESIGN default 128; 64 is enough on CPU).
+      frame: ``"aligned"``: the crop box follows the bone's principal axis (long axis vertical)
+        and is stretched to fill the square, so every bone's shaft spans the segment; width
+        ratios such as the cortical index survive the anisotropic stretch. ``"box"``: the
+        axis-aligned square bounding box (the paper's wording, "cropped using the
+        segmentation"), aspect ratio kept.
+      dilate_mm: the bone mask is dilated by this much before the background is zeroed, so
+        the periosteal edge is never cut off.
+      margin: extra fraction of the box side added on every side.
+      min_area_mm2: a bone whose largest connected component is smaller than this is flagged
+        missing (its segment is all zeros and ``valid`` is False).
+      roi: which segments are cut: ``"bones"`` (one per bone, the paper's 7) or another key of
+        ``ROI_REGIONS`` (one box around several bones per segment, e.g. ``"wrist"``: distal
+        radius + ulna), for the crop-based baselines.
+      background: ``"zero"``: everything outside the dilated mask is zeroed (the paper's
+        segments); ``"keep"``: a plain crop of the radiograph, background and neighbouring
+        bones kept (every pixel inside the image is then > 0, so the custom multi-crop rule
+        no longer measures bone).
+    """
+
+    size: int = 128
+    frame: str = "aligned"
+    dilate_mm: float = 0.8
+    margin: float = 0.05
+    min_area_mm2: float = 20.0
+    roi: str = "bones"
+    background: str = "zero"
