@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
+
+from osteo_jax.data.folder import write_json
 
 
 def _print_run(res: dict) -> None:
@@ -70,9 +71,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if args.out:
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(f".{out.name}.tmp")
-        tmp.write_text(json.dumps(results, indent=1) + "\n")
-        tmp.replace(out)
+        write_json(out, results)
         print(f"json: {out}")
     if args.figure:
         print(f"figure: {args.figure}")

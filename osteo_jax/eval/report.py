@@ -13,7 +13,6 @@ T-score). The same content is written as Markdown and as self-contained-folder H
 
 from __future__ import annotations
 
-import csv
 import html
 import json
 import os
@@ -27,6 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from osteo_jax.config import BONE_NAMES  # noqa: E402
+from osteo_jax.data.folder import read_csv  # noqa: E402
 from osteo_jax.eval.cls_figure import comparison_figure  # noqa: E402
 from osteo_jax.eval.cls_metrics import CI_METHOD  # noqa: E402
 from osteo_jax.eval.headline import COMPARISON_JSON, ceiling_table, rows_table  # noqa: E402
@@ -114,11 +114,6 @@ class _Doc:
         )
 
 
-def _read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 def _pm(s: dict) -> str:
     return f"{s['mean']:.2f} ± {s['std']:.2f}"
 
@@ -151,7 +146,7 @@ def _bone_contribution(cls_dir: Path, path: Path) -> list[list[str]]:
 
     rows = []
     for f in sorted(cls_dir.glob("seed*/test_segments.csv")):
-        rows += _read_csv(f)
+        rows += read_csv(f)
     if not rows:
         return []
     bones = [b for b in BONE_NAMES if any(r["bone"] == b for r in rows)] or sorted(
@@ -241,7 +236,7 @@ def write_report(
     doc = _Doc()
     doc.h(1, f"Screening report: {cfg.name}")
     doc.p(SYNTHETIC_NOTE if (data / "oracle.json").exists() else SYNTHETIC_NOTE.split(".")[0])
-    n_subj = len({r["subject_id"] for r in _read_csv(data / "subjects.csv")})
+    n_subj = len({r["subject_id"] for r in read_csv(data / "subjects.csv")})
     cls_cfg = cfg.protocol.cls
     protocol = (
         f"{cls_cfg.folds}-fold cross-validation over subjects (each tested once)"
