@@ -97,7 +97,7 @@ def _from_json(path: Path, expected_type: type):
             try:
                 return from_dict(other, body)
             except (TypeError, ValueError):
-                pass
+                continue  # not this type either: try the next
         raise ValueError(f"{path}: {err}") from err
 
 
