@@ -67,7 +67,11 @@ def test_segment_then_evaluate(dataset, tmp_path, capsys):
     )
     printed = capsys.readouterr().out
     assert "SYNTHETIC DATA" in printed and "| tiny |" in printed
+    # The baselines and the Bayes posteriors on the same test subjects, printed and written.
+    assert "| clinical (age, sex) |" in printed and "Bayes posterior: image" in printed
     for name in (
+        "comparison.json",
+        "comparison.md",
         "cls_metrics.json",
         "table.md",
         "roc.png",
@@ -93,6 +97,16 @@ def test_segment_then_evaluate(dataset, tmp_path, capsys):
     )
     again = json.loads((out / "cls_metrics.json").read_text())
     assert again["summary"]["auc"]["per_seed"] == result["summary"]["auc"]["per_seed"]
+
+    # k-fold instead of seeds: every subject tested exactly once.
+    folds = tmp_path / "folds"
+    argv = ["evaluate", "--segments", str(seg_dir), "--out", str(folds), "--config", str(cfg)]
+    assert main([*argv, "--folds", "2"]) == 0
+    tested = []
+    for k in range(2):
+        tested += json.loads((folds / f"fold{k}" / "split.json").read_text())["test"]
+    assert sorted(tested) == sorted(set(seg.subject_ids.tolist()))
+    assert json.loads((folds / "comparison.json").read_text())["folds"] == 2
 
 
 def test_segment_rejects_an_unknown_source(dataset, tmp_path, capsys):
