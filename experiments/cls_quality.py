@@ -183,7 +183,7 @@ def baselines_table(results: dict, image_ceiling: float) -> str:
         (the baseline keys from :func:`row_baselines`; absent for rows of older runs).
       image_ceiling: the cohort's image ceiling, for the gap column.
     """
-    from osteo_jax.eval.cls_metrics import CI_METHOD, PAIRED_METHOD
+    from osteo_jax.eval.cls_stats import CI_METHOD, PAIRED_METHOD
 
     head = [
         "row",
@@ -330,7 +330,8 @@ def main() -> None:
         out.mkdir(parents=True, exist_ok=True)
         previous.write_text(json.dumps({"data": str(data), "rows": results}, indent=1) + "\n")
 
-    from osteo_jax.eval.cls_metrics import CI_METHOD, PAIRED_METHOD, paper_table
+    from osteo_jax.eval.cls_metrics import paper_table
+    from osteo_jax.eval.cls_stats import CI_METHOD, PAIRED_METHOD
 
     table = paper_table(
         [

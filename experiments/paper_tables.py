@@ -68,7 +68,7 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-from osteo_jax.eval.cls_metrics import CI_METHOD, PAIRED_METHOD
+from osteo_jax.eval.cls_stats import CI_METHOD, PAIRED_METHOD
 from osteo_jax.eval.headline import delta_cell
 
 HERE = Path(__file__).resolve().parent

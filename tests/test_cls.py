@@ -8,13 +8,12 @@ from osteo_jax.data.splits import stratified_subject_split
 from osteo_jax.eval.cls_metrics import (
     METRICS,
     binary_metrics,
-    bootstrap_ci,
     expected_calibration_error,
     paper_table,
     roc_curve,
     subject_probabilities,
-    summarise_seeds,
 )
+from osteo_jax.eval.cls_stats import bootstrap_ci, summarise_seeds
 
 
 def _tied_case(seed: int, n: int) -> tuple[np.ndarray, np.ndarray]:

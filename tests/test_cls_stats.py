@@ -12,18 +12,20 @@ from sklearn import metrics as skm
 
 from osteo_jax.data.splits import stratified_subject_folds
 from osteo_jax.eval.cls_metrics import (
-    CI_METHOD,
-    FOLD_CI_METHOD,
     METRICS,
-    PAIRED_METHOD,
     binary_metrics,
-    bootstrap_ci,
     check_probabilities,
-    delong_auc_difference,
     expected_calibration_error,
-    paired_difference,
     reliability_curve,
     roc_curve,
+)
+from osteo_jax.eval.cls_stats import (
+    CI_METHOD,
+    FOLD_CI_METHOD,
+    PAIRED_METHOD,
+    bootstrap_ci,
+    delong_auc_difference,
+    paired_difference,
     summarise_folds,
     summarise_seeds,
 )

@@ -233,7 +233,7 @@ def test_format_table(tables):
         "| SwAV | custom | not reproduced | – | – | – | – | – | – | 0.54 / 0.68 / – | – |\n"
         "\n" + tables.FOOTER + "\n"
     )
-    from osteo_jax.eval.cls_metrics import CI_METHOD, PAIRED_METHOD
+    from osteo_jax.eval.cls_stats import CI_METHOD, PAIRED_METHOD
 
     assert CI_METHOD in tables.FOOTER and PAIRED_METHOD in tables.FOOTER
     assert "oracle" not in text.lower()

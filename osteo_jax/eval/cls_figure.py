@@ -11,7 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from osteo_jax.eval.cls_metrics import reliability_curve, roc_curve  # noqa: E402
+from osteo_jax.eval.cls_metrics import reliability_curve, roc_curve
 
 __all__ = ["comparison_figure", "reliability_figure", "roc_figure"]
 

@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 from osteo_jax.config import BONE_NAMES  # noqa: E402
 from osteo_jax.data.folder import read_csv  # noqa: E402
 from osteo_jax.eval.cls_figure import comparison_figure  # noqa: E402
-from osteo_jax.eval.cls_metrics import CI_METHOD  # noqa: E402
+from osteo_jax.eval.cls_stats import CI_METHOD
 from osteo_jax.eval.headline import COMPARISON_JSON, ceiling_table, rows_table  # noqa: E402
 
 __all__ = ["FIGURES", "write_report"]

@@ -37,7 +37,7 @@ from osteo_jax.eval.baselines import (
     read_covariates,
     read_labels,
 )
-from osteo_jax.eval.cls_metrics import (
+from osteo_jax.eval.cls_stats import (
     CI_METHOD,
     FOLD_CI_METHOD,
     PAIRED_METHOD,

@@ -32,16 +32,8 @@ from osteo_jax.data.folder import rows_from, write_csv, write_json
 from osteo_jax.data.segments import SegmentSet, load_segments
 from osteo_jax.data.splits import stratified_subject_folds, stratified_subject_split
 from osteo_jax.eval.cls_figure import reliability_figure, roc_figure
-from osteo_jax.eval.cls_metrics import (
-    CI_METHOD,
-    FOLD_CI_METHOD,
-    binary_metrics,
-    paper_table,
-    subject_metrics,
-    subject_scores,
-    summarise_folds,
-    summarise_seeds,
-)
+from osteo_jax.eval.cls_metrics import binary_metrics, paper_table, subject_metrics, subject_scores
+from osteo_jax.eval.cls_stats import CI_METHOD, FOLD_CI_METHOD, summarise_folds, summarise_seeds
 from osteo_jax.train.cls_loop import predict_segments, train_classifier
 from osteo_jax.train.ssl_loop import train_ssl
 
