@@ -11,6 +11,7 @@ import pytest
 
 from osteo_jax.config import BONE_NAMES, BackboneConfig, ClsConfig, CropConfig, SSLConfig
 from osteo_jax.data.segments import SegmentSet
+from osteo_jax.losses.ssl_methods import ssl_objective
 from osteo_jax.models.heads import Prototypes
 from osteo_jax.train.state import (
     TrainState,
@@ -20,6 +21,7 @@ from osteo_jax.train.state import (
     init_classifier_params,
     make_backbone,
     make_projector,
+    make_prototypes,
     ssl_optimizer,
 )
 from osteo_jax.train.steps import cls_logits, cls_loss, cls_step, ssl_step
@@ -151,9 +153,10 @@ def test_ssl_step_trains_backbone_and_head_only(params, batch, method):
             ssl_step,
             backbone=make_backbone(cfg.backbone),
             projector=make_projector(cfg),
+            objective=ssl_objective(cfg),
+            prototypes=make_prototypes(cfg),
             tx=tx,
             policy=crop_policy(cfg.crops),
-            cfg=cfg,
         )
     )
     key = jax.random.key(3)

@@ -4,6 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 
+from osteo_jax.config.choices import (
+    BACKBONE_ARCHS,
+    CLASS_WEIGHTS,
+    CLS_MODES,
+    DTYPES,
+    NORMS,
+    RESNET_STEMS,
+    SSL_METHODS,
+    check_choice,
+    check_positive,
+)
 from osteo_jax.config.labels import BONE_NAMES
 
 
@@ -32,6 +43,9 @@ class CropConfig:
     custom: bool = True
     min_bone_fraction: float = 0.10
 
+    def __post_init__(self):
+        check_positive(self, "n_global", "global_size", "local_size")
+
 
 @dataclasses.dataclass(frozen=True)
 class BackboneConfig:
@@ -54,6 +68,17 @@ class BackboneConfig:
     dtype: str = "float32"
     arch: str = "resnet"
     norm: str = "group"
+
+    def __post_init__(self):
+        check_choice(self, "arch", BACKBONE_ARCHS)
+        check_choice(self, "stem", RESNET_STEMS)
+        check_choice(self, "norm", NORMS)
+        check_choice(self, "dtype", DTYPES)
+        check_positive(self, "depth", "width")
+        if self.arch == "resnet" and self.norm != "group":
+            raise ValueError(
+                f"BackboneConfig.norm: the ResNet backbone supports only 'group', got {self.norm!r}"
+            )
 
     @property
     def label(self) -> str:
@@ -108,6 +133,10 @@ class SSLConfig:
     checkpoint_every: int = 200
     max_steps: int | None = None
 
+    def __post_init__(self):
+        check_choice(self, "method", SSL_METHODS)
+        check_positive(self, "batch_size", "epochs", "learning_rate", "checkpoint_every")
+
 
 @dataclasses.dataclass(frozen=True)
 class ClsConfig:
@@ -147,6 +176,20 @@ class ClsConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     folds: int = 0
     bootstrap: int = 1000
+
+    def __post_init__(self):
+        check_choice(self, "mode", CLS_MODES)
+        check_choice(self, "class_weight", CLASS_WEIGHTS)
+        check_positive(self, "epochs", "batch_size", "learning_rate")
+        if not self.seeds:
+            raise ValueError("ClsConfig.seeds must name at least one seed")
+        if self.folds < 0 or self.folds == 1:
+            raise ValueError(f"ClsConfig.folds must be 0 or >= 2, got {self.folds!r}")
+        if len(self.split) != 3 or min(self.split) < 0 or abs(sum(self.split) - 1) > 1e-6:
+            raise ValueError(
+                f"ClsConfig.split must be three non-negative fractions summing to 1, "
+                f"got {self.split!r}"
+            )
 
 
 @dataclasses.dataclass(frozen=True)

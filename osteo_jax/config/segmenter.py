@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 
-from osteo_jax.config.labels import CLASS_NAMES
+from osteo_jax.config.choices import (
+    DECODER_MODES,
+    DTYPES,
+    OT_COSTS,
+    SEG_FORMS,
+    SEGMENT_BACKGROUNDS,
+    SEGMENT_FRAMES,
+    check_choice,
+    check_positive,
+)
+from osteo_jax.config.labels import CLASS_NAMES, ROI_REGIONS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +48,12 @@ class SegConfig:
     router_hidden: int = 64
     image_size: int = 128
     dtype: str = "float32"
+
+    def __post_init__(self):
+        check_choice(self, "form", SEG_FORMS)
+        check_choice(self, "mode", DECODER_MODES)
+        check_choice(self, "dtype", DTYPES)
+        check_positive(self, "num_classes", "num_experts", "num_samples", "image_size")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,6 +100,10 @@ class OTConfig:
     kl_weight: float = 1.0
     balanced: bool = False
 
+    def __post_init__(self):
+        check_choice(self, "cost", OT_COSTS)
+        check_positive(self, "epsilon", "num_iters")
+
 
 @dataclasses.dataclass(frozen=True)
 class SegTrainConfig:
@@ -118,6 +138,13 @@ class SegTrainConfig:
     checkpoint_every: int = 100
     max_steps: int | None = None
 
+    def __post_init__(self):
+        check_positive(self, "batch_size", "epochs", "learning_rate", "checkpoint_every")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(
+                f"SegTrainConfig.val_fraction must be in [0, 1), got {self.val_fraction!r}"
+            )
+
 
 @dataclasses.dataclass(frozen=True)
 class SegmentConfig:
@@ -151,3 +178,9 @@ class SegmentConfig:
     min_area_mm2: float = 20.0
     roi: str = "bones"
     background: str = "zero"
+
+    def __post_init__(self):
+        check_choice(self, "frame", SEGMENT_FRAMES)
+        check_choice(self, "roi", ROI_REGIONS)
+        check_choice(self, "background", SEGMENT_BACKGROUNDS)
+        check_positive(self, "size")

@@ -63,8 +63,6 @@ SEGMENTS_NPZ = "segments.npz"
 SEGMENTS_CSV = "segments.csv"
 SEGMENTS_JSON = "segments.json"
 
-_FRAMES = ("aligned", "box")
-_BACKGROUNDS = ("zero", "keep")
 # Smallest value a bone pixel may take, so that "non-zero" means "inside the bone mask".
 _BONE_FLOOR = 1.0 / 1024
 
@@ -172,12 +170,6 @@ def cut_segments(
         raise ValueError(
             f"image and labels must be the same 2-D shape, got {image.shape} and {labels.shape}"
         )
-    if cfg.frame not in _FRAMES:
-        raise ValueError(f"segment frame must be one of {_FRAMES}, got {cfg.frame!r}")
-    if cfg.roi not in ROI_REGIONS:
-        raise ValueError(f"segment roi must be one of {tuple(ROI_REGIONS)}, got {cfg.roi!r}")
-    if cfg.background not in _BACKGROUNDS:
-        raise ValueError(f"background must be one of {_BACKGROUNDS}, got {cfg.background!r}")
     regions = ROI_REGIONS[cfg.roi]
     keep = cfg.background == "keep"
     spacing = 0.2 if spacing_mm is None else float(spacing_mm)

@@ -31,11 +31,12 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from osteo_jax.config.choices import DECODER_MODES, SEG_FORMS
 from osteo_jax.models.unet import Decoder, Encoder
 
 Dtype = Any
-FORMS = ("mixture", "mose", "unet")
-MODES = ("auto", "vmap", "scan")
+FORMS = SEG_FORMS
+MODES = DECODER_MODES
 
 
 def resolve_mode(mode: str) -> str:

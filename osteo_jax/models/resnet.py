@@ -28,9 +28,11 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from osteo_jax.config.choices import RESNET_STEMS
+
 Dtype = Any
 BLOCKS = ("basic", "bottleneck")
-STEMS = ("imagenet", "small")
+STEMS = RESNET_STEMS
 # depth -> (blocks per stage, block type), He et al. Table 1.
 DEPTHS = {
     18: ((2, 2, 2, 2), "basic"),

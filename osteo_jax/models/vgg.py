@@ -24,8 +24,10 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
+from osteo_jax.config.choices import NORMS as CHOICE_NORMS
+
 Dtype = Any
-NORMS = ("group", "none")
+NORMS = CHOICE_NORMS
 # depth -> convolutions per stage (Simonyan & Zisserman Table 1, configurations A, B, D, E).
 VGG_DEPTHS = {
     11: (1, 1, 2, 2, 2),

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -48,7 +49,14 @@ from osteo_jax.data.segments import (
     segments_from_prediction,
 )
 
-__all__ = ["extract_segments", "subject_labels"]
+__all__ = [
+    "SEGMENT_SOURCES",
+    "SegmentSource",
+    "SourceContext",
+    "extract_segments",
+    "resolve_source",
+    "subject_labels",
+]
 
 
 def subject_labels(root: str | os.PathLike) -> dict[str, tuple[int, float]]:
@@ -70,13 +78,141 @@ def subject_labels(root: str | os.PathLike) -> dict[str, tuple[int, float]]:
     return out
 
 
-def _predictor(seg_run: str | os.PathLike):
+def _spacing_of(row: dict[str, str]) -> float | None:
+    """The row's pixel spacing in mm, or None where ``images.csv`` does not give one."""
+    value = row.get("pixel_spacing_mm", "")
+    return float(value) if value not in ("", None) and float(value) > 0 else None
+
+
+# A source cuts one chunk of images: (rows, full-resolution images) -> [(images [n, S, S],
+# valid [n])] in row order, with n = len(source.bones).
+Cut = Callable[[list[dict[str, str]], list[np.ndarray]], list[tuple[np.ndarray, np.ndarray]]]
+
+
+@dataclasses.dataclass(frozen=True)
+class SegmentSource:
+    """Where segments come from, resolved for one dataset.
+
+    Attributes:
+      mode: the registry name (``"raw"``, ``"mask"``, ``"model"``), shown in the progress bar.
+      bones: segment names, one per segment of an image.
+      cut: cuts a chunk of rows (see ``Cut`` above); the cutter may use ``pool`` threads.
+      meta: extra entries of ``segments.json`` (e.g. the segmenter run and its step).
+    """
+
+    mode: str
+    bones: tuple[str, ...]
+    cut: Cut
+    meta: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceContext:
+    """What a source builder may use: the dataset, the segment settings and the run's means.
+
+    Attributes:
+      data: the dataset folder.
+      cfg: segment settings.
+      names: segment names of ``cfg.roi``.
+      pool: threads for cutting.
+      batch_size: images per chunk (a segmenter's fixed batch shape).
+    """
+
+    data: Path
+    cfg: SegmentConfig
+    names: tuple[str, ...]
+    pool: ThreadPoolExecutor
+    batch_size: int
+
+
+def _raw_source(source: str, ctx: SourceContext) -> SegmentSource | None:
+    """``"raw"``: the whole radiograph resized to the segment size, one segment per image."""
+    if source != "raw":
+        return None
+
+    def cut(rows, images):
+        del rows
+        return [(resize_image(img, ctx.cfg.size)[None], np.ones(1, bool)) for img in images]
+
+    return SegmentSource("raw", ("image",), cut)
+
+
+def _mask_source(source: str, ctx: SourceContext) -> SegmentSource | None:
+    """A mask folder of the dataset (``"exact"``, ``"annotator_0"``, ...)."""
+    data, cfg = ctx.data, ctx.cfg
+    if not (data / "masks").is_dir() or source not in annotators_of(data):
+        return None
+
+    def one(row, image):
+        path = data / mask_relpath(source, row["image_id"])
+        labels = read_labels(path)
+        if labels.shape != image.shape:
+            raise DatasetError(
+                f"{path}: mask shape {labels.shape} does not match its image {image.shape}"
+            )
+        seg = cut_segments(image, labels, spacing_mm=_spacing_of(row), cfg=cfg)
+        return seg.images, seg.valid
+
+    return SegmentSource("mask", ctx.names, lambda rows, imgs: list(ctx.pool.map(one, rows, imgs)))
+
+
+def _model_source(source: str, ctx: SourceContext) -> SegmentSource | None:
+    """A train-seg run folder: the segmenter's prediction (the mixture mean's argmax)."""
+    if not (Path(source) / "config.json").exists():
+        return None
     from osteo_jax.eval.seg_eval import make_predict_fn
     from osteo_jax.pipeline.seg_run import restore_segmenter
 
-    model, params, cfg, step = restore_segmenter(seg_run)
+    model, params, seg_cfg, step = restore_segmenter(source)
     predict = make_predict_fn(model)
-    return predict, params, cfg, step
+    key = jax.random.fold_in(jax.random.key(seg_cfg.seed), 11)
+    size = seg_cfg.seg.image_size
+    calls = [0]
+
+    def one(image, probs, weights, spacing):
+        seg = segments_from_prediction(image, probs, weights, spacing_mm=spacing, cfg=ctx.cfg)
+        return seg.images, seg.valid
+
+    def cut(rows, images):
+        # A fixed batch shape (one compile); the key of a chunk is that of its first row.
+        x = np.zeros((max(len(rows), ctx.batch_size), size, size, 1), np.float32)
+        for j, img in enumerate(images):
+            x[j, ..., 0] = resize_image(img, size)
+        probs, weights = predict(params, x, jax.random.fold_in(key, calls[0]))
+        calls[0] += len(rows)
+        probs, weights = np.asarray(probs), np.asarray(weights)
+        spacings = [_spacing_of(r) for r in rows]
+        n = len(rows)
+        return list(ctx.pool.map(one, images, probs[:n], weights[:n], spacings))
+
+    meta = {"seg_run": str(source), "seg_step": step, "seg_form": seg_cfg.seg.form}
+    return SegmentSource("model", ctx.names, cut, meta)
+
+
+# Tried in order; the first that recognises ``source`` cuts the segments. A new source is one
+# function here: (source, SourceContext) -> SegmentSource, or None if not its kind.
+SEGMENT_SOURCES: dict[str, Callable[[str, SourceContext], SegmentSource | None]] = {
+    "raw": _raw_source,
+    "mask": _mask_source,
+    "model": _model_source,
+}
+
+
+def resolve_source(source: str, ctx: SourceContext) -> SegmentSource:
+    """The :class:`SegmentSource` that ``source`` names for the dataset ``data``.
+
+    Raises:
+      ValueError: no registered source recognises ``source``.
+    """
+    for build in SEGMENT_SOURCES.values():
+        found = build(source, ctx)
+        if found is not None:
+            return found
+    masks = annotators_of(ctx.data) if (ctx.data / "masks").is_dir() else []
+    raise ValueError(
+        f"segment source {source!r} is neither 'raw', a mask folder of {ctx.data} "
+        f"({masks}) nor a train-seg run folder"
+    )
 
 
 def extract_segments(
@@ -95,7 +231,7 @@ def extract_segments(
       data: dataset folder.
       out: output folder (absent or empty unless ``overwrite``).
       source: a train-seg run folder (segmenter prediction), a mask folder name of ``data``
-        (``"exact"``, ``"annotator_0"``, ...), or ``"raw"``.
+        (``"exact"``, ``"annotator_0"``, ...), or ``"raw"`` (see :data:`SEGMENT_SOURCES`).
       cfg: segment settings (``raw`` uses only ``size``); ``cfg.roi`` names the segments
         (the 7 bones, or regions such as ``"wrist"`` for the crop-based baselines).
       overwrite: replace an existing ``out``.
@@ -113,80 +249,29 @@ def extract_segments(
             raise DatasetError(
                 f"{data / IMAGES_CSV}, row {i}: subject {row['subject_id']!r} not in subjects.csv"
             )
-    meta = {"source": source, "data": str(data), "segment": dataclasses.asdict(cfg)}
-    mask_sources = annotators_of(data) if (data / "masks").is_dir() else []
-    if cfg.roi not in ROI_REGIONS:
-        raise ValueError(f"segment roi must be one of {tuple(ROI_REGIONS)}, got {cfg.roi!r}")
-    names = tuple(name for name, _ in ROI_REGIONS[cfg.roi])
-    if source == "raw":
-        bones, mode = ("image",), "raw"
-    elif source in mask_sources:
-        bones, mode = names, "mask"
-    elif (Path(source) / "config.json").exists():
-        bones, mode = names, "model"
-        predict, params, seg_cfg, step = _predictor(source)
-        meta.update(seg_run=str(source), seg_step=step, seg_form=seg_cfg.seg.form)
-        key = jax.random.fold_in(jax.random.key(seg_cfg.seed), 11)
-    else:
-        raise ValueError(
-            f"segment source {source!r} is neither 'raw', a mask folder of {data} "
-            f"({mask_sources}) nor a train-seg run folder"
-        )
-    meta["bones"] = list(bones)
-
-    def spacing_of(row):
-        value = row.get("pixel_spacing_mm", "")
-        return float(value) if value not in ("", None) and float(value) > 0 else None
 
     def load(row):
         return normalise(read_image(data / row["path"])[0])
 
-    def cut_mask(row, image):
-        labels = read_labels(data / mask_relpath(source, row["image_id"]))
-        if labels.shape != image.shape:
-            raise DatasetError(
-                f"{data / mask_relpath(source, row['image_id'])}: mask shape {labels.shape} "
-                f"does not match its image {image.shape}"
-            )
-        return cut_segments(image, labels, spacing_mm=spacing_of(row), cfg=cfg)
-
-    def cut_pred(image, probs, weights, spacing):
-        return segments_from_prediction(image, probs, weights, spacing_mm=spacing, cfg=cfg)
-
     n = len(rows)
-    images = np.zeros((n, len(bones), cfg.size, cfg.size), np.float16)
-    valid = np.zeros((n, len(bones)), bool)
-    with (
-        ThreadPoolExecutor(workers) as pool,
-        tqdm(total=n, desc=f"segments ({mode})", unit="img") as bar,
-    ):
-        for start in range(0, n, batch_size):
-            chunk = rows[start : start + batch_size]
-            full = list(pool.map(load, chunk))
-            if mode == "raw":
-                for j, img in enumerate(full):
-                    images[start + j, 0] = resize_image(img, cfg.size)
-                    valid[start + j, 0] = True
-            elif mode == "mask":
-                for j, seg in enumerate(pool.map(cut_mask, chunk, full)):
-                    images[start + j], valid[start + j] = seg.images, seg.valid
-            else:
-                size = seg_cfg.seg.image_size
-                x = np.zeros((batch_size, size, size, 1), np.float32)
-                for j, img in enumerate(full):
-                    x[j, ..., 0] = resize_image(img, size)
-                probs, weights = predict(params, x, jax.random.fold_in(key, start))
-                probs, weights = np.asarray(probs), np.asarray(weights)
-                segs = pool.map(
-                    cut_pred,
-                    full,
-                    probs[: len(chunk)],
-                    weights[: len(chunk)],
-                    [spacing_of(r) for r in chunk],
-                )
-                for j, seg in enumerate(segs):
-                    images[start + j], valid[start + j] = seg.images, seg.valid
-            bar.update(len(chunk))
+    with ThreadPoolExecutor(workers) as pool:
+        names = tuple(name for name, _ in ROI_REGIONS[cfg.roi])
+        src = resolve_source(source, SourceContext(data, cfg, names, pool, batch_size))
+        images = np.zeros((n, len(src.bones), cfg.size, cfg.size), np.float16)
+        valid = np.zeros((n, len(src.bones)), bool)
+        with tqdm(total=n, desc=f"segments ({src.mode})", unit="img") as bar:
+            for start in range(0, n, batch_size):
+                chunk = rows[start : start + batch_size]
+                for j, (seg, ok) in enumerate(src.cut(chunk, list(pool.map(load, chunk)))):
+                    images[start + j], valid[start + j] = seg, ok
+                bar.update(len(chunk))
+    meta = {
+        "source": source,
+        "data": str(data),
+        "segment": dataclasses.asdict(cfg),
+        **src.meta,
+        "bones": list(src.bones),
+    }
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
@@ -203,7 +288,7 @@ def extract_segments(
         ),
     )
     meta["n_images"] = n
-    meta["valid_fraction"] = {b: float(valid[:, i].mean()) for i, b in enumerate(bones)}
+    meta["valid_fraction"] = {b: float(valid[:, i].mean()) for i, b in enumerate(src.bones)}
     write_json(tmp / SEGMENTS_JSON, meta)
     publish_dir(tmp, out)
     return out

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from osteo_jax.config import SSLConfig
 from osteo_jax.data.pipeline import ArraySource, make_loader
 from osteo_jax.data.segments import SegmentSet
+from osteo_jax.losses.ssl_methods import ssl_objective
 from osteo_jax.train.loop import (
     CHECKPOINT_DIR,
     METRICS_LOG,
@@ -39,6 +40,7 @@ from osteo_jax.train.state import (
     init_ssl_params,
     make_backbone,
     make_projector,
+    make_prototypes,
     ssl_optimizer,
 )
 from osteo_jax.train.steps import ssl_step
@@ -61,8 +63,9 @@ def _ssl_step_fn(cfg: SSLConfig, schedule_steps: int):
         backbone=make_backbone(cfg.backbone),
         projector=make_projector(cfg),
         tx=tx,
+        objective=ssl_objective(cfg),
+        prototypes=make_prototypes(cfg),
         policy=crop_policy(cfg.crops),
-        cfg=cfg,
     )
     return tx, jax.jit(step, donate_argnums=0)
 

@@ -28,10 +28,10 @@ from osteo_jax.config import (
     SSLConfig,
 )
 from osteo_jax.data.augment import CropPolicy
+from osteo_jax.losses.ssl_methods import ssl_method
+from osteo_jax.models.backbones import compute_dtype, make_backbone
 from osteo_jax.models.heads import LinearClassifier, Projector, Prototypes
 from osteo_jax.models.mixture import Segmenter
-from osteo_jax.models.resnet import ResNet, make_resnet
-from osteo_jax.models.vgg import VGG, make_vgg
 
 PyTree = Any
 
@@ -51,15 +51,6 @@ class TrainState:
     opt_state: dict[str, PyTree]
 
 
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
-
-def _dtype(name: str):
-    if name not in _DTYPES:
-        raise ValueError(f"dtype must be one of {tuple(_DTYPES)}, got {name!r}")
-    return _DTYPES[name]
-
-
 def make_segmenter(cfg: SegConfig, mode: str | None = None) -> Segmenter:
     """The Flax segmenter module described by ``cfg`` (``mode`` overrides ``cfg.mode``)."""
     return Segmenter(
@@ -72,7 +63,7 @@ def make_segmenter(cfg: SegConfig, mode: str | None = None) -> Segmenter:
         mode=mode or cfg.mode,
         head_hidden=cfg.head_hidden,
         router_hidden=cfg.router_hidden,
-        dtype=_dtype(cfg.dtype),
+        dtype=compute_dtype(cfg.dtype),
     )
 
 
@@ -119,44 +110,17 @@ def create_seg_state(
 
 # ------------------------------------------------------------------ SSL and classification
 
-SSL_METHODS = ("simclr", "vicreg", "supcon", "swav")
-
-
-ARCHS = ("resnet", "vgg")
-
-
-def make_backbone(cfg: BackboneConfig) -> ResNet | VGG:
-    """The ResNet or VGG of ``cfg`` (GroupNorm with 8 groups, or fewer for narrow widths).
-
-    Both return ``(features [B, D], aux)`` and expose ``features_dim``, so every step and loop
-    takes either.
-    """
-    if cfg.arch not in ARCHS:
-        raise ValueError(f"backbone arch must be one of {ARCHS}, got {cfg.arch!r}")
-    if cfg.arch == "vgg":
-        return make_vgg(
-            cfg.depth,
-            width=cfg.width,
-            norm=cfg.norm,
-            norm_groups=min(8, cfg.width),
-            dtype=_dtype(cfg.dtype),
-        )
-    if cfg.norm != "group":
-        raise ValueError(f"the ResNet backbone supports only norm='group', got {cfg.norm!r}")
-    return make_resnet(
-        cfg.depth,
-        width=cfg.width,
-        stem=cfg.stem,
-        norm_groups=min(8, cfg.width),
-        dtype=_dtype(cfg.dtype),
-    )
-
 
 def make_projector(cfg: SSLConfig) -> Projector:
     """The projector / expander MLP of ``cfg``."""
     return Projector(
         hidden=cfg.projector_hidden, out=cfg.projector_out, num_layers=cfg.projector_layers
     )
+
+
+def make_prototypes(cfg: SSLConfig) -> Prototypes | None:
+    """The prototype layer of ``cfg.method`` (SwAV), or None for a method without one."""
+    return Prototypes(cfg.num_prototypes) if ssl_method(cfg.method).prototypes else None
 
 
 def crop_policy(cfg: CropConfig) -> CropPolicy:
@@ -181,15 +145,13 @@ def init_backbone_params(cfg: BackboneConfig, rng: jax.Array, size: int) -> PyTr
 
 def init_ssl_params(cfg: SSLConfig, rng: jax.Array) -> dict[str, PyTree]:
     """``{"backbone": ..., "ssl_head": {"projector": ..., ["prototypes": ...]}}``."""
-    if cfg.method not in SSL_METHODS:
-        raise ValueError(f"SSL method must be one of {SSL_METHODS}, got {cfg.method!r}")
     k_bb, k_proj, k_proto = jax.random.split(rng, 3)
     dim = make_backbone(cfg.backbone).features_dim
     head = {
         "projector": make_projector(cfg).init(k_proj, jnp.zeros((1, dim), jnp.float32))["params"]
     }
-    if cfg.method == "swav":
-        protos = Prototypes(cfg.num_prototypes)
+    protos = make_prototypes(cfg)
+    if protos is not None:
         z = jnp.zeros((1, cfg.projector_out), jnp.float32)
         head["prototypes"] = protos.init(k_proto, z)["params"]
     return {
@@ -235,8 +197,6 @@ def ssl_optimizer(cfg: SSLConfig, total_steps: int) -> optax.GradientTransformat
 
 def cls_trainable(cfg: ClsConfig) -> tuple[str, ...]:
     """The parameter subtrees a classifier step trains: the head, plus the backbone to fine-tune."""
-    if cfg.mode not in ("probe", "finetune"):
-        raise ValueError(f"classifier mode must be 'probe' or 'finetune', got {cfg.mode!r}")
     return ("backbone", "classifier") if cfg.mode == "finetune" else ("classifier",)
 
 

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from osteo_jax.config import OTConfig, SSLConfig
+from osteo_jax.config import OTConfig
 from osteo_jax.data.augment import CropPolicy, multi_crop_batch, random_resized_crop
 from osteo_jax.losses.ot import (
     balanced_ot_loss,
@@ -22,7 +22,7 @@ from osteo_jax.losses.ot import (
     relaxed_ot_loss,
     soft_iou_cost,
 )
-from osteo_jax.losses.ssl import nt_xent, supcon, swav, vicreg
+from osteo_jax.losses.ssl_methods import SSLObjective
 from osteo_jax.models.heads import LinearClassifier, Projector, Prototypes
 from osteo_jax.models.mixture import Segmenter
 from osteo_jax.models.resnet import ResNet
@@ -170,9 +170,10 @@ def ssl_loss(
     *,
     backbone: ResNet,
     projector: Projector,
+    objective: SSLObjective,
+    prototypes: Prototypes | None,
     views: dict[str, jnp.ndarray],
     labels: jnp.ndarray,
-    cfg: SSLConfig,
 ) -> tuple[jnp.ndarray, dict[str, jnp.ndarray]]:
     """Self-supervised loss of a batch of multi-crop views.
 
@@ -180,10 +181,11 @@ def ssl_loss(
       params: ``{"backbone": ..., "ssl_head": {"projector": ..., ["prototypes": ...]}}``.
       backbone: the ResNet.
       projector: the projector MLP.
+      objective: the method's loss (:func:`osteo_jax.losses.ssl_methods.ssl_objective`).
+      prototypes: the prototype layer when the method has one (SwAV), else None.
       views: ``{"global": [B, G, g, g], "local": [B, L, l, l]}``; global views come first
         along the view axis (SwAV computes its codes on them).
-      labels: ``[B]`` int, used by SupCon only.
-      cfg: SSL settings (``method`` and its hyper-parameters).
+      labels: ``[B]`` int, read by methods that use labels (SupCon) only.
 
     Returns:
       ``(loss, metrics)``.
@@ -195,30 +197,13 @@ def ssl_loss(
     b, v, d = feats.shape
     emb = projector.apply({"params": params["ssl_head"]["projector"]}, feats.reshape(b * v, d))
     emb = emb.reshape(b, v, -1)
-    metrics = {"feature_std": jnp.mean(jnp.std(feats, axis=0))}
-    if cfg.method == "simclr":
-        loss = jnp.mean(nt_xent(embeddings=emb, temperature=cfg.temperature))
-    elif cfg.method == "supcon":
-        loss = jnp.mean(supcon(embeddings=emb, labels=labels, temperature=cfg.temperature))
-    elif cfg.method == "vicreg":
-        loss, terms = vicreg(embeddings=emb)
-        metrics.update({f"vicreg_{k}": val for k, val in terms.items()})
-    elif cfg.method == "swav":
-        protos = Prototypes(cfg.num_prototypes)
-        scores = protos.apply(
+    scores = None
+    if prototypes is not None:
+        scores = prototypes.apply(
             {"params": params["ssl_head"]["prototypes"]}, emb.reshape(b * v, -1)
         ).reshape(b, v, -1)
-        loss = jnp.mean(
-            swav(
-                scores=scores,
-                temperature=cfg.swav_temperature,
-                epsilon=cfg.swav_epsilon,
-                num_iters=cfg.swav_iters,
-                assign_views=tuple(range(views["global"].shape[1])),
-            )
-        )
-    else:
-        raise ValueError(f"unknown SSL method {cfg.method!r}")
+    loss, terms = objective(emb, labels=labels, scores=scores, n_global=views["global"].shape[1])
+    metrics = {"feature_std": jnp.mean(jnp.std(feats, axis=0)), **terms}
     return loss, dict(metrics, loss=loss)
 
 
@@ -229,9 +214,10 @@ def ssl_step(
     *,
     backbone: ResNet,
     projector: Projector,
+    objective: SSLObjective,
+    prototypes: Prototypes | None = None,
     tx: optax.GradientTransformation,
     policy: CropPolicy,
-    cfg: SSLConfig,
 ) -> tuple[TrainState, dict[str, jnp.ndarray]]:
     """One LARS step on ``backbone`` and ``ssl_head``; the rest of ``state.params`` passes through.
 
@@ -244,9 +230,10 @@ def ssl_step(
       rng: the run's base key.
       backbone: the ResNet (static).
       projector: the projector MLP (static).
+      objective: the method's loss, see :func:`ssl_loss` (static).
+      prototypes: the method's prototype layer or None (static).
       tx: the SSL optimizer over ``{"backbone", "ssl_head"}`` (static).
       policy: multi-crop policy (static).
-      cfg: SSL settings (static).
 
     Returns:
       ``(new_state, metrics)``.
@@ -259,9 +246,10 @@ def ssl_step(
         trained,
         backbone=backbone,
         projector=projector,
+        objective=objective,
+        prototypes=prototypes,
         views=views,
         labels=batch["label"],
-        cfg=cfg,
     )
     new, new_opt = apply_optimizer(tx, grads, state.opt_state["ssl"], trained)
     metrics = dict(

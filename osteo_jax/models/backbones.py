@@ -1,0 +1,64 @@
+"""Backbones by name: a registry ``arch -> builder`` of the feature extractors.
+
+Every backbone maps ``[B, H, W, 1]`` images to ``(features [B, D], aux)`` and exposes
+``features_dim``, so the SSL, classifier and feature-extraction code takes any of them. Adding
+a backbone touches two files: its module with a builder ``BackboneConfig -> module``
+registered here, and its name in ``config.choices.BACKBONE_ARCHS`` (checked by
+``BackboneConfig.__post_init__``; a test keeps the two equal).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from osteo_jax.config import BackboneConfig
+from osteo_jax.models.resnet import ResNet, make_resnet
+from osteo_jax.models.vgg import VGG, make_vgg
+
+__all__ = ["BACKBONES", "compute_dtype", "make_backbone"]
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def compute_dtype(name: str) -> jnp.dtype:
+    """The jnp dtype of a config's ``dtype`` field (``"float32"`` or ``"bfloat16"``)."""
+    if name not in _DTYPES:
+        raise ValueError(f"dtype must be one of {tuple(_DTYPES)}, got {name!r}")
+    return _DTYPES[name]
+
+
+def _resnet(cfg: BackboneConfig) -> ResNet:
+    return make_resnet(
+        cfg.depth,
+        width=cfg.width,
+        stem=cfg.stem,
+        norm_groups=min(8, cfg.width),
+        dtype=compute_dtype(cfg.dtype),
+    )
+
+
+def _vgg(cfg: BackboneConfig) -> VGG:
+    return make_vgg(
+        cfg.depth,
+        width=cfg.width,
+        norm=cfg.norm,
+        norm_groups=min(8, cfg.width),
+        dtype=compute_dtype(cfg.dtype),
+    )
+
+
+BACKBONES: dict[str, Callable[[BackboneConfig], nn.Module]] = {"resnet": _resnet, "vgg": _vgg}
+
+
+def make_backbone(cfg: BackboneConfig) -> nn.Module:
+    """The backbone of ``cfg`` (GroupNorm with 8 groups, or fewer for narrow widths).
+
+    Raises:
+      ValueError: an unregistered ``cfg.arch`` or a depth the architecture does not have.
+    """
+    if cfg.arch not in BACKBONES:
+        raise ValueError(f"backbone arch must be one of {tuple(BACKBONES)}, got {cfg.arch!r}")
+    return BACKBONES[cfg.arch](cfg)
