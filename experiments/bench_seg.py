@@ -22,9 +22,9 @@ from __future__ import annotations
 
 import argparse
 import functools
-import json
 import platform
 import resource
+import runpy
 import time
 from pathlib import Path
 
@@ -37,6 +37,9 @@ from osteo_jax.losses.ot import relaxed_ot_loss, soft_iou_cost
 from osteo_jax.models.mixture import resolve_mode
 from osteo_jax.train.state import create_seg_state, make_segmenter, seg_optimizer
 from osteo_jax.train.steps import seg_step
+
+# Prints and writes the result (experiments/_bench.py; experiments is not a package).
+_report = runpy.run_path(str(Path(__file__).with_name("_bench.py")))["report"]
 
 
 def _time(fn, n: int) -> float:
@@ -180,11 +183,7 @@ def main() -> None:
         xla_step_buffers_mib=None if xla_bytes is None else round(xla_bytes / 2**20, 1),
         process_max_rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     )
-    for k, v in result.items():
-        print(f"{k:28s} {v}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    _report(result, args.out, key_width=28)
 
 
 if __name__ == "__main__":

@@ -22,9 +22,9 @@ image also shows age and sex).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
+import runpy
 import tempfile
 import time
 from pathlib import Path
@@ -32,6 +32,9 @@ from pathlib import Path
 from osteo_jax.config import CohortConfig, SynthConfig
 from osteo_jax.data.synth.ceiling import CEILING_KEYS, read_ceilings
 from osteo_jax.data.synth.synthetic import render_subject, sample_cohort, write_dataset
+
+# Prints and writes the result (experiments/_bench.py; experiments is not a package).
+_report = runpy.run_path(str(Path(__file__).with_name("_bench.py")))["report"]
 
 
 def main() -> None:
@@ -75,11 +78,7 @@ def main() -> None:
         **{f"{key}_population": round(ceilings["population"][key], 4) for key in CEILING_KEYS},
         r=ceilings["r"],
     )
-    for k, v in result.items():
-        print(f"{k:40s} {v}")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    _report(result, args.out, key_width=40)
 
 
 if __name__ == "__main__":

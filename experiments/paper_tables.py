@@ -7,8 +7,8 @@ Commands (2 CPU cores; the segmenter runs are reused if present, trained if not)
     .venv/bin/python experiments/paper_tables.py --tables 6,7,8,ablations --size cpu \
         --out runs/paper_tables_cpu
 
-Every row is one config file in ``experiments/tables/`` (``get_config(size)`` returns its
-:class:`~osteo_jax.config.ProtocolConfig`; ``SEGMENTS``, ``ROI``, ``MODEL`` and ``PAPER`` say
+Every row is a :class:`Row` of ``experiments/tables.py`` (``Row.config(size)`` builds its
+:class:`~osteo_jax.config.ProtocolConfig`; ``segments``, ``roi``, ``model`` and ``paper`` say
 which segments it reads, how the table names it and what the paper reported), run with the
 paper's protocol by :func:`osteo_jax.pipeline.protocol.run_protocol`: stratified subject-wise
 80/10/10 split per seed, pretraining on the training subjects only, checkpoint by validation
@@ -22,7 +22,7 @@ macro-F1, mean ± std over the seeds of the positive-class F1, AUC and accuracy.
 * Ablations: raw image instead of segments, single U-Net instead of the mixture, no SSL,
   ordinary multi-crop, against the full pipeline.
 
-Sizes (``experiments/tables/_presets.py``): ``demo`` (width-4 backbones, 32 px, 3 SSL epochs,
+Sizes (``experiments/tables.py``): ``demo`` (width-4 backbones, 32 px, 3 SSL epochs,
 2 + 2 views), ``cpu`` (as ``experiments/cls_quality.py``: ~8 min per SSL row, ~15 min for a
 from-scratch row), ``paper`` (ResNet-50 / VGG-16 at width 64, 128 px: a GPU). Measured for
 ``--tables 7,ablations --size demo`` on 2 CPU cores shared with other jobs (load ~8): 1535 s
@@ -72,7 +72,18 @@ from osteo_jax.eval.cls_stats import CI_METHOD, PAIRED_METHOD
 from osteo_jax.eval.headline import delta_cell
 
 HERE = Path(__file__).resolve().parent
-ROWS_DIR = HERE / "tables"
+
+
+def load_module(path: Path) -> ModuleType:
+    """Imports a Python file by path, as ``osteo-jax --config`` does."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+# The rows (their configs, segment sources, the paper's numbers) and the size presets.
+row_specs = load_module(HERE / "tables.py")
 
 # Under every table: what the intervals are and what the baseline columns hold.
 FOOTER = (
@@ -84,22 +95,6 @@ FOOTER = (
     "same subjects, 95 % interval by " + PAIRED_METHOD + "; * = the interval excludes 0. Image "
     "ceiling: the Bayes image posterior's AUC over the whole cohort."
 )
-
-SSL_LABELS = {"simclr": "SimCLR", "vicreg": "VICReg", "supcon": "SupCon", "swav": "SwAV"}
-
-# Rows reported by the paper that this package does not reproduce (kept in the layout).
-PAPER_ONLY = {
-    "wang": {
-        "model": "Wang et al. (not reproduced)",
-        "roi": "landmark crop",
-        "backbone": "VGG16 + Transformer",
-        "method": "none",
-        "crop": "–",
-        "classifier": "end to end",
-        "paper": {"f1": 0.46, "auc": 0.64, "accuracy": 0.64},
-        "missing": "not reproduced",
-    },
-}
 
 TABLES = {
     "8": {
@@ -134,35 +129,19 @@ TABLES = {
 }
 
 
-def load_module(path: Path) -> ModuleType:
-    """Imports a Python file by path, as ``osteo-jax --config`` does."""
-    spec = importlib.util.spec_from_file_location(path.stem, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def load_row(name: str) -> ModuleType:
-    """The row config ``experiments/tables/<name>.py``."""
-    path = ROWS_DIR / f"{name}.py"
-    if not path.exists():
-        raise ValueError(f"{path}: no such row config")
-    return load_module(path)
-
-
-def describe(module: ModuleType, size: str) -> dict:
-    """The table cells of a row that do not depend on its results, and its config."""
-    cfg = module.get_config(size)
+def describe(row, size: str) -> dict:
+    """The table cells of ``row`` (a ``tables.Row``) that do not depend on results; its config."""
+    cfg = row.config(size)
     backbone = cfg.ssl.backbone if cfg.ssl is not None else cfg.backbone
     return {
-        "model": module.MODEL,
-        "roi": module.ROI,
+        "model": row.model,
+        "roi": row.roi,
         "backbone": backbone.label,
-        "method": SSL_LABELS[cfg.ssl.method] if cfg.ssl is not None else "none",
+        "method": row_specs.SSL_LABELS[cfg.ssl.method] if cfg.ssl is not None else "none",
         "crop": ("custom" if cfg.ssl.crops.custom else "ordinary") if cfg.ssl else "–",
         "classifier": "linear probe" if cfg.cls.mode == "probe" else "end to end",
-        "segments": module.SEGMENTS,
-        "paper": dict(module.PAPER),
+        "segments": row.segments,
+        "paper": dataclasses.asdict(row.paper),
         "config": cfg,
     }
 
@@ -271,7 +250,7 @@ def synthetic_note(ceilings: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tables", default="6,7,8,ablations", help="comma list of 6,7,8,ablations")
-    parser.add_argument("--size", default="cpu", choices=("demo", "cpu", "paper"))
+    parser.add_argument("--size", default="cpu", choices=row_specs.SIZES)
     parser.add_argument("--data", default="runs/data/paper_1024", help="dataset folder")
     parser.add_argument(
         "--subjects", type=int, default=None, help="cohort size if --data must be generated"
@@ -312,7 +291,6 @@ def main() -> None:
 
     # Dataset, segmenter and segment caching; the baseline cells and the ceilings table.
     helpers = load_module(HERE / "cls_quality.py")
-    presets = load_module(ROWS_DIR / "_presets.py")
 
     tables = args.tables.split(",")
     unknown = set(tables) - set(TABLES)
@@ -331,16 +309,16 @@ def main() -> None:
     only = set(args.rows.split(",")) if args.rows else None
 
     def run_row(name: str) -> dict:
-        if name in PAPER_ONLY:
-            return {**PAPER_ONLY[name], "summary": None, "wall_s": 0.0}
+        if name in row_specs.PAPER_ONLY:
+            return {**row_specs.PAPER_ONLY[name], "summary": None, "wall_s": 0.0}
         t0 = time.perf_counter()
-        rec = describe(load_row(name), args.size)
+        rec = describe(row_specs.row(name), args.size)
         cfg = rec.pop("config")
         if only is not None and name not in only:
             return {**rec, "summary": None, "missing": "not run", "wall_s": 0.0}
         cls = dataclasses.replace(cfg.cls, seeds=seeds)
-        seg_cfg = presets.segment_config(rec["segments"], args.size)
-        source = presets.SEGMENT_SOURCES[rec["segments"]]
+        seg_cfg = row_specs.segment_config(rec["segments"], args.size)
+        source = row_specs.SEGMENT_SOURCES[rec["segments"]]
         if source in seg_runs:
             helpers.ensure_segmenter(data, seg_runs[source], source, epochs=seg_epochs)
             source = str(seg_runs[source])

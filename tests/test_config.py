@@ -16,7 +16,8 @@ from osteo_jax.config import (
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "experiments"
 DEMO = EXPERIMENTS / "demo.py"
-ROW = EXPERIMENTS / "tables" / "simclr_custom.py"
+TABLES = EXPERIMENTS / "tables.py"
+ROW = f"{TABLES}:simclr_custom"  # one row of the table; ",SIZE" picks its size
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +29,10 @@ def demo():
 
 def test_python_file_with_and_without_argument():
     cpu = load_config(ROW, ProtocolConfig)
-    demo = load_config(f"{ROW}:demo", ProtocolConfig)
-    paper = load_config(f"{ROW}:paper", ProtocolConfig)
-    assert load_config(f"{ROW}:cpu", ProtocolConfig) == cpu  # the default size
+    demo = load_config(f"{ROW},demo", ProtocolConfig)
+    paper = load_config(f"{ROW},paper", ProtocolConfig)
+    assert load_config(f"{ROW},cpu", ProtocolConfig) == cpu  # the default size
+    assert load_config(TABLES, ProtocolConfig) == cpu  # no argument: the paper's full pipeline
     widths = {c.backbone.width for c in (demo, cpu, paper)}
     assert widths == {4, 8, 64}  # three sizes, each reachable
     assert demo.ssl.backbone.depth == 18 and paper.ssl.backbone.depth == 50
@@ -40,8 +42,8 @@ def test_experiment_file_gives_its_parts(demo):
     assert load_config(DEMO, ExperimentConfig) == demo
     assert load_config(DEMO, SegTrainConfig) == demo.seg  # the train-seg bug: field is `seg`
     assert load_config(DEMO, ProtocolConfig) == demo.protocol
-    wrapped = load_config(f"{ROW}:demo", ExperimentConfig)  # a protocol row runs as is
-    assert wrapped.protocol == load_config(f"{ROW}:demo", ProtocolConfig)
+    wrapped = load_config(f"{ROW},demo", ExperimentConfig)  # a protocol row runs as is
+    assert wrapped.protocol == load_config(f"{ROW},demo", ProtocolConfig)
     assert wrapped.name == wrapped.protocol.name and wrapped.seg == ExperimentConfig().seg
 
 
@@ -67,7 +69,7 @@ def test_errors_name_the_file(tmp_path):
     with pytest.raises(ValueError, match=r"cls_quality\.py: get_config\(\) returned dict"):
         load_config(EXPERIMENTS / "cls_quality.py", ProtocolConfig)
     with pytest.raises(
-        ValueError, match=r"simclr_custom\.py: .*ProtocolConfig, expected SegTrainConfig or Exp"
+        ValueError, match=r"tables\.py: .*ProtocolConfig, expected SegTrainConfig or Exp"
     ):
         load_config(ROW, SegTrainConfig)
     bad = tmp_path / "bad.json"
@@ -95,14 +97,26 @@ def test_cli_protocol_commands_reach_every_size():
     from osteo_jax.cli.train import _protocol_config
 
     for cmd in ("evaluate", "pretrain", "train-cls"):
-        args = _args(cmd, "--segments", "s", "--out", "o", "--config", f"{ROW}:demo")
-        assert _protocol_config(args) == load_config(f"{ROW}:demo", ProtocolConfig), cmd
+        args = _args(cmd, "--segments", "s", "--out", "o", "--config", f"{ROW},demo")
+        assert _protocol_config(args) == load_config(f"{ROW},demo", ProtocolConfig), cmd
+
+
+def test_cli_run_reads_a_table_row(monkeypatch, tmp_path):
+    import osteo_jax.cli.run as cli_run
+    import osteo_jax.pipeline.experiment as experiment
+
+    seen = []
+    monkeypatch.setattr(experiment, "run_experiment", lambda cfg, out, **kw: seen.append(cfg))
+    monkeypatch.setattr(cli_run, "_print_run", lambda result: None)
+    assert main(["run", "--config", f"{ROW},demo", "--out", str(tmp_path)]) == 0
+    assert seen == [load_config(f"{ROW},demo", ExperimentConfig)]
+    assert seen[0].protocol.ssl.backbone.width == 4  # the demo size, not the default
 
 
 def test_cli_config_errors_exit_2_naming_the_file(tmp_path, capsys):
     argv = ["train-seg", "--data", str(tmp_path), "--out", str(tmp_path / "o")]
     assert main([*argv, "--config", str(ROW)]) == 2
-    assert "simclr_custom.py: get_config() returned ProtocolConfig" in capsys.readouterr().err
+    assert "tables.py: get_config() returned ProtocolConfig" in capsys.readouterr().err
     argv = ["evaluate", "--segments", str(tmp_path), "--out", str(tmp_path / "o")]
     assert main([*argv, "--config", f"{DEMO}:cpu"]) == 2
     assert "demo.py: get_config() takes no argument 'cpu'" in capsys.readouterr().err

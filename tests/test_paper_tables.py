@@ -1,4 +1,4 @@
-"""The paper-table rows (experiments/tables/), the crop baselines' segments and the formatter."""
+"""The paper-table rows (experiments/tables.py), the crop baselines' segments and the formatter."""
 
 import dataclasses
 import importlib.util
@@ -32,12 +32,9 @@ def tables():
     return _load(EXPERIMENTS / "paper_tables.py")
 
 
-@pytest.fixture(scope="module")
-def presets():
-    return _load(EXPERIMENTS / "tables" / "_presets.py")
-
-
-ROW_FILES = sorted(p.stem for p in (EXPERIMENTS / "tables").glob("[!_]*.py"))
+ROW_SPECS = EXPERIMENTS / "tables.py"
+specs = _load(ROW_SPECS)
+ROWS = sorted(specs.ROWS)
 TABLE7 = [
     f"{m}_{c}" for m in ("simclr", "vicreg", "supcon", "swav") for c in ("custom", "ordinary")
 ]
@@ -120,20 +117,22 @@ def test_bad_roi_or_background_raise():
 
 def test_every_table_row_has_a_config(tables):
     named = {n for spec in tables.TABLES.values() for n in spec["rows"]}
-    assert named - set(tables.PAPER_ONLY) == set(ROW_FILES)
+    assert named - set(specs.PAPER_ONLY) == set(ROWS)
+    assert tables.row_specs.ROWS.keys() == specs.ROWS.keys()
 
 
-@pytest.mark.parametrize("name", ROW_FILES)
+@pytest.mark.parametrize("name", ROWS)
 @pytest.mark.parametrize("size", ["demo", "cpu", "paper"])
-def test_row_config_loads(name, size, presets):
-    row = _load(EXPERIMENTS / "tables" / f"{name}.py")
-    cfg = row.get_config(size)
-    assert isinstance(cfg, ProtocolConfig) and cfg.name == row.MODEL
+def test_row_config_loads(name, size):
+    row = specs.ROWS[name]
+    cfg = row.config(size)
+    assert isinstance(cfg, ProtocolConfig) and cfg.name == row.model and row.name == name
+    assert specs.get_config(f"{name},{size}") == cfg
     assert cfg.cls.seeds == (0, 1, 2) and cfg.cls.split == (0.8, 0.1, 0.1)
-    assert set(row.PAPER) == {"f1", "auc", "accuracy"}
-    assert row.SEGMENTS in presets.SEGMENT_SOURCES
-    seg = presets.segment_config(row.SEGMENTS, size)
-    assert seg.size == presets.preset(size)["segment"]
+    assert set(dataclasses.asdict(row.paper)) == {"f1", "auc", "accuracy"}
+    assert row.segments in specs.SEGMENT_SOURCES
+    seg = specs.segment_config(row.segments, size)
+    assert seg.size == specs.preset(size)["segment"]
     if cfg.ssl is not None:
         assert cfg.ssl.crops.global_size <= seg.size
         assert cfg.ssl.backbone == cfg.backbone and cfg.cls.mode == "probe"
@@ -141,14 +140,37 @@ def test_row_config_loads(name, size, presets):
     assert from_dict(ProtocolConfig, dataclasses.asdict(cfg)) == cfg
 
 
+@pytest.mark.parametrize("name", ROWS)
+def test_row_keeps_its_paper_numbers_and_figures(name):
+    row = specs.ROWS[name]
+    assert row.table.startswith(("Table 6: ", "Table 7: ", "Table 8: ", "Ablation: "))
+    assert row.pipeline.endswith(".") and row.paper_source
+    if all(v is None for v in dataclasses.asdict(row.paper).values()):
+        assert "no number" in row.paper_source
+    assert row.demo is None or row.demo.startswith("AUC ")
+
+
 def test_default_size_is_what_the_cli_loads():
     from osteo_jax.config import load_config
 
-    path = EXPERIMENTS / "tables" / "simclr_custom.py"
-    cfg = load_config(str(path), ProtocolConfig)
-    assert cfg == _load(path).get_config("cpu")
-    for size in ("demo", "paper"):  # --config row.py:size reaches every size
-        assert load_config(f"{path}:{size}", ProtocolConfig) == _load(path).get_config(size)
+    cpu = specs.get_config("simclr_custom,cpu")
+    assert specs.get_config("simclr_custom") == cpu == specs.get_config()
+    assert load_config(f"{ROW_SPECS}:simclr_custom", ProtocolConfig) == cpu
+    assert load_config(ROW_SPECS, ProtocolConfig) == cpu  # no argument: the full pipeline
+    for size in ("demo", "paper"):  # --config tables.py:row,size reaches every size
+        got = load_config(f"{ROW_SPECS}:simclr_custom,{size}", ProtocolConfig)
+        assert got == specs.ROWS["simclr_custom"].config(size)
+
+
+def test_unknown_row_size_or_field_value_raise():
+    with pytest.raises(ValueError, match=r"no row 'simclr' .*simclr_custom"):
+        specs.get_config("simclr,cpu")
+    with pytest.raises(ValueError, match=r"size must be one of .*'gpu'"):
+        specs.get_config("simclr_custom,gpu")
+    with pytest.raises(ValueError, match="segments must be one of"):
+        specs.Row(name="x", model="x", table="x", pipeline="x", segments="knee")
+    with pytest.raises(ValueError, match="classifier must be"):
+        specs.Row(name="x", model="x", table="x", pipeline="x", classifier="svm")
 
 
 @pytest.mark.parametrize("size", ["demo", "cpu", "paper"])
@@ -158,33 +180,44 @@ def test_table7_rows_differ_only_in_method_and_crop(size):
         del d["name"], d["ssl"]["method"], d["ssl"]["crops"]["custom"]
         return repr(d)
 
-    cfgs = {n: _load(EXPERIMENTS / "tables" / f"{n}.py").get_config(size) for n in TABLE7}
+    cfgs = {n: specs.ROWS[n].config(size) for n in TABLE7}
     assert len({strip(c) for c in cfgs.values()}) == 1
     assert {(c.ssl.method, c.ssl.crops.custom) for c in cfgs.values()} == {
         (m, c) for m in ("simclr", "vicreg", "supcon", "swav") for c in (True, False)
     }
 
 
-def test_baseline_rows(presets):
-    demo = {n: _load(EXPERIMENTS / "tables" / f"{n}.py") for n in ROW_FILES}
+def test_baseline_rows():
+    rows = specs.ROWS
     for name in ("vgg_manual_crop", "vgg_landmark_crop"):
-        cfg = demo[name].get_config("paper")
+        cfg = rows[name].config("paper")
         assert cfg.ssl is None and cfg.cls.mode == "finetune"
         assert cfg.backbone.arch == "vgg" and cfg.backbone.depth == 16
         assert cfg.cls.bones == ("wrist", "metacarpals")
-        seg = presets.segment_config(demo[name].SEGMENTS, "paper")
+        seg = specs.segment_config(rows[name].segments, "paper")
         assert seg.background == "keep" and seg.roi == "wrist+metacarpals"
-    assert presets.SEGMENT_SOURCES[demo["vgg_manual_crop"].SEGMENTS] == "annotator_0"
-    deepdxa = demo["deepdxa"].get_config("paper")
+    assert specs.SEGMENT_SOURCES[rows["vgg_manual_crop"].segments] == "annotator_0"
+    deepdxa = rows["deepdxa"].config("paper")
     assert deepdxa.ssl is None and deepdxa.backbone.depth == 18
-    assert demo["no_ssl_scratch"].get_config("paper").backbone.depth == 50
+    assert rows["no_ssl_scratch"].config("paper").backbone.depth == 50
     # at the small sizes DeepDXA and "no SSL" are one configuration (the runner runs it once)
-    a, b = demo["deepdxa"].get_config("demo"), demo["no_ssl_scratch"].get_config("demo")
+    a, b = rows["deepdxa"].config("demo"), rows["no_ssl_scratch"].config("demo")
     assert dataclasses.replace(a, name="") == dataclasses.replace(b, name="")
-    assert demo["no_ssl_probe"].get_config("cpu").cls.mode == "probe"
-    assert demo["raw_simclr"].SEGMENTS == "raw" and demo["unet_simclr"].SEGMENTS == "unet"
+    assert rows["no_ssl_probe"].config("cpu").cls.mode == "probe"
+    assert rows["raw_simclr"].segments == "raw" and rows["unet_simclr"].segments == "unet"
     assert BackboneConfig() == BackboneConfig(arch="resnet", norm="group")
     assert ClsConfig().bones[0] == "radius"
+
+
+def test_describe_gives_the_cells_the_runner_prints(tables):
+    rec = tables.describe(specs.ROWS["simclr_custom"], "demo")
+    assert rec["config"] == specs.get_config("simclr_custom,demo")
+    assert (rec["method"], rec["crop"], rec["classifier"]) == ("SimCLR", "custom", "linear probe")
+    assert rec["paper"] == {"f1": 0.68, "auc": 0.85, "accuracy": 0.82}
+    rec = tables.describe(specs.ROWS["vgg_manual_crop"], "demo")
+    assert (rec["method"], rec["crop"], rec["classifier"]) == ("none", "–", "end to end")
+    assert rec["model"] == "crop VGG, manual ROI (Jang et al.)" and rec["segments"] == "manual_crop"
+    assert rec["roi"] == "manual crop (annotator boxes, background kept)"
 
 
 # ----------------------------------------------------------------------------- formatter

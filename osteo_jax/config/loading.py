@@ -105,8 +105,8 @@ def load_config(spec: str | os.PathLike, expected_type: type[T]) -> T:
     """The config a ``--config`` names, as ``expected_type``.
 
     ``path.py`` is a Python file whose ``get_config()`` returns the config; ``path.py:arg``
-    calls ``get_config(arg)`` with the string ``arg`` (e.g. a size:
-    ``experiments/tables/simclr_custom.py:cpu``). ``path.json`` holds
+    calls ``get_config(arg)`` with the string ``arg`` as it is, commas included (e.g. a table
+    row and its size: ``experiments/tables.py:simclr_custom,cpu``). ``path.json`` holds
     ``dataclasses.asdict`` output, bare or under ``"config"`` (a run folder's ``config.json``).
     Where the file holds another config type, the expected one is taken from it: an
     :class:`ExperimentConfig` gives its ``seg`` (a :class:`SegTrainConfig`) or its
