@@ -7,7 +7,14 @@ import numpy as np
 import pytest
 
 from osteo_jax.cli import main
-from osteo_jax.config import BackboneConfig, ClsConfig, CropConfig, ProtocolConfig, SSLConfig
+from osteo_jax.config import (
+    BackboneConfig,
+    ClsConfig,
+    CropConfig,
+    ProtocolConfig,
+    SegmentConfig,
+    SSLConfig,
+)
 from osteo_jax.data.segments import load_segments
 
 TINY = ProtocolConfig(
@@ -114,3 +121,24 @@ def test_segment_rejects_an_unknown_source(dataset, tmp_path, capsys):
     assert main(["segment", "--data", str(dataset), "--source", "nope", "--out", str(out)]) == 2
     assert "nope" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_registered_segment_source_is_used_by_name(dataset, tmp_path, monkeypatch):
+    from osteo_jax.pipeline import extract
+
+    def half_source(source, ctx):  # a new source: one function in the registry
+        if source != "half":
+            return None
+
+        def cut(rows, images):
+            return [(np.full((1, ctx.cfg.size, ctx.cfg.size), 0.5), np.ones(1, bool))] * len(rows)
+
+        return extract.SegmentSource("half", ("image",), cut, {"note": "test"})
+
+    monkeypatch.setitem(extract.SEGMENT_SOURCES, "half", half_source)
+    out = extract.extract_segments(
+        dataset, tmp_path / "half", source="half", cfg=SegmentConfig(size=8), workers=1
+    )
+    seg = load_segments(out)
+    assert seg.images.shape[1:] == (1, 8, 8) and np.all(seg.images == 0.5) and seg.valid.all()
+    assert json.loads((out / "segments.json").read_text())["note"] == "test"
