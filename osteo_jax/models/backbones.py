@@ -30,24 +30,17 @@ def compute_dtype(name: str) -> jnp.dtype:
     return _DTYPES[name]
 
 
+def _shared(cfg: BackboneConfig) -> dict:
+    """Keywords every builder takes: width, GroupNorm groups (8, fewer if narrow), dtype."""
+    return dict(width=cfg.width, norm_groups=min(8, cfg.width), dtype=compute_dtype(cfg.dtype))
+
+
 def _resnet(cfg: BackboneConfig) -> ResNet:
-    return make_resnet(
-        cfg.depth,
-        width=cfg.width,
-        stem=cfg.stem,
-        norm_groups=min(8, cfg.width),
-        dtype=compute_dtype(cfg.dtype),
-    )
+    return make_resnet(cfg.depth, stem=cfg.stem, **_shared(cfg))
 
 
 def _vgg(cfg: BackboneConfig) -> VGG:
-    return make_vgg(
-        cfg.depth,
-        width=cfg.width,
-        norm=cfg.norm,
-        norm_groups=min(8, cfg.width),
-        dtype=compute_dtype(cfg.dtype),
-    )
+    return make_vgg(cfg.depth, norm=cfg.norm, **_shared(cfg))
 
 
 BACKBONES: dict[str, Callable[[BackboneConfig], nn.Module]] = {"resnet": _resnet, "vgg": _vgg}
