@@ -390,7 +390,7 @@ def _write_tables(
             image_format=image_format,
             bits_stored=cfg.physics.bits_stored,
             # The name every dataset.json has recorded since format 1 (not an import path).
-            generator=dict(name="osteo_jax.data.synthetic", config=dataclasses.asdict(cfg)),
+            generator=dict(name="osteo_jax.data.synth", config=dataclasses.asdict(cfg)),
             synthetic=True,
             disclaimer="Synthetic radiographs for method development; no clinical use.",
         ),
