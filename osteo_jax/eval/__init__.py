@@ -1,13 +1,12 @@
 """Evaluation: figures and metrics."""
 
 from osteo_jax.eval.preview import dataset_preview
-from osteo_jax.eval.radiogrammetry import (
-    measure_bone,
+from osteo_jax.eval.radiogrammetry.hypotheses import (
     measure_hypotheses,
     measure_prediction,
-    measure_radiograph,
     weighted_spread,
 )
+from osteo_jax.eval.radiogrammetry.measure import measure_bone, measure_radiograph
 from osteo_jax.eval.seg_metrics import (
     dice_iou_per_class,
     expected_calibration_error,
