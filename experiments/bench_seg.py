@@ -33,7 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from osteo_jax.config import SegConfig, SegTrainConfig
-from osteo_jax.losses.ot import relaxed_ot_loss, soft_iou_cost
+from osteo_jax.losses.costs import soft_iou_cost
+from osteo_jax.losses.ot import relaxed_ot_loss
 from osteo_jax.models.mixture import resolve_mode
 from osteo_jax.train.state import create_seg_state, make_segmenter, seg_optimizer
 from osteo_jax.train.steps import seg_step

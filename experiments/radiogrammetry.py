@@ -39,11 +39,8 @@ import numpy as np
 from osteo_jax.data.folder import IMAGES_CSV, SUBJECTS_CSV, mask_relpath, read_csv, read_labels
 from osteo_jax.data.imageio import read_image
 from osteo_jax.data.inmemory import resize_image
-from osteo_jax.eval.radiogrammetry import (
-    DEFAULT_BONES,
-    measure_prediction,
-    measure_radiograph,
-)
+from osteo_jax.eval.radiogrammetry.hypotheses import measure_prediction
+from osteo_jax.eval.radiogrammetry.measure import DEFAULT_BONES, measure_radiograph
 
 _SPREAD_KEYS = ("mean", "sd", "min", "max", "lo", "hi")
 

@@ -11,13 +11,15 @@ from osteo_jax.data.errors import DatasetError
 from osteo_jax.data.folder import write_csv
 from osteo_jax.eval.baselines import (
     DEFAULT_C,
-    SubjectFeatures,
     clinical_scores,
     fit_logistic,
     fusion_scores,
     predict_probability,
-    radiogrammetry_features,
     radiogrammetry_scores,
+)
+from osteo_jax.eval.subject_features import (
+    SubjectFeatures,
+    radiogrammetry_features,
     read_covariates,
     read_labels,
 )

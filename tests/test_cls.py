@@ -7,8 +7,8 @@ from sklearn import metrics as skm
 from osteo_jax.data.splits import stratified_subject_split
 from osteo_jax.eval.cls_metrics import (
     METRICS,
+    binary_ece,
     binary_metrics,
-    expected_calibration_error,
     paper_table,
     roc_curve,
     subject_probabilities,
@@ -74,20 +74,20 @@ def test_roc_curve_matches_sklearn(seed, n):
     assert np.trapezoid(tpr, fpr) == pytest.approx(skm.roc_auc_score(labels, probs))
 
 
-def test_expected_calibration_error_hand_case():
+def test_binary_ece_hand_case():
     probs = np.array([0.05, 0.15, 0.12, 0.95, 0.85, 0.55])
     labels = np.array([0, 1, 0, 1, 1, 0])
     # Bins (width 0.1): {0.05}: |0 - .05|; {0.15, 0.12}: |0.5 - 0.135|; {0.55}: .55;
     # {0.85}: .15; {0.95}: .05; weighted by 1/6, 2/6, 1/6, 1/6, 1/6.
     expected = (0.05 + 2 * 0.365 + 0.55 + 0.15 + 0.05) / 6
-    assert expected_calibration_error(probs, labels) == pytest.approx(expected)
+    assert binary_ece(probs, labels) == pytest.approx(expected)
     assert expected == pytest.approx(0.255)
     # p = 1 falls in the last bin; perfectly calibrated and maximally wrong extremes.
-    assert expected_calibration_error(np.array([1.0, 0.0]), np.array([1, 0])) == 0.0
-    assert expected_calibration_error(np.array([1.0, 0.0]), np.array([0, 1])) == 1.0
+    assert binary_ece(np.array([1.0, 0.0]), np.array([1, 0])) == 0.0
+    assert binary_ece(np.array([1.0, 0.0]), np.array([0, 1])) == 1.0
     # Two bins: {0.05, 0.15, 0.12}: |1/3 - 0.10667|; {0.95, 0.85, 0.55}: |2/3 - 0.78333|.
     two = 0.5 * abs(1 / 3 - 0.32 / 3) + 0.5 * abs(2 / 3 - 2.35 / 3)
-    assert expected_calibration_error(probs, labels, bins=2) == pytest.approx(two)
+    assert binary_ece(probs, labels, bins=2) == pytest.approx(two)
 
 
 def test_subject_probabilities_hand_case():

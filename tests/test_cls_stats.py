@@ -13,9 +13,9 @@ from sklearn import metrics as skm
 from osteo_jax.data.splits import stratified_subject_folds
 from osteo_jax.eval.cls_metrics import (
     METRICS,
+    binary_ece,
     binary_metrics,
     check_probabilities,
-    expected_calibration_error,
     reliability_curve,
     roc_curve,
 )
@@ -130,7 +130,7 @@ def test_check_probabilities_names_the_problem(probs, labels, message):
     "call",
     [
         lambda p, y: binary_metrics(p, y),
-        lambda p, y: expected_calibration_error(p, y),
+        lambda p, y: binary_ece(p, y),
         lambda p, y: roc_curve(p, y),
         lambda p, y: reliability_curve(p, y),
         lambda p, y: bootstrap_ci([(p, y)], n_boot=3),

@@ -6,14 +6,12 @@ from scipy import ndimage
 
 from osteo_jax.config import BONE_NAMES, CLASS_NAMES, SynthConfig
 from osteo_jax.data.synth.synthetic import render_subject, sample_cohort
-from osteo_jax.eval.radiogrammetry import (
-    BoneMeasurement,
-    measure_bone,
+from osteo_jax.eval.radiogrammetry.hypotheses import (
     measure_hypotheses,
     measure_prediction,
-    measure_radiograph,
     weighted_spread,
 )
+from osteo_jax.eval.radiogrammetry.measure import BoneMeasurement, measure_bone, measure_radiograph
 
 MC2, MC3 = CLASS_NAMES.index("MC2"), CLASS_NAMES.index("MC3")
 SPACING = 0.2

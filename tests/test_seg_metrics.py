@@ -9,12 +9,12 @@ from sklearn.metrics import f1_score, jaccard_score
 from osteo_jax.config import BONE_NAMES
 from osteo_jax.eval.seg_metrics import (
     dice_iou_per_class,
-    expected_calibration_error,
     ged,
     hm_iou,
     majority_consensus,
     multiclass_iou,
     pairwise_iou,
+    pixel_ece,
     seg_report,
     uncertainty_maps,
 )
@@ -250,14 +250,14 @@ def _ref_ece(probs, target, n_bins=10):
 def test_ece_hand_computed():
     # Four pixels predicting class 1 at confidence 0.75; 3 of 4 correct -> calibrated, ECE 0.
     probs = _one_hot_probs(np.ones(4, dtype=int), 0.75)
-    assert expected_calibration_error(probs, np.array([1, 1, 1, 2])) == pytest.approx(0.0)
+    assert pixel_ece(probs, np.array([1, 1, 1, 2])) == pytest.approx(0.0)
     # Overconfident: 0.9 confidence, half correct -> |0.5 - 0.9| = 0.4.
     probs = _one_hot_probs(np.ones(4, dtype=int), 0.9)
-    assert expected_calibration_error(probs, np.array([1, 1, 2, 3])) == pytest.approx(0.4)
+    assert pixel_ece(probs, np.array([1, 1, 2, 3])) == pytest.approx(0.4)
     # Two bins of four pixels, half correct in each: 0.5 * |0.5 - 0.95| + 0.5 * |0.5 - 0.55|.
     probs = _one_hot_probs(np.ones(8, dtype=int), np.repeat([0.95, 0.55], 4))
     target = np.array([1, 1, 2, 2, 1, 1, 2, 2])
-    assert expected_calibration_error(probs, target) == pytest.approx(0.25)
+    assert pixel_ece(probs, target) == pytest.approx(0.25)
 
 
 def test_ece_calibrated_and_reference(rng):
@@ -267,10 +267,10 @@ def test_ece_calibrated_and_reference(rng):
     correct = rng.random(n) < conf
     target = np.where(correct, labels, labels % 7 + 1)  # a different bone when wrong
     probs = _one_hot_probs(labels, conf)
-    got = expected_calibration_error(probs, target)
+    got = pixel_ece(probs, target)
     assert 0.0 <= got < 0.01
     small = slice(0, 500)
-    assert expected_calibration_error(probs[small], target[small]) == pytest.approx(
+    assert pixel_ece(probs[small], target[small]) == pytest.approx(
         _ref_ece(probs[small], target[small]), rel=1e-9
     )
 
@@ -280,11 +280,11 @@ def test_ece_foreground_only():
     labels = np.array([1, 1] + [0] * 98)
     probs = _one_hot_probs(labels, 0.9)
     target = np.array([1, 2] + [0] * 98)
-    assert expected_calibration_error(probs, target) == pytest.approx(0.4)
-    full = expected_calibration_error(probs, target, foreground_only=False)
+    assert pixel_ece(probs, target) == pytest.approx(0.4)
+    full = pixel_ece(probs, target, foreground_only=False)
     assert full == pytest.approx(_ref_ece(probs, target))
     assert full == pytest.approx(abs(99 / 100 - 0.9))
-    assert np.isnan(expected_calibration_error(probs[2:], target[2:]))
+    assert np.isnan(pixel_ece(probs[2:], target[2:]))
 
 
 # ----------------------------------------------------------------------------- uncertainty

@@ -196,7 +196,7 @@ def test_train_seg_and_eval_seg_cli_resume(tmp_path):
 
 
 def test_ce_weight_adds_the_cross_entropy_cost(setup):
-    from osteo_jax.losses.ot import cross_entropy_cost, soft_iou_cost
+    from osteo_jax.losses.costs import cross_entropy_cost, soft_iou_cost
     from osteo_jax.train.steps import seg_loss
 
     model, _, _, state = setup

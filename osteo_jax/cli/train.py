@@ -225,8 +225,8 @@ def _data_of(segments_dir: str) -> Path | None:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """The paper's protocol on a segments folder: table, ROC and reliability figures."""
     from osteo_jax.data.synth.ceiling import read_ceilings
-    from osteo_jax.eval.baselines import read_covariates
     from osteo_jax.eval.headline import headline_table
+    from osteo_jax.eval.subject_features import read_covariates
     from osteo_jax.pipeline.comparison import compare_rows
     from osteo_jax.pipeline.protocol import run_protocol
 

@@ -1,21 +1,20 @@
 """Evaluation: figures and metrics."""
 
 from osteo_jax.eval.preview import dataset_preview
-from osteo_jax.eval.radiogrammetry import (
-    measure_bone,
+from osteo_jax.eval.radiogrammetry.hypotheses import (
     measure_hypotheses,
     measure_prediction,
-    measure_radiograph,
     weighted_spread,
 )
+from osteo_jax.eval.radiogrammetry.measure import measure_bone, measure_radiograph
 from osteo_jax.eval.seg_metrics import (
     dice_iou_per_class,
-    expected_calibration_error,
     ged,
     hm_iou,
     majority_consensus,
     multiclass_iou,
     pairwise_iou,
+    pixel_ece,
     seg_report,
     uncertainty_maps,
 )
@@ -23,7 +22,6 @@ from osteo_jax.eval.seg_metrics import (
 __all__ = [
     "dataset_preview",
     "dice_iou_per_class",
-    "expected_calibration_error",
     "ged",
     "hm_iou",
     "majority_consensus",
@@ -33,6 +31,7 @@ __all__ = [
     "measure_radiograph",
     "multiclass_iou",
     "pairwise_iou",
+    "pixel_ece",
     "seg_report",
     "uncertainty_maps",
     "weighted_spread",

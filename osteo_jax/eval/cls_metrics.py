@@ -20,9 +20,9 @@ from osteo_jax.data.synth.cohort import roc_auc
 
 __all__ = [
     "METRICS",
+    "binary_ece",
     "binary_metrics",
     "check_probabilities",
-    "expected_calibration_error",
     "paper_table",
     "reliability_curve",
     "roc_curve",
@@ -179,10 +179,16 @@ def _one_metric(metric: str) -> Callable[[np.ndarray, np.ndarray], float]:
     return lambda p, y: _confusion_metrics(p, y, 0.5)[metric]
 
 
-def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> float:
-    """ECE of binary probabilities over equal-width bins.
+def binary_ece(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> float:
+    """Expected calibration error of binary probabilities against 0/1 labels.
 
-    ``ECE = sum_b n_b / n |mean(y)_b - mean(p)_b|``; ``p = 1`` falls in the last bin.
+    Each subject is one prediction: its probability ``p`` of the positive class is compared with
+    the frequency of positive labels among subjects of similar ``p`` (not the top-label
+    confidence). With ``B = bins`` equal-width bins of ``p``,
+    ``ECE = sum_b n_b / n |mean(y)_b - mean(p)_b|``. Bins are left-closed, ``[b/B, (b+1)/B)``
+    for ``b = 0 .. B-1``: a probability of exactly ``b/B`` falls in bin ``b``, and ``p = 1`` in
+    the last bin, ``[(B-1)/B, 1]``. The segmenter's per-pixel ECE is
+    :func:`osteo_jax.eval.seg_metrics.pixel_ece` (top label, right-closed bins).
 
     Args:
       probs: ``[n]`` probabilities in ``[0, 1]``.

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from osteo_jax.eval.seg_metrics import expected_calibration_error, majority_consensus, seg_report
+from osteo_jax.eval.seg_metrics import majority_consensus, pixel_ece, seg_report
 from osteo_jax.models.mixture import Segmenter
 
 
@@ -95,7 +95,7 @@ def evaluate_segmenter(
             conf_targets.append(majority_consensus(annots, probs.shape[-1]))
     keys = reports[0].keys()
     out = {k: float(np.nanmean([r[k] for r in reports])) for k in keys}
-    out["ece"] = expected_calibration_error(np.stack(conf_probs), np.stack(conf_targets))
+    out["ece"] = pixel_ece(np.stack(conf_probs), np.stack(conf_targets))
     if annotator_names:
         for m, name in enumerate(annotator_names):
             out = {k.replace(f"/annotator_{m}/", f"/{name}/"): v for k, v in out.items()}

@@ -269,14 +269,16 @@ def majority_consensus(annots, num_classes: int = 8) -> np.ndarray:
     return votes.argmax(0).astype(annots.dtype)
 
 
-def expected_calibration_error(
-    probs_mean, target, n_bins: int = 10, foreground_only: bool = True
-) -> float:
-    """Expected calibration error of a per-pixel class distribution.
+def pixel_ece(probs_mean, target, n_bins: int = 10, foreground_only: bool = True) -> float:
+    """Top-label expected calibration error over the pixels of a segmentation (Guo et al. 2017).
 
-    ``ECE = Σ_b (n_b / n) |acc_b - conf_b|`` over ``n_bins`` equal-width confidence bins
-    ``((b-1)/B, b/B]``, with confidence the top class probability, ``acc_b`` the fraction of
-    pixels in bin ``b`` whose argmax equals the target and ``conf_b`` their mean confidence.
+    Each pixel is one prediction: its confidence is the top class probability and it is correct
+    when its argmax class equals the target's. With ``B = n_bins`` equal-width confidence bins,
+    ``acc_b`` the fraction of correct pixels in bin ``b`` and ``conf_b`` their mean confidence,
+    ``ECE = Σ_b (n_b / n) |acc_b - conf_b|``. Bins are right-closed, ``((b-1)/B, b/B]`` for
+    ``b = 1 .. B``: a confidence of exactly ``b/B`` falls in bin ``b``, and 0 in the first bin.
+    By default only foreground pixels count (see ``foreground_only``); the classifier's ECE of
+    binary probabilities is :func:`osteo_jax.eval.cls_metrics.binary_ece`.
 
     Args:
       probs_mean: ``[H, W, C]`` (or ``[..., C]``) class probabilities, e.g. the mixture mean.
@@ -351,7 +353,7 @@ def seg_report(
       each annotator; ``nan`` for a bone absent from both maps.
     - ``"{dice,iou}/{target}/mean"``: ``nanmean`` over the bones of that target.
     - ``"ged"`` and ``"hm_iou"``: hypotheses are the argmax of each hypothesis.
-    - ``"ece"``: ``expected_calibration_error`` of the mixture mean against the consensus,
+    - ``"ece"``: :func:`pixel_ece` of the mixture mean against the consensus,
       foreground pixels only.
 
     Dataset numbers are the mean of these dicts over images (``nanmean`` for the per-bone keys).
@@ -391,5 +393,5 @@ def seg_report(
     hyps = probs.argmax(-1)
     out["ged"] = ged(hyps, w, annots, annot_weights, num_classes=num_classes)
     out["hm_iou"] = hm_iou(hyps, w, annots, annot_weights, num_classes=num_classes)
-    out["ece"] = expected_calibration_error(mean_probs, consensus)
+    out["ece"] = pixel_ece(mean_probs, consensus)
     return out

@@ -12,189 +12,22 @@ solves for ``T*`` greedily; here it is the entropic plan of ott-jax Sinkhorn on 
 balanced problem (a zero-cost dummy annotation absorbs the unused capacity), with an explicit
 absolute epsilon and a fixed iteration count so that it vmaps over a batch.
 
-The balanced entropic assignment of SwAV (:func:`balanced_assignment`, used by
-:func:`osteo_jax.losses.ssl.swav`) lives here too: this is the only module of the package that
-imports ``ott``. Two ott-jax 0.6.0 pitfalls are handled here:
-
-* Its Sinkhorn relies on implicit rank and dtype promotion, so it fails under
-  ``jax_numpy_rank_promotion="raise"`` or ``jax_numpy_dtype_promotion="strict"``. Every trace of
-  ott code (forward and backward) runs inside :func:`_ott_promotion_rules`.
-* With ``min_iterations == max_iterations`` (a ``lax.scan``) and more than ``inner_iterations``
-  iterations, the backward pass of the unrolled loop (``implicit_diff=None``) walks the
-  checkpointed states in the wrong order and returns wrong gradients. Running all iterations as
-  one block (``inner_iterations == max_iterations``) is exact.
+The plans are solved by :func:`osteo_jax.losses.sinkhorn.entropic_plan` (the ott-jax adapter);
+the costs are in :mod:`osteo_jax.losses.costs`, the schedule of ``gamma`` in
+:mod:`osteo_jax.losses.schedule`.
 """
-
-import contextlib
-import functools
-from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from ott.geometry import epsilon_scheduler, geometry
-from ott.problems.linear import linear_problem
-from ott.solvers.linear import sinkhorn
 
-__all__ = [
-    "balanced_assignment",
-    "balanced_ot_loss",
-    "capped_plan",
-    "cross_entropy_cost",
-    "gamma_schedule",
-    "relaxed_ot_loss",
-    "soft_iou_cost",
-]
+from osteo_jax.losses.sinkhorn import entropic_plan, sinkhorn_settings
+
+__all__ = ["balanced_ot_loss", "capped_plan", "relaxed_ot_loss"]
 
 # Floor on masses and weights: a weight of exactly zero gives log(0) in the Sinkhorn potentials
 # and the KL term, hence non-finite gradients.
 _FLOOR = 1e-8
-
-
-# --------------------------------------------------------------------------------------------
-# Costs.
-# --------------------------------------------------------------------------------------------
-
-
-def _check_maps(name: str, maps: jax.Array, labels: jax.Array) -> None:
-    if maps.ndim != 4 or labels.ndim != 3 or maps.shape[1:3] != labels.shape[1:]:
-        raise ValueError(
-            f"{name} must be [N, H, W, C] and labels [M, H, W] with the same H, W; got "
-            f"{maps.shape} and {labels.shape}."
-        )
-
-
-def soft_iou_cost(*, probs: jax.Array, labels: jax.Array, smooth: float = 1.0) -> jax.Array:
-    """Cost 1 - soft IoU between every hypothesis and every annotation (MoSE conventions).
-
-    With ``y = one_hot(labels)``, for hypothesis ``i``, annotation ``j`` and class ``c``::
-
-        IoU_ijc = (sum_hw p_i y_j + s) / (sum_hw p_i + sum_hw y_j - sum_hw p_i y_j + s)
-        C_ij = 1 - mean_{c = 1 .. C-1} IoU_ijc
-
-    Class 0 (background) is left out of the mean. The smoothing ``s`` makes a class that is
-    absent from both prediction and annotation count as a perfect match (IoU = 1), so a one-hot
-    prediction equal to the annotation costs exactly 0. Intersections are one einsum against the
-    one-hot labels: memory ``O((N + M) H W C)``, never ``[N, M, H, W, C]``.
-
-    Args:
-      probs: ``[N, H, W, C]`` softmax probabilities of N hypotheses over C classes.
-      labels: ``[M, H, W]`` integer label maps with values in ``[0, C)``.
-      smooth: additive smoothing ``s`` of numerator and denominator.
-
-    Returns:
-      ``[N, M]`` float32 cost, in ``[0, 1]`` for probabilities.
-    """
-    _check_maps("probs", probs, labels)
-    num_classes = probs.shape[-1]
-    if num_classes < 2:
-        raise ValueError(f"soft_iou_cost needs a foreground class; got C = {num_classes}.")
-    p = probs.astype(jnp.float32)
-    y = jax.nn.one_hot(labels, num_classes, dtype=jnp.float32)
-    inter = jnp.einsum("nhwc,mhwc->nmc", p, y, precision=jax.lax.Precision.HIGHEST)
-    sum_p = jnp.sum(p, axis=(1, 2))[:, None, :]
-    sum_y = jnp.sum(y, axis=(1, 2))[None, :, :]
-    iou = (inter + smooth) / (sum_p + sum_y - inter + smooth)
-    return 1.0 - jnp.mean(iou[..., 1:], axis=-1)
-
-
-def cross_entropy_cost(*, logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Mean pixel cross-entropy between every hypothesis and every annotation.
-
-    ``C_ij = -1 / (H W) sum_hw sum_c y_jhwc log softmax(z_i)_hwc`` with ``y = one_hot(labels)``;
-    the gather is one einsum against the one-hot labels, never an ``[N, M, H, W, C]`` tensor.
-    The cost is unbounded (about ``log C`` for a uniform prediction), so an absolute Sinkhorn
-    epsilon means less here than with :func:`soft_iou_cost`.
-
-    Args:
-      logits: ``[N, H, W, C]`` unnormalised class scores of N hypotheses.
-      labels: ``[M, H, W]`` integer label maps with values in ``[0, C)``.
-
-    Returns:
-      ``[N, M]`` float32 cost.
-    """
-    _check_maps("logits", logits, labels)
-    log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
-    y = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
-    total = jnp.einsum("nhwc,mhwc->nm", log_p, y, precision=jax.lax.Precision.HIGHEST)
-    return -total / (labels.shape[1] * labels.shape[2])
-
-
-# --------------------------------------------------------------------------------------------
-# The ott-jax adapter.
-# --------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _ott_promotion_rules():
-    """Lets ott-jax trace with the promotion rules it was written for, whatever the caller set."""
-    with jax.numpy_rank_promotion("allow"), jax.numpy_dtype_promotion("standard"):
-        yield
-
-
-class _Settings(NamedTuple):
-    """Static Sinkhorn settings (Python numbers, so they can be a ``nondiff_argnums``)."""
-
-    epsilon: float
-    num_iters: int
-    epsilon_start: float | None
-
-
-def _settings(epsilon, num_iters, epsilon_start) -> _Settings:
-    epsilon = float(epsilon)
-    if not epsilon > 0.0:
-        raise ValueError(f"epsilon must be a positive float; got {epsilon}.")
-    if int(num_iters) != num_iters or num_iters < 1:
-        raise ValueError(f"num_iters must be a positive int; got {num_iters}.")
-    if epsilon_start is not None:
-        epsilon_start = float(epsilon_start)
-    return _Settings(epsilon, int(num_iters), epsilon_start)
-
-
-def _solve(cost, a, b, *, epsilon, num_iters, epsilon_start):
-    """Balanced entropic plan of ``cost`` with marginals ``a``, ``b`` (call under the rules)."""
-    if epsilon_start is not None and epsilon_start > epsilon:
-        # eps_t = epsilon * max(1, init * decay^t): geometric from epsilon_start down to
-        # epsilon at half the budget, then constant.
-        init = epsilon_start / epsilon
-        decay = init ** (-1.0 / max(num_iters // 2, 1))
-        eps = epsilon_scheduler.Epsilon(epsilon, init=init, decay=decay)
-    else:
-        eps = epsilon
-    geom = geometry.Geometry(cost_matrix=cost, epsilon=eps)
-    problem = linear_problem.LinearProblem(geom, a=a, b=b)
-    solver = sinkhorn.Sinkhorn(
-        lse_mode=True,
-        min_iterations=num_iters,
-        max_iterations=num_iters,
-        # One block of all iterations: see the module docstring (wrong gradients otherwise).
-        inner_iterations=num_iters,
-        implicit_diff=None,
-    )
-    return solver(problem).matrix
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _entropic_plan(cost, a, b, settings):
-    with _ott_promotion_rules():
-        return _solve(cost, a, b, **settings._asdict())
-
-
-def _entropic_plan_fwd(cost, a, b, settings):
-    # Reverse mode of ott's unrolled loop is traced lazily, outside the caller's `with`; this
-    # wrapper traces it (forward and backward) under the promotion rules.
-    with _ott_promotion_rules():
-        plan, pullback = jax.vjp(functools.partial(_solve, **settings._asdict()), cost, a, b)
-    return plan, pullback
-
-
-def _entropic_plan_bwd(settings, pullback, g):
-    del settings
-    with _ott_promotion_rules():
-        return pullback(g)
-
-
-_entropic_plan.defvjp(_entropic_plan_fwd, _entropic_plan_bwd)
 
 
 def _static_float(x) -> float | None:
@@ -221,11 +54,6 @@ def _check_cost(cost: jax.Array) -> jax.Array:
     if cost.ndim != 2:
         raise ValueError(f"cost must be [N, M] (vmap over the batch); got shape {cost.shape}.")
     return cost
-
-
-# --------------------------------------------------------------------------------------------
-# Plans and losses.
-# --------------------------------------------------------------------------------------------
 
 
 def capped_plan(
@@ -277,7 +105,7 @@ def capped_plan(
     Returns:
       ``[N, M]`` float32 plan ``T`` (without gradient).
     """
-    settings = _settings(epsilon, num_iters, epsilon_start)
+    settings = sinkhorn_settings(epsilon, num_iters, epsilon_start)
     cost = jax.lax.stop_gradient(_check_cost(cost))
     n, m = cost.shape
     beta_in, beta = beta, jax.lax.stop_gradient(_column_marginal(beta, m))
@@ -295,7 +123,7 @@ def capped_plan(
     capacity = jnp.full((n,), (mass + dummy) / n, jnp.float32)
     augmented = jnp.concatenate([cost, jnp.zeros((n, 1), jnp.float32)], axis=1)
     annotation_mass = jnp.concatenate([beta, dummy[None]])
-    plan_t = _entropic_plan(augmented.T, annotation_mass, capacity, settings)
+    plan_t = entropic_plan(augmented.T, annotation_mass, capacity, settings)
     return plan_t[:m].T
 
 
@@ -405,7 +233,7 @@ def balanced_ot_loss(
     Returns:
       ``(loss, aux)`` with the same keys as :func:`relaxed_ot_loss` (``kl`` is 0).
     """
-    settings = _settings(epsilon, num_iters, epsilon_start)
+    settings = sinkhorn_settings(epsilon, num_iters, epsilon_start)
     cost = _check_cost(cost)
     alpha = jnp.asarray(alpha, jnp.float32)
     if alpha.shape != cost.shape[:1]:
@@ -413,7 +241,7 @@ def balanced_ot_loss(
     beta = _column_marginal(beta, cost.shape[1])
     a = jnp.maximum(alpha, _FLOOR)
     a = a / jnp.sum(a) * jnp.sum(beta)
-    plan = _entropic_plan(cost, a, beta, settings)
+    plan = entropic_plan(cost, a, beta, settings)
     transport = jnp.sum(plan * cost)
     aux = {
         "transport": transport,
@@ -422,82 +250,3 @@ def balanced_ot_loss(
         "plan": jax.lax.stop_gradient(plan),
     }
     return transport, aux
-
-
-def balanced_assignment(
-    *,
-    scores: jax.Array,
-    epsilon: float = 0.05,
-    num_iters: int = 3,
-) -> jax.Array:
-    """Balanced soft assignment of examples to prototypes (the codes of SwAV).
-
-    Entropic optimal transport with cost ``-S`` and uniform marginals (Caron et al., "Unsupervised
-    Learning of Visual Features by Contrasting Cluster Assignments", NeurIPS 2020)::
-
-        T* = argmax_T  sum_bp T_bp S_bp + epsilon H(T)   s.t.  T 1_P = 1_B / B,  T^T 1_B = 1_P / P
-        Q = B T*   (each row sums to 1)
-
-    so every prototype receives the same share of the batch, which keeps the codes from
-    collapsing onto one prototype. It is ott-jax Sinkhorn in the log domain with an absolute
-    ``epsilon`` and exactly ``num_iters`` iterations from zero potentials; each iteration first
-    matches the prototype marginal, then the example marginal, as SwAV's ``distributed_sinkhorn``
-    does, so the result is the same as SwAV's for the same number of iterations (SwAV uses 3,
-    which does not converge: the column sums of ``Q`` are only roughly ``B / P``, while the row
-    sums are exact because the example marginal is matched last). Rows are renormalised to sum
-    to 1 (``Q = T / (T 1_P)``, which is ``B T`` up to rounding).
-
-    The codes are targets: inputs and output are under ``stop_gradient``.
-
-    Args:
-      scores: ``[B, P]`` scores of B examples against P prototypes (cosine similarities in SwAV).
-      epsilon: absolute entropic regularisation, in the units of ``scores`` (SwAV: 0.05).
-      num_iters: number of Sinkhorn iterations (SwAV: 3).
-
-    Returns:
-      ``[B, P]`` float32 codes ``Q``, non-negative with rows summing to 1 (without gradient).
-    """
-    settings = _settings(epsilon, num_iters, None)
-    scores = jax.lax.stop_gradient(jnp.asarray(scores, jnp.float32))
-    if scores.ndim != 2:
-        raise ValueError(f"scores must be [B, P]; got shape {scores.shape}.")
-    n, k = scores.shape
-    a = jnp.full((n,), 1.0 / n, jnp.float32)
-    b = jnp.full((k,), 1.0 / k, jnp.float32)
-    with _ott_promotion_rules():
-        plan = _solve(-scores, a, b, **settings._asdict())
-    codes = plan / jnp.sum(plan, axis=1, keepdims=True)
-    return jax.lax.stop_gradient(codes)
-
-
-def gamma_schedule(
-    step: int | jax.Array,
-    *,
-    start: float = 0.5,
-    end: float = 1.0,
-    ramp_start: int = 2000,
-    ramp_steps: int = 2000,
-) -> jax.Array:
-    """Capacity ``gamma`` at a step: ``start`` until ``ramp_start``, then linear to ``end``.
-
-    ``gamma(t) = start + (end - start) clip((t - ramp_start) / ramp_steps, 0, 1)``. MoSE raises
-    gamma from 1/2 to 1 when the loss plateaus; a step-based ramp keeps the train step a pure
-    function of ``(state, batch, rng)``. The defaults are placeholders: set ``ramp_start`` and
-    ``ramp_steps`` from the run length. ``ramp_steps = 0`` is a jump at ``ramp_start``.
-
-    Args:
-      step: training step (Python int or int array, may be traced).
-      start: gamma before the ramp.
-      end: gamma after the ramp.
-      ramp_start: first step of the ramp.
-      ramp_steps: length of the ramp in steps.
-
-    Returns:
-      Scalar float32 gamma.
-    """
-    t = jnp.asarray(step).astype(jnp.float32)
-    if ramp_steps <= 0:
-        frac = (t >= ramp_start).astype(jnp.float32)
-    else:
-        frac = jnp.clip((t - ramp_start) / ramp_steps, 0.0, 1.0)
-    return jnp.float32(start) + jnp.float32(end - start) * frac

@@ -8,7 +8,7 @@ global and local crops along the view axis, so every loss takes ``[B, V, D]`` em
 * :func:`supcon`: supervised contrastive loss (Khosla et al. 2020), positives share a label.
 * :func:`vicreg`: variance-invariance-covariance regularisation (Bardes et al. 2022).
 * :func:`swav`: swapped prediction of balanced prototype codes (Caron et al. 2020); the codes
-  come from :func:`osteo_jax.losses.ot.balanced_assignment` (ott-jax Sinkhorn).
+  come from :func:`balanced_assignment` (ott-jax Sinkhorn).
 
 The contrastive losses and SwAV return per-example values ``[B]`` (the step reduces them, e.g.
 with a mean). VICReg returns a scalar: its variance and covariance terms are statistics of the
@@ -21,9 +21,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from osteo_jax.losses.ot import balanced_assignment
+from osteo_jax.losses.sinkhorn import entropic_plan, sinkhorn_settings
 
-__all__ = ["nt_xent", "supcon", "swav", "vicreg"]
+__all__ = ["balanced_assignment", "nt_xent", "supcon", "swav", "vicreg"]
 
 # Floor on squared norms in the L2 normalisation (an all-zero embedding stays zero, not NaN).
 _NORM_FLOOR = 1e-12
@@ -169,6 +169,51 @@ def vicreg(
     return loss, terms
 
 
+def balanced_assignment(
+    *,
+    scores: jax.Array,
+    epsilon: float = 0.05,
+    num_iters: int = 3,
+) -> jax.Array:
+    """Balanced soft assignment of examples to prototypes (the codes of SwAV).
+
+    Entropic optimal transport with cost ``-S`` and uniform marginals (Caron et al., "Unsupervised
+    Learning of Visual Features by Contrasting Cluster Assignments", NeurIPS 2020)::
+
+        T* = argmax_T  sum_bp T_bp S_bp + epsilon H(T)   s.t.  T 1_P = 1_B / B,  T^T 1_B = 1_P / P
+        Q = B T*   (each row sums to 1)
+
+    so every prototype receives the same share of the batch, which keeps the codes from
+    collapsing onto one prototype. It is ott-jax Sinkhorn in the log domain with an absolute
+    ``epsilon`` and exactly ``num_iters`` iterations from zero potentials; each iteration first
+    matches the prototype marginal, then the example marginal, as SwAV's ``distributed_sinkhorn``
+    does, so the result is the same as SwAV's for the same number of iterations (SwAV uses 3,
+    which does not converge: the column sums of ``Q`` are only roughly ``B / P``, while the row
+    sums are exact because the example marginal is matched last). Rows are renormalised to sum
+    to 1 (``Q = T / (T 1_P)``, which is ``B T`` up to rounding).
+
+    The codes are targets: inputs and output are under ``stop_gradient``.
+
+    Args:
+      scores: ``[B, P]`` scores of B examples against P prototypes (cosine similarities in SwAV).
+      epsilon: absolute entropic regularisation, in the units of ``scores`` (SwAV: 0.05).
+      num_iters: number of Sinkhorn iterations (SwAV: 3).
+
+    Returns:
+      ``[B, P]`` float32 codes ``Q``, non-negative with rows summing to 1 (without gradient).
+    """
+    settings = sinkhorn_settings(epsilon, num_iters, None)
+    scores = jax.lax.stop_gradient(jnp.asarray(scores, jnp.float32))
+    if scores.ndim != 2:
+        raise ValueError(f"scores must be [B, P]; got shape {scores.shape}.")
+    n, k = scores.shape
+    a = jnp.full((n,), 1.0 / n, jnp.float32)
+    b = jnp.full((k,), 1.0 / k, jnp.float32)
+    plan = entropic_plan(-scores, a, b, settings)
+    codes = plan / jnp.sum(plan, axis=1, keepdims=True)
+    return jax.lax.stop_gradient(codes)
+
+
 def swav(
     *,
     scores: jax.Array,
@@ -181,7 +226,7 @@ def swav(
 
     ``S_bvp`` is the cosine score of view ``v`` of example ``b`` against prototype ``p`` (both
     L2-normalised). For each view ``i`` in ``assign_views`` the codes ``Q_i = [B, P]`` are the
-    balanced Sinkhorn assignment of ``S_:i:`` (:func:`~osteo_jax.losses.ot.balanced_assignment`,
+    balanced Sinkhorn assignment of ``S_:i:`` (:func:`balanced_assignment`,
     under ``stop_gradient``) and every other view predicts them::
 
         loss_b = mean_{i in assign_views} 1 / (V - 1) sum_{j != i}

@@ -28,15 +28,7 @@ import numpy as np
 
 from osteo_jax.data.folder import read_csv, rows_from, write_csv, write_json
 from osteo_jax.data.synth.ceiling import read_ceilings, read_posteriors
-from osteo_jax.eval.baselines import (
-    DEFAULT_COVARIATES,
-    clinical_scores,
-    fusion_scores,
-    radiogrammetry_features,
-    radiogrammetry_scores,
-    read_covariates,
-    read_labels,
-)
+from osteo_jax.eval.baselines import clinical_scores, fusion_scores, radiogrammetry_scores
 from osteo_jax.eval.cls_stats import (
     CI_METHOD,
     FOLD_CI_METHOD,
@@ -51,6 +43,12 @@ from osteo_jax.eval.headline import (
     COMPARISON_MD,
     IMAGE_ROW,
     headline_table,
+)
+from osteo_jax.eval.subject_features import (
+    DEFAULT_COVARIATES,
+    radiogrammetry_features,
+    read_covariates,
+    read_labels,
 )
 
 __all__ = ["compare_rows"]

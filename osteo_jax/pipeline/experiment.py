@@ -105,7 +105,7 @@ def run_experiment(
         stage("synth", t)
     data = Path(data)
     if cfg.protocol.covariates:  # fail now, not after hours of training, if a column is missing
-        from osteo_jax.eval.baselines import read_covariates
+        from osteo_jax.eval.subject_features import read_covariates
 
         read_covariates(data, cfg.protocol.covariates)
     try:

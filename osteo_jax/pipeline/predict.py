@@ -140,7 +140,7 @@ def predict_images(
     from osteo_jax.data.imageio import isotropic_spacing, read_image
     from osteo_jax.data.inmemory import normalise
     from osteo_jax.data.segments import segments_from_prediction
-    from osteo_jax.eval.radiogrammetry import measure_prediction
+    from osteo_jax.eval.radiogrammetry.hypotheses import measure_prediction
 
     images = []
     for p in paths:

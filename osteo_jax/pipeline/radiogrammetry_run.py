@@ -30,7 +30,8 @@ import numpy as np
 
 from osteo_jax.data.folder import IMAGES_CSV, SUBJECTS_CSV, read_csv, write_json
 from osteo_jax.data.segments import labels_from_probs
-from osteo_jax.eval.radiogrammetry import DEFAULT_BONES, measure_hypotheses, measure_radiograph
+from osteo_jax.eval.radiogrammetry.hypotheses import measure_hypotheses
+from osteo_jax.eval.radiogrammetry.measure import DEFAULT_BONES, measure_radiograph
 
 __all__ = ["DEFAULT_SPACING", "radiogrammetry_of_run"]
 

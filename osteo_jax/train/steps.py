@@ -15,7 +15,7 @@ import optax
 
 from osteo_jax.config import OTConfig
 from osteo_jax.data.augment import CropPolicy, multi_crop_batch, random_resized_crop
-from osteo_jax.losses.ot import (
+from osteo_jax.losses import (
     balanced_ot_loss,
     cross_entropy_cost,
     gamma_schedule,
