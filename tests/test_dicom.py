@@ -26,7 +26,7 @@ from pydicom.uid import (
     SecondaryCaptureImageStorage,
 )
 
-from osteo_jax.data.dicom import read_dicom, write_dicom
+from osteo_jax.data.dicom import PIXEL_RANGE_PERCENTILES, read_dicom, write_dicom
 from osteo_jax.data.errors import DatasetError
 from osteo_jax.data.folder import write_png16
 from osteo_jax.data.imageio import read_image, resample_to_spacing
@@ -203,12 +203,28 @@ def test_malformed_pixel_spacing_is_none(crop, tmp_path):
     assert meta["pixel_spacing_mm"] is None
 
 
-def test_stored_range_without_window(crop, tmp_path):
+def _pixel_range_display(raw):
+    lo, hi = np.percentile(raw, PIXEL_RANGE_PERCENTILES)
+    return np.clip((raw - lo) / (hi - lo), 0, 1)
+
+
+def test_pixel_range_without_window(crop, tmp_path):
     raw = crop.pixel_array.astype(np.float64)
     del crop.WindowCenter, crop.WindowWidth
     image, meta = read_dicom(_save(crop, tmp_path / "x.dcm"))
+    assert meta["voi"] == "pixel_range"
+    lo, hi = np.percentile(raw, PIXEL_RANGE_PERCENTILES)
+    assert 0 < lo < hi < 1023  # the crop fills only part of the 10-bit range
+    np.testing.assert_allclose(image, 1 - _pixel_range_display(raw), atol=1e-6)
+    assert image.min() == 0 and image.max() == 1
+
+
+def test_constant_image_without_window_uses_stored_range(crop, tmp_path):
+    crop.PixelData = np.full((crop.Rows, crop.Columns), 300, np.uint16).tobytes()
+    del crop.WindowCenter, crop.WindowWidth
+    image, meta = read_dicom(_save(crop, tmp_path / "x.dcm"))
     assert meta["voi"] == "stored_range"
-    np.testing.assert_allclose(image, 1 - raw / 1023, atol=1e-7)
+    np.testing.assert_allclose(image, 1 - 300 / 1023, atol=1e-7)
 
 
 def test_rescale_applies_before_window(crop, tmp_path):
@@ -249,7 +265,8 @@ def test_inverted_exactly_once(crop, tmp_path, photometric, shape):
     image, meta = read_dicom(_save(crop, tmp_path / "x.dcm"))
     inverted = photometric == "MONOCHROME1" or shape == "INVERSE"
     assert meta["inverted"] is inverted and meta["presentation_lut_shape"] == shape
-    np.testing.assert_allclose(image, 1 - raw / 1023 if inverted else raw / 1023, atol=1e-7)
+    shown = _pixel_range_display(raw)
+    np.testing.assert_allclose(image, 1 - shown if inverted else shown, atol=1e-6)
 
 
 # ---------------------------------------------------------------- write_dicom round trips

@@ -6,6 +6,35 @@ import argparse
 import time
 
 
+def _megapixels(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number of megapixels, got {text!r}")
+    return value
+
+
+def add_max_megapixels(p: argparse.ArgumentParser) -> None:
+    """Adds ``--max-megapixels``, the pixel cap of the image readers, to a command."""
+    p.add_argument(
+        "--max-megapixels",
+        type=_megapixels,
+        default=None,
+        help="refuse larger images, judged from the file header before decoding "
+        "(default: osteo_jax.data.limits.MAX_IMAGE_PIXELS, 50 MP)",
+    )
+
+
+def max_pixels(args: argparse.Namespace) -> int:
+    """The pixel cap from ``--max-megapixels``, else the package default."""
+    from osteo_jax.data.limits import MAX_IMAGE_PIXELS
+
+    mp = getattr(args, "max_megapixels", None)
+    return MAX_IMAGE_PIXELS if mp is None else round(mp * 1e6)
+
+
 def _synth_config(args: argparse.Namespace):
     from osteo_jax.config import AnnotatorConfig, CohortConfig, PhysicsConfig, SynthConfig
 
@@ -94,7 +123,9 @@ def cmd_validate(args: argparse.Namespace) -> int:
     """Checks a dataset folder (tables, paths, images, masks, labels, splits); writes nothing."""
     from osteo_jax.data.validate import validate_folder
 
-    report = validate_folder(args.data, check_images=not args.tables_only)
+    report = validate_folder(
+        args.data, check_images=not args.tables_only, max_pixels=max_pixels(args)
+    )
     print(
         f"{args.data}: OK - {report.n_subjects} subjects, {report.n_images} images, masks "
         + ", ".join(f"{k} {v}" for k, v in report.masks.items())
@@ -133,4 +164,5 @@ def add_validate(sub) -> None:
     p = sub.add_parser("validate", help="check a dataset folder")
     p.add_argument("--data", required=True, help="dataset folder")
     p.add_argument("--tables-only", action="store_true", help="do not decode images and masks")
+    add_max_megapixels(p)
     p.set_defaults(func=cmd_validate)

@@ -8,8 +8,14 @@ Reading follows the DICOM grayscale pipeline (PS3.3 C.11, PS3.4 N.2.1.1)::
   (:func:`pydicom.pixels.apply_modality_lut`).
 * VOI: the first VOI LUT Sequence item, else the first Window Center/Width pair (with its VOI LUT
   Function), as chosen by :func:`pydicom.pixels.apply_voi_lut`; its output range maps to
-  ``[0, 1]``. Without either, the whole stored range (``Bits Stored``, through the Modality LUT)
-  maps to ``[0, 1]``, so an image's brightness never depends on its own content.
+  ``[0, 1]``. Without either, the window is taken from the image's own values: the
+  :data:`PIXEL_RANGE_PERCENTILES` (0.5th and 99.5th) percentiles of the Modality LUT output map
+  linearly to ``[0, 1]``, values beyond them clipped (``voi = "pixel_range"``). The whole
+  stored range would be the content-independent choice, but detectors rarely fill it (a 16-bit
+  file holding values 0-280 came out nearly black), and the percentiles keep a few hot or dead
+  pixels from setting the contrast. An image whose percentiles coincide (nearly constant) falls
+  back to its minimum and maximum, and a constant one to the stored range (``"stored_range"``,
+  ``Bits Stored`` through the Modality LUT).
 * Inversion: the output is inverted (``1 - x``) exactly once when the Photometric Interpretation
   is ``MONOCHROME1`` *or* the Presentation LUT Shape is ``INVERSE``; otherwise not. The DX, MG
   and IO image modules require ``INVERSE`` with ``MONOCHROME1`` and ``IDENTITY`` with
@@ -20,8 +26,10 @@ Reading follows the DICOM grayscale pipeline (PS3.3 C.11, PS3.4 N.2.1.1)::
   inversion ("an identity transformation ... other than to account for the value of Photometric
   Interpretation", PS3.3 C.8.11.7). pydicom itself never inverts MONOCHROME1.
 
-Compressed transfer syntaxes are decoded by pydicom's plugins; JPEG 2000 (lossless and lossy)
-needs ``pylibjpeg`` with ``pylibjpeg-openjpeg`` (pinned in ``pyproject.toml``).
+Compressed transfer syntaxes are decoded by pydicom's plugins through ``pylibjpeg`` (pinned in
+``pyproject.toml``): ``pylibjpeg-openjpeg`` for JPEG 2000 (lossless and lossy, .4.90/.91) and
+``pylibjpeg-libjpeg`` for JPEG Baseline, Extended, Lossless and Lossless SV1 (.4.50/.51/.57/.70)
+and JPEG-LS lossless and near-lossless (.4.80/.81); RLE and Deflate need no plugin.
 """
 
 from __future__ import annotations
@@ -39,35 +47,48 @@ from pydicom.pixels import apply_modality_lut, apply_voi_lut
 from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
 
 from osteo_jax.data.errors import DatasetError
+from osteo_jax.data.limits import MAX_IMAGE_PIXELS, check_pixel_count
 
-__all__ = ["read_dicom", "write_dicom"]
+__all__ = ["PIXEL_RANGE_PERCENTILES", "read_dicom", "write_dicom"]
 
 _GRAYSCALE = ("MONOCHROME1", "MONOCHROME2")
 _PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+PIXEL_RANGE_PERCENTILES = (0.5, 99.5)
+"""Percentiles of the Modality LUT output mapped to 0 and 1 when a file has no VOI."""
 
 
-def read_dicom(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
+def read_dicom(
+    path: str | os.PathLike, *, max_pixels: int | None = MAX_IMAGE_PIXELS
+) -> tuple[np.ndarray, dict]:
     """Reads a single-frame grayscale DICOM image as display values with bone bright.
 
     Args:
       path: a DICOM Part 10 file (with the ``DICM`` preamble), uncompressed or compressed with a
         transfer syntax that pydicom's installed plugins decode.
+      max_pixels: refuse an image whose Rows x Columns (x Number of Frames) exceeds this,
+        before the pixel data is decoded (:mod:`osteo_jax.data.limits`; None: no cap).
 
     Returns:
       ``(image, meta)``: ``image`` is ``[H, W]`` float32 in ``[0, 1]`` after the Modality LUT,
       the VOI transform and the presentation inversion (module docstring); ``meta`` holds
       ``photometric_interpretation``, ``presentation_lut_shape`` (or None), ``inverted``,
-      ``voi`` (``"lut"``, ``"window"`` or ``"stored_range"``), ``bits_stored``, ``rows``,
-      ``cols``, ``pixel_spacing_mm`` (``(row, col)`` in mm or None), ``pixel_spacing_source``,
-      ``transfer_syntax_uid``, ``transfer_syntax``, ``laterality``, ``sop_instance_uid``,
-      ``modality``, ``format`` (``"dicom"``) and ``path``.
+      ``voi`` (``"lut"``, ``"window"``, ``"pixel_range"`` or ``"stored_range"``),
+      ``bits_stored``, ``rows``, ``cols``, ``pixel_spacing_mm`` (``(row, col)`` in mm or
+      None), ``pixel_spacing_source``, ``transfer_syntax_uid``, ``transfer_syntax``,
+      ``laterality``, ``sop_instance_uid``, ``modality``, ``format`` (``"dicom"``) and
+      ``path``.
 
     Raises:
-      DatasetError: missing file, not DICOM, truncated, no or undecodable pixel data, not a
-        single-frame single-channel MONOCHROME image, or non-finite values; the message names
-        the file.
+      DatasetError: missing file, not DICOM, truncated, no or undecodable pixel data, larger
+        than ``max_pixels``, not a single-frame single-channel MONOCHROME image, or non-finite
+        values; the message names the file.
     """
     ds = _read_dataset(path)
+    rows, cols = _int_or(ds.get("Rows"), 0), _int_or(ds.get("Columns"), 0)
+    if rows < 1 or cols < 1:
+        raise DatasetError(f"{path}: Rows/Columns missing or invalid ({rows} x {cols})")
+    frames = _int_or(ds.get("NumberOfFrames"), 1)
+    check_pixel_count(path, rows, cols, max_pixels, frames=frames)
     pi = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     if pi not in _GRAYSCALE:
         raise DatasetError(
@@ -75,7 +96,6 @@ def read_dicom(path: str | os.PathLike) -> tuple[np.ndarray, dict]:
             "(expected MONOCHROME1 or MONOCHROME2)"
         )
     spp = int(ds.get("SamplesPerPixel", 1) or 1)
-    frames = _int_or(ds.get("NumberOfFrames"), 1)
     if spp != 1 or frames != 1:
         raise DatasetError(
             f"{path}: expected one frame with one sample per pixel, got {frames} frame(s) "
@@ -151,7 +171,7 @@ def _read_dataset(path: str | os.PathLike) -> Dataset:
 
 
 def _display(stored: np.ndarray, ds: Dataset, bits: int) -> tuple[np.ndarray, str]:
-    """Modality LUT then VOI, scaled so the VOI (or stored) output range is [0, 1]."""
+    """Modality LUT then VOI, scaled so the VOI (or pixel) output range is [0, 1]."""
     values = apply_modality_lut(stored, ds)
     _check_finite(values, "modality LUT output")
     if ds.get("VOILUTSequence") and _valid_voi_lut(ds):
@@ -172,9 +192,8 @@ def _display(stored: np.ndarray, ds: Dataset, bits: int) -> tuple[np.ndarray, st
         # +-inf saturate every VOI LUT Function at pydicom's own output range [y_min, y_max].
         lo, hi = apply_voi_lut(np.array([-np.inf, np.inf]), ds, index=0, prefer_lut=False)
     else:
-        voi = "stored_range"
         out = values
-        lo, hi = _stored_range(ds, bits)
+        voi, (lo, hi) = _pixel_range(values, ds, bits)
     lo, hi = float(lo), float(hi)
     if not (math.isfinite(lo) and math.isfinite(hi)) or lo == hi:
         raise DatasetError(f"degenerate {voi} output range [{lo}, {hi}]")
@@ -186,6 +205,17 @@ def _display(stored: np.ndarray, ds: Dataset, bits: int) -> tuple[np.ndarray, st
 def _valid_voi_lut(ds: Dataset) -> bool:
     item = ds.VOILUTSequence[0]
     return item.get("LUTDescriptor") is not None and item.get("LUTData") is not None
+
+
+def _pixel_range(values: np.ndarray, ds: Dataset, bits: int) -> tuple[str, tuple[float, float]]:
+    """The window of a file without VOI: robust percentiles of its values (module docstring)."""
+    v = np.asarray(values, np.float64)
+    lo, hi = np.percentile(v, PIXEL_RANGE_PERCENTILES)
+    if hi <= lo:
+        lo, hi = v.min(), v.max()
+    if hi > lo:
+        return "pixel_range", (float(lo), float(hi))
+    return "stored_range", _stored_range(ds, bits)
 
 
 def _stored_range(ds: Dataset, bits: int) -> tuple[float, float]:

@@ -32,6 +32,7 @@ from PIL import Image
 
 from osteo_jax.config import CLASS_NAMES
 from osteo_jax.data.errors import DatasetError
+from osteo_jax.data.limits import MAX_IMAGE_PIXELS, open_image_lazily
 
 FORMAT_VERSION = 1
 SUBJECTS_CSV = "subjects.csv"
@@ -72,18 +73,22 @@ def write_labels(path: str | os.PathLike, labels: np.ndarray) -> None:
     Image.fromarray(labels).save(path, compress_level=1)
 
 
-def read_png(path: str | os.PathLike) -> np.ndarray:
+def read_png(path: str | os.PathLike, *, max_pixels: int | None = MAX_IMAGE_PIXELS) -> np.ndarray:
     """Reads a grayscale PNG (8- or 16-bit) into a 2-D integer array.
 
+    Args:
+      path: the PNG file.
+      max_pixels: refuse an image of more pixels than this, judged from the header before
+        decoding (:mod:`osteo_jax.data.limits`; None: no cap).
+
     Raises:
-      DatasetError: the file is missing, unreadable, or not single-channel.
+      DatasetError: the file is missing, unreadable, larger than ``max_pixels``, or not
+        single-channel.
     """
     try:
-        with Image.open(path) as im:
+        with open_image_lazily(path, max_pixels) as im:
             im.load()
             arr = np.array(im)
-    except FileNotFoundError as e:
-        raise DatasetError(f"{path}: file not found") from e
     except OSError as e:
         raise DatasetError(f"{path}: unreadable image ({e})") from e
     if arr.ndim != 2:

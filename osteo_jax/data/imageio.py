@@ -27,6 +27,7 @@ from PIL import Image
 
 from osteo_jax.data.dicom import read_dicom
 from osteo_jax.data.errors import DatasetError
+from osteo_jax.data.limits import MAX_IMAGE_PIXELS, open_image_lazily
 
 __all__ = ["read_image", "resample_to_spacing"]
 
@@ -37,7 +38,10 @@ _TIFF_PHOTOMETRIC = 262  # 0 = WhiteIsZero, 1 = BlackIsZero
 
 
 def read_image(
-    path: str | os.PathLike, *, bits_stored: int | None = None
+    path: str | os.PathLike,
+    *,
+    bits_stored: int | None = None,
+    max_pixels: int | None = MAX_IMAGE_PIXELS,
 ) -> tuple[np.ndarray, dict]:
     """Reads a grayscale radiograph as float32 display values in ``[0, 1]`` (bone bright).
 
@@ -45,6 +49,8 @@ def read_image(
       path: a DICOM, PNG or TIFF file.
       bits_stored: significant bits of 16-bit PNG/TIFF values (ignored for DICOM and 8-bit
         images, which carry their own range).
+      max_pixels: refuse an image of more pixels than this, judged from the header before
+        decoding (None: no cap).
 
     Returns:
       ``(image, meta)``: ``image`` is ``[H, W]`` float32 in ``[0, 1]``; ``meta`` has at least
@@ -52,8 +58,9 @@ def read_image(
       (``(row, col)`` mm or None). See :func:`~osteo_jax.data.dicom.read_dicom` for DICOM keys.
 
     Raises:
-      DatasetError: missing, unreadable or unsupported file, not single-channel single-frame,
-        values outside the declared range, or non-finite values; the message names the file.
+      DatasetError: missing, unreadable or unsupported file, larger than ``max_pixels``, not
+        single-channel single-frame, values outside the declared range, or non-finite values;
+        the message names the file.
     """
     p = Path(path)
     if not p.is_file():
@@ -64,17 +71,19 @@ def read_image(
     except OSError as e:
         raise DatasetError(f"{path}: unreadable ({e})") from e
     if head[128:132] == b"DICM" or p.suffix.lower() in (".dcm", ".dicom"):
-        return read_dicom(p)
+        return read_dicom(p, max_pixels=max_pixels)
     if head.startswith(_PNG_SIGNATURE):
-        return _read_pil(p, "png", bits_stored)
+        return _read_pil(p, "png", bits_stored, max_pixels)
     if head[:4] in _TIFF_MARKS:
-        return _read_pil(p, "tiff", bits_stored)
+        return _read_pil(p, "tiff", bits_stored, max_pixels)
     raise DatasetError(f"{path}: unsupported image format (expected DICOM, PNG or TIFF)")
 
 
-def _read_pil(path: Path, fmt: str, bits_stored: int | None) -> tuple[np.ndarray, dict]:
+def _read_pil(
+    path: Path, fmt: str, bits_stored: int | None, max_pixels: int | None
+) -> tuple[np.ndarray, dict]:
     try:
-        with Image.open(path) as im:
+        with open_image_lazily(path, max_pixels, fmt.upper()) as im:
             frames = getattr(im, "n_frames", 1)
             if frames != 1:
                 raise DatasetError(f"{path}: {frames} frames/pages; expected a single image")

@@ -20,7 +20,8 @@ Checks, in order:
   symbolic links are followed, not judged), an existing file, and a known ``split`` when given
   that agrees with the subject's split in ``subjects.csv`` and with the subject's other images.
 * with ``check_images``: every image is read by :func:`~osteo_jax.data.imageio.read_image`
-  (corrupt, truncated, RGB, multi-frame, non-finite, out-of-range files fail) and must be 2-D
+  (corrupt, truncated, RGB, multi-frame, non-finite, out-of-range files and images over the
+  pixel cap, judged from the header before decoding, fail) and must be 2-D
   with both sides >= 2; every mask ``masks/<annotator>/<image_id>.png`` must be a single-channel
   PNG of its image's shape with class ids ``0..len(CLASS_NAMES) - 1`` and at least one
   non-background pixel.
@@ -54,6 +55,7 @@ from osteo_jax.config import CLASS_NAMES
 from osteo_jax.data.errors import DatasetError
 from osteo_jax.data.folder import IMAGES_CSV, SUBJECTS_CSV, annotators_of, mask_relpath, read_png
 from osteo_jax.data.imageio import read_image
+from osteo_jax.data.limits import MAX_IMAGE_PIXELS
 
 __all__ = ["SPLITS", "WHO_OSTEOPOROSIS_T", "ValidationReport", "validate_folder"]
 
@@ -192,13 +194,20 @@ def _bits_stored(root: Path) -> int | None:
     return bits
 
 
-def validate_folder(root: str | os.PathLike, *, check_images: bool = True) -> ValidationReport:
+def validate_folder(
+    root: str | os.PathLike,
+    *,
+    check_images: bool = True,
+    max_pixels: int | None = MAX_IMAGE_PIXELS,
+) -> ValidationReport:
     """Checks a dataset folder without writing anything; raises on the first problem.
 
     Args:
       root: the dataset folder.
       check_images: also read every image and mask (slower); without it only the CSVs, the
         paths and the existence of the image files are checked.
+      max_pixels: images and masks of more pixels are refused from their header, before
+        decoding (:mod:`osteo_jax.data.limits`; None: no cap).
 
     Returns:
       A :class:`ValidationReport` of a valid folder.
@@ -308,7 +317,7 @@ def validate_folder(root: str | os.PathLike, *, check_images: bool = True) -> Va
         n_classes = len(CLASS_NAMES)
         for row, iid, path in images:
             try:
-                image, _ = read_image(path, bits_stored=bits)
+                image, _ = read_image(path, bits_stored=bits, max_pixels=max_pixels)
             except DatasetError as e:
                 raise DatasetError(f"{row}: {e}") from e
             if image.ndim != 2 or min(image.shape) < 2:
@@ -321,7 +330,7 @@ def validate_folder(root: str | os.PathLike, *, check_images: bool = True) -> Va
                 if not mpath.is_file():
                     continue
                 try:
-                    mask = read_png(mpath)
+                    mask = read_png(mpath, max_pixels=max_pixels)
                 except DatasetError as e:
                     raise DatasetError(f"{e} (mask of {IMAGES_CSV} data row {row.index})") from e
                 where = f"{mpath} (mask of {IMAGES_CSV} data row {row.index}, line {row.line})"
