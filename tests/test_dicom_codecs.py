@@ -15,29 +15,21 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
+from pydicom import uid as ts
 from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate
 from pydicom.pixels import get_decoder
-from pydicom.uid import (
-    ExplicitVRLittleEndian,
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
-)
 
 from osteo_jax.data.dicom import read_dicom
 from osteo_jax.data.errors import DatasetError
 
 SYNTAXES = (
-    JPEGBaseline8Bit,
-    JPEGExtended12Bit,
-    JPEGLossless,
-    JPEGLosslessSV1,
-    JPEGLSLossless,
-    JPEGLSNearLossless,
+    ts.JPEGBaseline8Bit,
+    ts.JPEGExtended12Bit,
+    ts.JPEGLossless,
+    ts.JPEGLosslessSV1,
+    ts.JPEGLSLossless,
+    ts.JPEGLSNearLossless,
 )
 
 
@@ -60,7 +52,7 @@ def test_jpeg_ls_lossless_is_identical_to_uncompressed():
     assert jls.dtype == ref.dtype == np.int16 and jls.shape == (64, 64)
     assert np.abs(jls.astype(np.int64) - ref).max() == 0
     (a, meta), (b, _) = read_dicom(jls_path), read_dicom(ref_path)
-    assert meta["transfer_syntax_uid"] == JPEGLSLossless and meta["voi"] == "window"
+    assert meta["transfer_syntax_uid"] == ts.JPEGLSLossless and meta["voi"] == "window"
     assert a.dtype == np.float32 and np.isfinite(a).all()
     np.testing.assert_array_equal(a, b)
 
@@ -71,7 +63,7 @@ def test_jpeg_ls_lossless_is_identical_to_uncompressed():
 )
 def test_jpeg_ls_near_lossless_decodes(name, shape, bits):
     image, meta = read_dicom(_testdata(name))
-    assert meta["transfer_syntax_uid"] == JPEGLSNearLossless and meta["bits_stored"] == bits
+    assert meta["transfer_syntax_uid"] == ts.JPEGLSNearLossless and meta["bits_stored"] == bits
     assert image.shape == shape and image.dtype == np.float32 and np.isfinite(image).all()
     assert image.min() == 0 and image.max() == 1  # no window: its own pixel range
 
@@ -81,18 +73,18 @@ def test_jpeg_lossless_files_decode_with_full_contrast():
     # [-32768, 32767] it would display within [0.500, 0.505], flat grey; the pixel-range window
     # spans [0, 1].
     image, meta = read_dicom(_testdata("JPEG-LL.dcm"))
-    assert meta["transfer_syntax_uid"] == JPEGLosslessSV1 and meta["voi"] == "pixel_range"
+    assert meta["transfer_syntax_uid"] == ts.JPEGLosslessSV1 and meta["voi"] == "pixel_range"
     assert image.shape == (1024, 256) and image.min() == 0 and image.max() == 1
     assert image.std() > 0.1
     image8, meta8 = read_dicom(_testdata("JPGLosslessP14SV1_1s_1f_8b.dcm"))
-    assert meta8["transfer_syntax_uid"] == JPEGLosslessSV1 and image8.shape == (768, 1024)
+    assert meta8["transfer_syntax_uid"] == ts.JPEGLosslessSV1 and image8.shape == (768, 1024)
     assert np.isfinite(image8).all() and image8.std() > 0.05
 
 
 def test_jpeg_extended_12bit_matches_the_lossless_file_of_the_same_scene():
     ext, meta = read_dicom(_testdata("JPGExtended.dcm"))
     ll, _ = read_dicom(_testdata("JPEG-LL.dcm"))
-    assert meta["transfer_syntax_uid"] == JPEGExtended12Bit and ext.shape == ll.shape
+    assert meta["transfer_syntax_uid"] == ts.JPEGExtended12Bit and ext.shape == ll.shape
     assert np.corrcoef(ext.ravel(), ll.ravel())[0, 1] > 0.98
 
 
@@ -164,13 +156,13 @@ def _dicom(path, stored: np.ndarray, bits: int, uid, frame: bytes | None = None)
         ds["PixelData"].VR = "OB"
         ds["PixelData"].is_undefined_length = True
         ds.file_meta.TransferSyntaxUID = uid
-        if uid == JPEGBaseline8Bit:
+        if uid == ts.JPEGBaseline8Bit:
             ds.LossyImageCompression = "01"
     ds.save_as(path, enforce_file_format=True)
     return path
 
 
-@pytest.mark.parametrize("uid", [JPEGLossless, JPEGLosslessSV1], ids=lambda u: u.name)
+@pytest.mark.parametrize("uid", [ts.JPEGLossless, ts.JPEGLosslessSV1], ids=lambda u: u.name)
 @pytest.mark.parametrize("bits", [10, 16])
 def test_jpeg_lossless_is_identical_to_uncompressed(rng, tmp_path, uid, bits):
     ramp = np.add.outer(np.arange(40), 7 * np.arange(48)) % (1 << bits)
@@ -179,7 +171,7 @@ def test_jpeg_lossless_is_identical_to_uncompressed(rng, tmp_path, uid, bits):
     stored[0, :2] = [0, (1 << bits) - 1]  # extreme differences, category 16 at 16 bits
     frame = _lossless_jpeg(stored, bits)
     lossless = _dicom(tmp_path / "jpeg.dcm", stored, bits, uid, frame)
-    reference = _dicom(tmp_path / "unc.dcm", stored, bits, ExplicitVRLittleEndian)
+    reference = _dicom(tmp_path / "unc.dcm", stored, bits, ts.ExplicitVRLittleEndian)
     decoded = pydicom.dcmread(lossless).pixel_array
     assert decoded.dtype == np.uint16 and np.abs(decoded.astype(np.int64) - stored).max() == 0
     (a, meta), (b, _) = read_dicom(lossless), read_dicom(reference)
@@ -192,11 +184,11 @@ def test_jpeg_baseline_grayscale(tmp_path):
     stored = (128 + 100 * np.sin(xx / 6.0) * np.cos(yy / 9.0)).astype(np.uint8)
     buf = BytesIO()
     Image.fromarray(stored).save(buf, format="JPEG", quality=95)
-    path = _dicom(tmp_path / "b.dcm", stored, 8, JPEGBaseline8Bit, buf.getvalue())
+    path = _dicom(tmp_path / "b.dcm", stored, 8, ts.JPEGBaseline8Bit, buf.getvalue())
     decoded = pydicom.dcmread(path).pixel_array.astype(np.int64)
     pillow = np.asarray(Image.open(BytesIO(buf.getvalue())), np.int64)
     assert np.abs(decoded - pillow).max() <= 1  # IDCTs of two decoders may round differently
     assert np.abs(decoded - stored).mean() < 2
     image, meta = read_dicom(path)
-    assert meta["transfer_syntax_uid"] == JPEGBaseline8Bit and image.shape == (48, 64)
+    assert meta["transfer_syntax_uid"] == ts.JPEGBaseline8Bit and image.shape == (48, 64)
     assert np.isfinite(image).all() and image.min() >= 0 and image.max() <= 1

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from osteo_jax.cli.data import add_max_megapixels, max_pixels
 from osteo_jax.data.folder import write_json
 
 
@@ -51,7 +52,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Probability of osteoporosis and 2MCI, with intervals, for new radiographs."""
-    from osteo_jax.pipeline.predict import predict_images
+    from osteo_jax.pipeline.predict import predict_images, summary_line
 
     results = predict_images(
         args.images,
@@ -59,14 +60,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
         interval=args.interval,
         figure=args.figure,
         spacing_mm=args.spacing,
+        max_pixels=max_pixels(args),
     )
     for r in results:
-        lo, hi = r["probability_interval"]
-        clo, chi = r["2MCI_interval"]
-        print(
-            f"{r['path']}: p(osteoporosis) = {r['probability']:.3f} "
-            f"[{lo:.3f}, {hi:.3f}], 2MCI = {r['2MCI']:.3f} [{clo:.3f}, {chi:.3f}]"
-        )
+        print(summary_line(r))
     print("research software trained on synthetic data: not a diagnosis")
     if args.out:
         out = Path(args.out)
@@ -114,6 +111,7 @@ def add_predict(sub) -> None:
     p.add_argument(
         "--spacing", type=float, default=None, help="pixel spacing (mm) if the file has none"
     )
+    add_max_megapixels(p)
     p.set_defaults(func=cmd_predict)
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -132,21 +133,65 @@ def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
 
 
 def write_json(path: str | os.PathLike, obj: object) -> None:
-    """Writes pretty JSON atomically (a temporary sibling renamed over ``path``).
+    """Writes pretty strict JSON (:func:`dumps_json`) atomically.
 
-    A kill mid-write never leaves a truncated file for a resumed run to trip over.
+    A temporary sibling is renamed over ``path``, so a kill mid-write never leaves a truncated
+    file for a resumed run to trip over.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_jsonable) + "\n")
+    tmp.write_text(dumps_json(obj, indent=2) + "\n")
     os.replace(tmp, path)
 
 
-def _jsonable(x):
-    if isinstance(x, np.generic):
-        return x.item()
+def dumps_json(obj: object, *, indent: int | None = None) -> str:
+    """Strict JSON text (RFC 8259) of ``obj``: every file and log line the package writes.
+
+    NaN and infinite numbers, which Python's ``json`` would write as the bare tokens ``NaN`` and
+    ``Infinity`` that most JSON readers reject, become ``null``; numpy scalars and arrays become
+    numbers and lists. Where a reader needs to know why a value is missing, the writer adds a
+    reason field next to it (e.g. ``predict``'s per-hypothesis probabilities).
+
+    Args:
+      obj: dicts, lists, tuples, strings, numbers, bools, None, numpy scalars and arrays.
+      indent: as for :func:`json.dumps` (None: one line, for JSON Lines logs).
+
+    Raises:
+      TypeError: an object of another type.
+    """
+    return json.dumps(_finite(obj), indent=indent, allow_nan=False, default=_not_jsonable)
+
+
+def nulls_to_nan(x):
+    """``x`` with every None replaced by NaN, recursively: numeric records read back.
+
+    The inverse of :func:`dumps_json` for records whose values are all numbers (metric
+    summaries, per-image measurements), so that readers can keep formatting and averaging
+    them; never apply it to configs, where None means "not set".
+    """
+    if isinstance(x, dict):
+        return {k: nulls_to_nan(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [nulls_to_nan(v) for v in x]
+    return math.nan if x is None else x
+
+
+def _finite(x):
+    """``x`` with numpy values converted and non-finite floats replaced by None."""
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_finite(v) for v in x]
     if isinstance(x, np.ndarray):
-        return x.tolist()
+        return _finite(x.tolist())
+    if isinstance(x, np.generic):
+        x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
+def _not_jsonable(x):
     raise TypeError(f"not JSON serialisable: {type(x)}")
 
 

@@ -104,14 +104,34 @@ def subject_probabilities(
     Returns:
       ``(subjects [n_subjects] sorted, probs [n_subjects])``. A subject with no valid segment
       gets 0.5 (no evidence either way).
+
+    Raises:
+      ValueError: no images, mismatched shapes, or a valid segment's probability that is NaN,
+        infinite or outside ``[0, 1]`` (invalid segments may hold anything, NaN included).
     """
     segment_probs = np.asarray(segment_probs, np.float64)
     valid = np.asarray(valid, bool)
-    if segment_probs.shape != valid.shape:
-        raise ValueError(f"probs {segment_probs.shape} and valid {valid.shape} differ")
-    subjects, inverse = np.unique(np.asarray(subject_ids), return_inverse=True)
+    subject_ids = np.asarray(subject_ids)
+    if segment_probs.shape != valid.shape or segment_probs.ndim != 2:
+        raise ValueError(
+            f"probs {segment_probs.shape} and valid {valid.shape} differ or are not [n, B]"
+        )
+    if subject_ids.shape != segment_probs.shape[:1]:
+        raise ValueError(
+            f"subject_ids {subject_ids.shape} do not match probs {segment_probs.shape}"
+        )
+    if len(segment_probs) == 0:
+        raise ValueError("segment probabilities: empty (no images); need at least one subject")
+    bad = valid & ~((segment_probs >= 0) & (segment_probs <= 1))  # NaN fails both
+    if bad.any():
+        i, j = (int(k[0]) for k in np.nonzero(bad))
+        raise ValueError(
+            f"segment probabilities: NaN, infinite or outside [0, 1] in {int(bad.sum())} valid "
+            f"segment(s) (first at image {i}, segment {j}: {segment_probs[i, j].item()!r})"
+        )
+    subjects, inverse = np.unique(subject_ids, return_inverse=True)
     total = np.bincount(
-        inverse, weights=(segment_probs * valid).sum(axis=1), minlength=len(subjects)
+        inverse, weights=np.where(valid, segment_probs, 0.0).sum(axis=1), minlength=len(subjects)
     )
     count = np.bincount(inverse, weights=valid.sum(axis=1), minlength=len(subjects))
     probs = np.where(count > 0, total / np.maximum(count, 1), 0.5)
@@ -213,6 +233,8 @@ def binary_metrics(probs: np.ndarray, labels: np.ndarray, threshold: float = 0.5
       ``{metric: float}`` in the order of :data:`METRICS`; AUC is NaN when one class is
       missing, sensitivity (specificity) when there is no positive (negative).
     """
+    if not 0 <= threshold <= 1:  # NaN fails too
+        raise ValueError(f"threshold must be in [0, 1], got {threshold!r}")
     probs, labels = check_probabilities(probs, labels)
     return _binary_metrics(probs, labels, threshold)
 

@@ -26,7 +26,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from osteo_jax.config import BONE_NAMES  # noqa: E402
-from osteo_jax.data.folder import read_csv  # noqa: E402
+from osteo_jax.data.folder import nulls_to_nan, read_csv  # noqa: E402
 from osteo_jax.eval.cls_figure import comparison_figure  # noqa: E402
 from osteo_jax.eval.cls_stats import CI_METHOD
 from osteo_jax.eval.headline import COMPARISON_JSON, ceiling_table, rows_table  # noqa: E402
@@ -233,6 +233,7 @@ def write_report(
     fig_dir = out / FIGURES
     fig_dir.mkdir(exist_ok=True)
     metrics = json.loads((out / "cls" / "cls_metrics.json").read_text())
+    metrics["summary"] = nulls_to_nan(metrics["summary"])  # strict JSON holds NaN as null
     doc = _Doc()
     doc.h(1, f"Screening report: {cfg.name}")
     doc.p(SYNTHETIC_NOTE if (data / "oracle.json").exists() else SYNTHETIC_NOTE.split(".")[0])
@@ -284,7 +285,7 @@ def write_report(
     doc.h(2, "Segmentation")
     val_path = out / "seg" / "val_metrics.json"
     if val_path.exists():
-        val = json.loads(val_path.read_text())
+        val = nulls_to_nan(json.loads(val_path.read_text()))
         dice_rows = _dice_figure(val, fig_dir / "dice_per_bone.png")
         doc.p(
             f"Validation subjects of the segmenter: Dice vs consensus "
@@ -315,7 +316,7 @@ def write_report(
     radio_path = out / "radiogrammetry.json"
     if radio_path.exists():
         radio = json.loads(radio_path.read_text())
-        s = radio["summary"]
+        s = nulls_to_nan(radio["summary"])
         doc.h(2, "Radiogrammetry")
         doc.p(
             "Cortical index (W - M) / W at mid-shaft, W and M read from width profiles of the "

@@ -23,7 +23,7 @@ from typing import NamedTuple
 import numpy as np
 
 from osteo_jax.data.errors import DatasetError
-from osteo_jax.data.folder import SUBJECTS_CSV, read_csv
+from osteo_jax.data.folder import SUBJECTS_CSV, nulls_to_nan, read_csv
 
 __all__ = [
     "DEFAULT_COVARIATES",
@@ -195,7 +195,7 @@ def radiogrammetry_features(
       ValueError: a record without ``subject_id`` or one of the ``<bone>_ci`` keys.
     """
     if not isinstance(radio, Mapping):
-        radio = json.loads(Path(radio).read_text())
+        radio = nulls_to_nan(json.loads(Path(radio).read_text()))  # NaN is null in JSON
     names = tuple(f"{b}_ci" for b in bones)
     records = radio.get("per_image", [])
     for k, r in enumerate(records):

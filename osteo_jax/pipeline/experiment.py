@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from osteo_jax.config import ExperimentConfig
-from osteo_jax.data.folder import write_json
+from osteo_jax.data.folder import nulls_to_nan, write_json
 
 __all__ = ["run_experiment"]
 
@@ -142,7 +142,10 @@ def run_experiment(
     done = out / "cls" / "cls_metrics.json"
     if done.exists():  # finished on these segments (same config, checked above): reuse
         metrics = json.loads(done.read_text())
-        result = {"summary": metrics["summary"], "table": (out / "cls" / "table.md").read_text()}
+        result = {
+            "summary": nulls_to_nan(metrics["summary"]),
+            "table": (out / "cls" / "table.md").read_text(),
+        }
     else:
         result = run_protocol(
             seg_dir,

@@ -13,6 +13,7 @@ Research software on synthetic training data: the output is not a diagnosis.
 from __future__ import annotations
 
 import json
+import math
 import os
 import warnings
 from pathlib import Path
@@ -20,8 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from osteo_jax.data.errors import DatasetError
+from osteo_jax.data.limits import MAX_IMAGE_PIXELS
 
-__all__ = ["PredictModel", "predict_images"]
+__all__ = ["PredictModel", "predict_images", "summary_line"]
 
 
 class PredictModel:
@@ -98,6 +100,34 @@ def _roi_names(roi: str) -> tuple[str, ...]:
     return tuple(name for name, _ in ROI_REGIONS[roi])
 
 
+def _with_reason(key: str, value: float | list[float], reason: str) -> dict:
+    """``{key: value}`` as floats; non-finite values become None, with ``{key}_reason``.
+
+    Strict JSON has no NaN: a reader sees ``null`` and why.
+    """
+    if isinstance(value, list):
+        vals = [float(v) for v in value]
+        if all(math.isfinite(v) for v in vals):
+            return {key: vals}
+        return {key: [v if math.isfinite(v) else None for v in vals], f"{key}_reason": reason}
+    v = float(value)
+    return {key: v} if math.isfinite(v) else {key: None, f"{key}_reason": reason}
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}"
+
+
+def summary_line(res: dict) -> str:
+    """One line of a :func:`predict_images` result: probability and 2MCI with intervals."""
+    lo, hi = res["probability_interval"]
+    clo, chi = res["2MCI_interval"]
+    return (
+        f"{res['path']}: p(osteoporosis) = {_fmt(res['probability'])} [{_fmt(lo)}, {_fmt(hi)}], "
+        f"2MCI = {_fmt(res['2MCI'])} [{_fmt(clo)}, {_fmt(chi)}]"
+    )
+
+
 def _weighted_quantile(x: np.ndarray, w: np.ndarray, q: float) -> float:
     ok = np.isfinite(x)
     if not ok.any():
@@ -115,6 +145,7 @@ def predict_images(
     interval: float = 0.9,
     figure: str | os.PathLike | None = None,
     spacing_mm: float | None = None,
+    max_pixels: int | None = MAX_IMAGE_PIXELS,
 ) -> list[dict]:
     """Probability of osteoporosis and 2MCI, each with an interval, for each image.
 
@@ -127,6 +158,7 @@ def predict_images(
         probability of each hypothesis against its weight.
       spacing_mm: pixel spacing when the file does not carry it (DICOM usually does; PNG
         does not); unknown spacing uses the model's training spacing.
+      max_pixels: refuse larger images, judged from the header (:mod:`osteo_jax.data.limits`).
 
     Returns:
       One dict per image: ``path``, ``probability`` (mixture-mean segmentation, mean over
@@ -134,8 +166,13 @@ def predict_images(
       ``probability_models`` (per seed model), ``hypotheses`` (weight and probability of
       each), ``2MCI`` with ``2MCI_interval`` and ``2MCI_sd``, ``spacing_mm``, ``note``.
 
+      A value that cannot be computed (e.g. a hypothesis without any valid bone segment, or
+      an unmeasurable MC2) is None with a ``<key>_reason`` string next to it.
+
     Raises:
-      DatasetError: a file is missing or unreadable (named in the message).
+      DatasetError: a file is missing, unreadable or over ``max_pixels``, or cannot be
+        segmented into usable bones (no valid segment in the mixture-mean segmentation); the
+        message names the file.
     """
     from osteo_jax.data.imageio import isotropic_spacing, read_image
     from osteo_jax.data.inmemory import normalise
@@ -147,7 +184,7 @@ def predict_images(
         p = Path(p)
         if not p.is_file():
             raise DatasetError(f"{p}: file not found")
-        image, meta = read_image(p)  # raises DatasetError naming the file
+        image, meta = read_image(p, max_pixels=max_pixels)  # DatasetError naming the file
         images.append((p, normalise(image), meta))
     model = run if isinstance(run, PredictModel) else PredictModel(run)
     lo_q, hi_q = (1 - interval) / 2, (1 + interval) / 2
@@ -164,6 +201,12 @@ def predict_images(
         )
         p_all = model.classify([mean_seg, *hyp_segs])  # [1 + N, models]
         p_mean_models = p_all[0]
+        if not np.isfinite(p_mean_models).all():
+            raise DatasetError(
+                f"{path}: cannot be segmented into usable bones (no valid segment of "
+                f"{', '.join(model.bones)} in the mixture-mean segmentation); is it a hand "
+                "radiograph?"
+            )
         with warnings.catch_warnings():  # a hypothesis with no valid segment gives NaN
             warnings.simplefilter("ignore", RuntimeWarning)
             p_hyp = np.nanmean(p_all[1:], axis=1)
@@ -173,19 +216,32 @@ def predict_images(
         ci = spread["MC2"]["cortical_index"]
         res = {
             "path": str(path),
-            "probability": float(np.nanmean(p_mean_models)),
-            "probability_interval": [
-                _weighted_quantile(p_hyp, w, lo_q),
-                _weighted_quantile(p_hyp, w, hi_q),
-            ],
+            "probability": float(np.mean(p_mean_models)),
+            **_with_reason(
+                "probability_interval",
+                [_weighted_quantile(p_hyp, w, lo_q), _weighted_quantile(p_hyp, w, hi_q)],
+                "no hypothesis has a valid bone segment",
+            ),
             "probability_models": [float(x) for x in p_mean_models],
             "interval_mass": interval,
             "hypotheses": [
-                {"weight": float(w[h]), "probability": float(p_hyp[h])} for h in range(len(w))
+                {
+                    "weight": float(w[h]),
+                    **_with_reason(
+                        "probability", p_hyp[h], "no valid bone segment in this hypothesis"
+                    ),
+                }
+                for h in range(len(w))
             ],
-            "2MCI": float(mean_m["MC2"].cortical_index),
-            "2MCI_interval": [float(ci["lo"]), float(ci["hi"])],
-            "2MCI_sd": float(ci["sd"]),
+            **_with_reason(
+                "2MCI", mean_m["MC2"].cortical_index, "MC2 not measurable in the segmentation"
+            ),
+            **_with_reason(
+                "2MCI_interval",
+                [ci["lo"], ci["hi"]],
+                "MC2 not measurable in any hypothesis",
+            ),
+            **_with_reason("2MCI_sd", ci["sd"], "MC2 not measurable in any hypothesis"),
             "spacing_mm": float(spacing),
             "spacing_known": bool(known or spacing_mm),
             "segments_valid": {
@@ -234,14 +290,15 @@ def _figure(panels: list, path: Path) -> Path:
         ax = axes[r, 1]
         ax.scatter(w, p_hyp, s=20 + 400 * w, alpha=0.7, label="hypotheses")
         lo, hi = res["probability_interval"]
-        ax.axhspan(lo, hi, color="C1", alpha=0.2, label=f"{res['interval_mass']:.0%} interval")
+        if lo is not None and hi is not None:
+            ax.axhspan(lo, hi, color="C1", alpha=0.2, label=f"{res['interval_mass']:.0%} interval")
         ax.axhline(res["probability"], color="C1", label=f"p = {res['probability']:.2f}")
         ax.set_ylim(0, 1)
         ax.set_xlabel("hypothesis weight")
         ax.set_ylabel("probability of osteoporosis")
         ax.set_title(
-            f"2MCI {res['2MCI']:.3f} [{res['2MCI_interval'][0]:.3f}, "
-            f"{res['2MCI_interval'][1]:.3f}]",
+            f"2MCI {_fmt(res['2MCI'])} [{_fmt(res['2MCI_interval'][0])}, "
+            f"{_fmt(res['2MCI_interval'][1])}]",
             fontsize=8,
         )
         ax.legend(fontsize=7)

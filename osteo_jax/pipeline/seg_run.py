@@ -10,6 +10,7 @@ import jax
 import numpy as np
 
 from osteo_jax.config import SegTrainConfig, from_dict
+from osteo_jax.data.folder import dumps_json
 from osteo_jax.data.pipeline import load_seg_arrays
 from osteo_jax.eval.seg_eval import evaluate_segmenter, make_predict_fn, predict_batches
 from osteo_jax.eval.seg_figure import segmentation_figure
@@ -71,7 +72,7 @@ def evaluate_run(
     )
     metrics = {"step": step, "split": split, **metrics}
     out_json = run / "seg_metrics.json"
-    out_json.write_text(json.dumps(metrics, indent=1) + "\n")
+    out_json.write_text(dumps_json(metrics, indent=1) + "\n")
     rows = []
     n_fig = min(n_figure, len(arrays))
     for start, probs, weights in predict_batches(

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from osteo_jax.config import BackboneConfig, ClsConfig
 from osteo_jax.data.augment import CropPolicy
-from osteo_jax.data.folder import write_json
+from osteo_jax.data.folder import dumps_json, write_json
 from osteo_jax.data.pipeline import ArraySource, make_loader
 from osteo_jax.data.segments import SegmentSet
 from osteo_jax.train.loop import (
@@ -267,7 +267,7 @@ def train_classifier(
             probs = predict_segments(state.params, backbone_cfg, val, features=val_x)
             val_m = evaluate_fn(probs, val)
             log.write(
-                json.dumps(
+                dumps_json(
                     {
                         "epoch": epoch,
                         "step": int(state.step),

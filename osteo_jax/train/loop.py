@@ -27,7 +27,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from osteo_jax.config import SegTrainConfig
-from osteo_jax.data.folder import write_json
+from osteo_jax.data.folder import dumps_json, write_json
 from osteo_jax.data.inmemory import split_by_subject
 from osteo_jax.data.pipeline import make_loader, seg_source
 from osteo_jax.train.state import TrainState, create_seg_state, make_segmenter, seg_optimizer
@@ -100,7 +100,7 @@ def write_config(run_dir: Path, cfg, data: str) -> None:
     path = run_dir / "config.json"
     if path.exists():
         old = json.loads(path.read_text())["config"]
-        new = json.loads(json.dumps(record["config"]))
+        new = json.loads(dumps_json(record["config"]))
         # max_steps only stops a run early; any other change would make a different run.
         old.pop("max_steps", None)
         new.pop("max_steps", None)
@@ -167,7 +167,7 @@ def train_segmenter(
     subject_ids = np.asarray(source.subject_ids)
     train_idx, val_idx = split_by_subject(subject_ids, cfg.val_fraction, cfg.seed)
     (run_dir / "split.json").write_text(
-        json.dumps(
+        dumps_json(
             {
                 "train": sorted(set(subject_ids[train_idx].tolist())),
                 "val": sorted(set(subject_ids[val_idx].tolist())),
@@ -236,7 +236,7 @@ def train_segmenter(
                 metrics_host = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 check_finite(metrics_host, step)
                 log.write(
-                    json.dumps({"step": done, "epoch": epoch, "split": "train", **metrics_host})
+                    dumps_json({"step": done, "epoch": epoch, "split": "train", **metrics_host})
                     + "\n"
                 )
                 log.flush()
@@ -256,7 +256,7 @@ def train_segmenter(
                     batch_size=cfg.batch_size,
                     annotator_names=source.annotators,
                 )
-                log.write(json.dumps({"step": done, "epoch": epoch, "split": "val", **val}) + "\n")
+                log.write(dumps_json({"step": done, "epoch": epoch, "split": "val", **val}) + "\n")
                 log.flush()
                 write_json(run_dir / "val_metrics.json", val)
     finally:

@@ -23,6 +23,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from osteo_jax.config import SSLConfig
+from osteo_jax.data.folder import dumps_json
 from osteo_jax.data.pipeline import ArraySource, make_loader
 from osteo_jax.data.segments import SegmentSet
 from osteo_jax.losses.ssl_methods import ssl_objective
@@ -160,7 +161,7 @@ def train_ssl(
             if done % log_every == 0 or end_of_epoch:
                 metrics_host = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 check_finite(metrics_host, step)
-                log.write(json.dumps({"step": done, "epoch": epoch, **metrics_host}) + "\n")
+                log.write(dumps_json({"step": done, "epoch": epoch, **metrics_host}) + "\n")
                 log.flush()
                 bar.set_postfix(loss=f"{metrics_host['loss']:.3f}")
             bar.update()
