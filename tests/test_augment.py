@@ -6,18 +6,16 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
-from osteo_jax.data.augment import (
-    CropPolicy,
+from osteo_jax.data.augment import CropPolicy, multi_crop_batch
+from osteo_jax.data.geometric import affine_crop, random_resized_crop
+from osteo_jax.data.photometric import (
     PhotometricPolicy,
     adjust_brightness,
     adjust_contrast,
     adjust_gamma,
-    affine_crop,
     gaussian_blur,
     gaussian_noise,
-    multi_crop_batch,
     photometric,
-    random_resized_crop,
 )
 
 H = 48  # segment side
