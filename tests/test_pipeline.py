@@ -6,13 +6,8 @@ import numpy as np
 import pytest
 
 from osteo_jax.config import CohortConfig, PhysicsConfig, SynthConfig
-from osteo_jax.data.pipeline import (
-    FolderSource,
-    RandomFlip,
-    TfdsSource,
-    load_seg_arrays,
-    make_loader,
-)
+from osteo_jax.data.pipeline import RandomFlip, load_seg_arrays, make_loader
+from osteo_jax.data.sources import FolderSource, TfdsSource
 from osteo_jax.data.synth.synthetic import write_dataset
 
 SIZE = 32
