@@ -106,7 +106,7 @@ def test_indices_and_remainder(source):
 
 
 def test_tfds_source_matches_folder(folder, source, tmp_path):
-    from osteo_jax.data.tfds_builder import build_tfds
+    from osteo_jax.data.tfds_dataset import build_tfds
 
     tsrc = TfdsSource(build_tfds(folder, tmp_path / "tfds"), SIZE)
     assert len(tsrc) == len(source) and tsrc.annotators == source.annotators
@@ -129,7 +129,7 @@ def test_start_batch_continues_the_same_stream(source):
 
 def test_tfds_source_ids_match_folder(folder, source, tmp_path):
     from osteo_jax.data.pipeline import seg_source
-    from osteo_jax.data.tfds_builder import build_tfds
+    from osteo_jax.data.tfds_dataset import build_tfds
 
     tsrc = seg_source(build_tfds(folder, tmp_path / "tfds"), SIZE)
     assert isinstance(tsrc, TfdsSource)
@@ -145,7 +145,7 @@ def test_train_seg_same_params_from_memory_stream_workers_and_tfds(folder, tmp_p
     import jax
 
     from osteo_jax.config import OTConfig, SegConfig, SegTrainConfig
-    from osteo_jax.data.tfds_builder import build_tfds
+    from osteo_jax.data.tfds_dataset import build_tfds
     from osteo_jax.train.loop import train_segmenter
 
     cfg = SegTrainConfig(

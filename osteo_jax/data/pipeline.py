@@ -33,7 +33,7 @@ __all__ = ["RandomFlip", "is_tfds_build", "load_seg_arrays", "make_loader", "seg
 
 
 def is_tfds_build(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a :func:`~osteo_jax.data.tfds_builder.build_tfds` output folder."""
+    """Whether ``path`` is a :func:`~osteo_jax.data.tfds_dataset.build_tfds` output folder."""
     path = Path(path)
     return (path / "dataset_info.json").exists() or any(path.glob("*/*/dataset_info.json"))
 

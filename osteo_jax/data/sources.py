@@ -122,16 +122,16 @@ class FolderSource:
 
 
 class TfdsSource:
-    """Random-access grain source over a built TFDS dataset (:func:`load_tfds`).
+    """Random-access grain source over a built TFDS dataset (:mod:`osteo_jax.data.tfds_dataset`).
 
     Records match :class:`FolderSource`'s. Masks that the annotator did not label
     (``has_mask`` false) are filled from the present ones; an image labelled by none of
     ``annotators`` keeps the constant ``MISSING_MASK`` (255) maps, an ignore value.
 
     Args:
-      tfds_dir: the ``out_dir`` given to :func:`build_tfds`, or the directory it returned.
+      tfds_dir: the ``out_dir`` given to ``build_tfds``, or the directory it returned.
       size: output side in pixels.
-      split: TFDS split (``"train"`` = every image; see :func:`load_tfds`).
+      split: TFDS split (``"train"`` = every image; see ``load_tfds``).
       annotators: mask names (default: the build's human-like annotators, else ``exact``).
 
     The TFDS reader is opened lazily per process and never pickled.
@@ -157,7 +157,7 @@ class TfdsSource:
 
     def _reader(self):
         if self._ds is None:
-            from osteo_jax.data.tfds_builder import load_tfds
+            from osteo_jax.data.tfds_dataset import load_tfds
 
             self._ds = load_tfds(self.tfds_dir, self.split)
         return self._ds
