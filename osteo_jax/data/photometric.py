@@ -8,7 +8,7 @@ Gamma is dm-pix's (``dm_pix.adjust_gamma``; this is the only module that imports
 others stay here, each for a measured reason (dm-pix 0.4.5, jax 0.10.2, CPU): dm-pix's brightness
 is additive (ours multiplies) and its contrast pivots on the whole image's mean (ours on the bone
 mean, so the zero background does not pull it); its Gaussian blur is a depthwise convolution that,
-with one σ per crop under ``vmap``, becomes a grouped convolution 18-50x slower on XLA:CPU than
+with one σ per crop under ``vmap``, becomes a grouped convolution 18-33x slower on XLA:CPU than
 the banded matrix products here (same values to 4e-7).
 """
 
