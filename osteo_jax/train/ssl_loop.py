@@ -23,8 +23,9 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from osteo_jax.config import SSLConfig
-from osteo_jax.data.pipeline import ArraySource, make_loader
+from osteo_jax.data.pipeline import make_loader
 from osteo_jax.data.segments import SegmentSet
+from osteo_jax.data.sources import ArraySource
 from osteo_jax.losses.ssl_methods import ssl_objective
 from osteo_jax.train.loop import (
     CHECKPOINT_DIR,
