@@ -20,7 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from osteo_jax.data.pipeline import FolderSource, make_loader
+from osteo_jax.data.pipeline import make_loader
+from osteo_jax.data.sources import FolderSource
 
 DEFAULT_DATA = Path("runs/data/paper_1024")
 

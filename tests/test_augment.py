@@ -6,18 +6,17 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
-from osteo_jax.data.augment import (
-    CropPolicy,
+from osteo_jax.data.augment import CropPolicy, multi_crop_batch
+from osteo_jax.data.geometric import affine_crop, random_resized_crop
+from osteo_jax.data.photometric import (
     PhotometricPolicy,
     adjust_brightness,
     adjust_contrast,
     adjust_gamma,
-    affine_crop,
     gaussian_blur,
     gaussian_noise,
-    multi_crop_batch,
     photometric,
-    random_resized_crop,
+    photometric_from_uniforms,
 )
 
 H = 48  # segment side
@@ -303,3 +302,35 @@ def test_gaussian_blur_matches_scipy_normalised_convolution(crop_and_mask):
     np.testing.assert_allclose(out, ref, atol=1e-5)
     # Probability 0: no change.
     np.testing.assert_array_equal(gaussian_blur(jax.random.key(0), x, m, prob=0.0), x)
+
+
+def test_photometric_chain_matches_float64_reference(crop_and_mask):
+    # The fused chain the multi-crop uses, against numpy/scipy in float64 from the same uniforms:
+    # clip(b (mu + c (x - mu))), clip(x^g), normalised blur, clip(x + std z), bone pixels only.
+    x, m = crop_and_mask
+    strengths = dict(brightness=0.3, contrast=0.3, gamma=0.3, blur_prob=1.0, noise_std=0.05)
+    u = np.array([0.9, 0.2, 0.7, 0.1, 0.6], np.float32)
+    z = np.random.default_rng(0).standard_normal(x.shape).astype(np.float32)
+    out = jax.jit(
+        lambda x, u, z: photometric_from_uniforms(x, m, u, z, blur_sigma=(0.5, 1.0), **strengths)
+    )(x, u, z)
+    assert out.shape == x.shape and out.dtype == jnp.float32
+
+    mf, floor = np.asarray(m), 1.0 / 4096.0
+    on_bone = lambda a: np.where(mf, np.clip(a, floor, 1.0), 0.0)  # noqa: E731
+    ref = np.asarray(x, np.float64)
+    b, c = 1 + 0.3 * (2 * u[0] - 1), 1 + 0.3 * (2 * u[1] - 1)
+    mu = ref[mf].mean()
+    ref = on_bone(b * (mu + c * (ref - mu)))
+    ref = on_bone(np.where(mf, ref, 1.0) ** np.exp(0.3 * (2 * u[2] - 1)))
+    sigma = 0.5 + 0.5 * u[4]
+    k = np.exp(-0.5 * (np.arange(-3, 4) / sigma) ** 2)  # radius ceil(3 * 1.0) = 3
+
+    def blur(a):
+        a = scipy.ndimage.correlate1d(a, k, axis=0, mode="constant")
+        return scipy.ndimage.correlate1d(a, k, axis=1, mode="constant")
+
+    num, den = blur(ref * mf), blur(mf.astype(np.float64))
+    ref = on_bone(num / np.where(mf, den, 1.0))
+    ref = on_bone(ref + 0.05 * z)
+    np.testing.assert_allclose(out, ref, atol=2e-6)

@@ -12,14 +12,13 @@ from sklearn.preprocessing import StandardScaler
 from osteo_jax.config import CohortConfig
 from osteo_jax.data.synth.ceiling import (
     CEILING_KEYS,
-    _Model,
     ceilings,
-    posteriors,
     read_ceilings,
     read_posteriors,
     write_ceilings,
 )
 from osteo_jax.data.synth.cohort import hand_latent_auc, roc_auc, sample_cohort
+from osteo_jax.data.synth.posterior import _Model, posteriors
 
 N = 40_000
 

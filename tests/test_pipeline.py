@@ -6,13 +6,8 @@ import numpy as np
 import pytest
 
 from osteo_jax.config import CohortConfig, PhysicsConfig, SynthConfig
-from osteo_jax.data.pipeline import (
-    FolderSource,
-    RandomFlip,
-    TfdsSource,
-    load_seg_arrays,
-    make_loader,
-)
+from osteo_jax.data.pipeline import RandomFlip, load_seg_arrays, make_loader
+from osteo_jax.data.sources import FolderSource, TfdsSource
 from osteo_jax.data.synth.synthetic import write_dataset
 
 SIZE = 32
@@ -111,7 +106,7 @@ def test_indices_and_remainder(source):
 
 
 def test_tfds_source_matches_folder(folder, source, tmp_path):
-    from osteo_jax.data.tfds_builder import build_tfds
+    from osteo_jax.data.tfds_dataset import build_tfds
 
     tsrc = TfdsSource(build_tfds(folder, tmp_path / "tfds"), SIZE)
     assert len(tsrc) == len(source) and tsrc.annotators == source.annotators
@@ -134,7 +129,7 @@ def test_start_batch_continues_the_same_stream(source):
 
 def test_tfds_source_ids_match_folder(folder, source, tmp_path):
     from osteo_jax.data.pipeline import seg_source
-    from osteo_jax.data.tfds_builder import build_tfds
+    from osteo_jax.data.tfds_dataset import build_tfds
 
     tsrc = seg_source(build_tfds(folder, tmp_path / "tfds"), SIZE)
     assert isinstance(tsrc, TfdsSource)
@@ -150,7 +145,7 @@ def test_train_seg_same_params_from_memory_stream_workers_and_tfds(folder, tmp_p
     import jax
 
     from osteo_jax.config import OTConfig, SegConfig, SegTrainConfig
-    from osteo_jax.data.tfds_builder import build_tfds
+    from osteo_jax.data.tfds_dataset import build_tfds
     from osteo_jax.train.loop import train_segmenter
 
     cfg = SegTrainConfig(

@@ -41,7 +41,7 @@ def test_dicom_round_trips_to_the_png_image(folders, fmt):
 
 
 def test_tfds_build_of_a_dicom_folder(folders, tmp_path):
-    from osteo_jax.data.tfds_builder import build_tfds, load_tfds
+    from osteo_jax.data.tfds_dataset import build_tfds, load_tfds
 
     build_tfds(folders["dicom-mono1"], tmp_path / "tfds")
     source = load_tfds(tmp_path / "tfds")

@@ -21,7 +21,8 @@ from osteo_jax.data.folder import (
     write_csv,
 )
 from osteo_jax.data.synth.synthetic import write_dataset
-from osteo_jax.data.tfds_builder import MISSING_MASK, OsteoHandXray, build_tfds, load_tfds
+from osteo_jax.data.tfds_builder import MISSING_MASK, OsteoHandXray
+from osteo_jax.data.tfds_dataset import build_tfds, load_tfds
 
 
 @pytest.fixture(scope="module")

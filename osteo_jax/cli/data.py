@@ -111,11 +111,11 @@ def cmd_preview(args: argparse.Namespace) -> int:
 
 def cmd_build_tfds(args: argparse.Namespace) -> int:
     """Builds a dataset folder into a TFDS (ArrayRecord) dataset, readable without TensorFlow."""
-    from osteo_jax.data.tfds_builder import build_tfds, load_tfds
+    from osteo_jax.data.tfds_dataset import build_tfds, load_tfds
 
     path = build_tfds(args.data, args.out, overwrite=args.overwrite)
     n = len(load_tfds(args.out))
-    print(f"built {path} ({n} records); read with osteo_jax.data.tfds_builder.load_tfds")
+    print(f"built {path} ({n} records); read with osteo_jax.data.tfds_dataset.load_tfds")
     return 0
 
 

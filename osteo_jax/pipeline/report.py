@@ -18,8 +18,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from osteo_jax.data.folder import read_csv  # noqa: E402
-from osteo_jax.data.pipeline import FolderSource  # noqa: E402
 from osteo_jax.data.segments import load_segments  # noqa: E402
+from osteo_jax.data.sources import FolderSource  # noqa: E402
 from osteo_jax.eval.report import FIGURES, write_report  # noqa: E402
 from osteo_jax.eval.seg_eval import make_predict_fn, predict_batches  # noqa: E402
 from osteo_jax.eval.seg_figure import segmentation_figure  # noqa: E402

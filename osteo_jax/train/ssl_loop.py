@@ -24,8 +24,9 @@ from tqdm.auto import tqdm
 
 from osteo_jax.config import SSLConfig
 from osteo_jax.data.folder import dumps_json
-from osteo_jax.data.pipeline import ArraySource, make_loader
+from osteo_jax.data.pipeline import make_loader
 from osteo_jax.data.segments import SegmentSet
+from osteo_jax.data.sources import ArraySource
 from osteo_jax.losses.ssl_methods import ssl_objective
 from osteo_jax.train.loop import (
     CHECKPOINT_DIR,

@@ -14,7 +14,8 @@ import jax.numpy as jnp
 import optax
 
 from osteo_jax.config import OTConfig
-from osteo_jax.data.augment import CropPolicy, multi_crop_batch, random_resized_crop
+from osteo_jax.data.augment import CropPolicy, multi_crop_batch
+from osteo_jax.data.geometric import random_resized_crop
 from osteo_jax.losses import (
     balanced_ot_loss,
     cross_entropy_cost,

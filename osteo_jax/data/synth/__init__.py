@@ -1,4 +1,4 @@
-"""The synthetic cohort: latents, Bayes ceilings, phantom, rasteriser, X-ray physics, writer."""
+"""The synthetic cohort: latents, Bayes posteriors and ceilings, phantom, raster, X-ray, writer."""
 
 from osteo_jax.data.synth.ceiling import CEILING_KEYS, read_ceilings, read_posteriors
 from osteo_jax.data.synth.cohort import Cohort, hand_latent_auc, roc_auc, sample_cohort
