@@ -39,7 +39,7 @@ from osteo_jax.config import (
     SegTrainConfig,
     SSLConfig,
 )
-from osteo_jax.train.loop import Checkpointer
+from osteo_jax.train.seg_loop import Checkpointer
 
 # Several real CLI subprocesses per test: `make e2e` (CI runs it after `make test`).
 pytestmark = pytest.mark.e2e

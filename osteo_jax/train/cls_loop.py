@@ -31,7 +31,7 @@ from osteo_jax.data.augment import CropPolicy
 from osteo_jax.data.folder import write_json
 from osteo_jax.data.pipeline import ArraySource, make_loader
 from osteo_jax.data.segments import SegmentSet
-from osteo_jax.train.loop import (
+from osteo_jax.train.seg_loop import (
     CHECKPOINT_DIR,
     METRICS_LOG,
     Checkpointer,

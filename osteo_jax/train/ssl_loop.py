@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 from osteo_jax.config import SSLConfig
 from osteo_jax.data.pipeline import ArraySource, make_loader
 from osteo_jax.data.segments import SegmentSet
-from osteo_jax.train.loop import (
+from osteo_jax.train.seg_loop import (
     CHECKPOINT_DIR,
     METRICS_LOG,
     Checkpointer,
