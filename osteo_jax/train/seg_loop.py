@@ -1,116 +1,35 @@
-"""The segmenter training loop: epochs, progress bar, validation, checkpoints, resume, JSONL log.
+"""The segmenter training loop: its state, batches and validation on :func:`runner.run`.
 
 Batches come from :func:`osteo_jax.data.pipeline.make_loader` (grain) over a dataset folder
 decoded once into memory, the same folder streamed from disk, or a TFDS build. Resumption is
 exact: batch ``b`` of the loader depends only on the seed (not on the worker count), a resumed
 run starts the loader at its step, each step's key is ``fold_in(base_key, step)``, and the
 checkpoint holds the whole :class:`TrainState`, so a run killed at any point and restarted
-continues to the same parameters as an uninterrupted run.
+continues to the same parameters as an uninterrupted run. The loop skeleton (resume, metrics,
+checkpoints) is :func:`osteo_jax.train.runner.run`'s.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 import os
-import time
 from collections.abc import Callable
 from pathlib import Path
 
-import flax.serialization
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
-from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
-from tqdm.auto import tqdm
 
 from osteo_jax.config import SegTrainConfig
 from osteo_jax.data.folder import write_json
 from osteo_jax.data.inmemory import split_by_subject
 from osteo_jax.data.pipeline import make_loader, seg_source
+from osteo_jax.train import runner
+from osteo_jax.train.runner import Schedule, data_mesh, write_config
 from osteo_jax.train.state import TrainState, create_seg_state, make_segmenter, seg_optimizer
 from osteo_jax.train.steps import seg_step
 
-CHECKPOINT_DIR = "checkpoints"
-METRICS_LOG = "metrics.jsonl"
-
-
-def data_mesh(devices=None) -> Mesh:
-    """A 1-D mesh over all (or the given) devices with axis ``"data"``."""
-    devices = np.asarray(devices if devices is not None else jax.devices())
-    return Mesh(devices.reshape(-1), ("data",))
-
-
-class Checkpointer:
-    """Orbax checkpoints of a :class:`TrainState` (atomic; latest kept plus ``keep - 1`` more)."""
-
-    def __init__(self, directory: str | os.PathLike, keep: int = 2):
-        self.manager = ocp.CheckpointManager(
-            Path(directory).absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=keep)
-        )
-
-    def latest_step(self) -> int | None:
-        """Step of the newest complete checkpoint, or None."""
-        return self.manager.latest_step()
-
-    def save(self, state: TrainState) -> None:
-        """Saves ``state`` under its step (blocking until written)."""
-        tree = flax.serialization.to_state_dict(jax.device_get(state))
-        self.manager.save(int(state.step), args=ocp.args.StandardSave(tree), force=True)
-        self.manager.wait_until_finished()
-
-    def restore(self, template: TrainState, step: int | None = None) -> TrainState:
-        """Restores into the structure of ``template`` (the newest checkpoint by default)."""
-        step = self.latest_step() if step is None else step
-        abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype),
-            flax.serialization.to_state_dict(jax.device_get(template)),
-        )
-        tree = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
-        return flax.serialization.from_state_dict(template, tree)
-
-    def close(self) -> None:
-        """Waits for pending writes and releases the manager."""
-        self.manager.wait_until_finished()
-        self.manager.close()
-
-
-def check_finite(metrics: dict[str, float], step: int) -> None:
-    """Raises ``FloatingPointError`` naming the first non-finite metric and the step."""
-    for name, value in metrics.items():
-        if not np.isfinite(value):
-            raise FloatingPointError(f"non-finite {name} = {value} at step {step}; stopping")
-
-
-def write_config(run_dir: Path, cfg, data: str) -> None:
-    """Writes ``run_dir/config.json``, or checks that a resumed run has the same config.
-
-    ``max_steps`` may differ (it only stops a run early); any other change raises
-    ``ValueError``.
-    """
-
-    def plain(x):
-        if dataclasses.is_dataclass(x):
-            return dataclasses.asdict(x)
-        return {k: plain(v) for k, v in x.items()} if isinstance(x, dict) else x
-
-    record = {"data": data, "config": plain(cfg)}
-    path = run_dir / "config.json"
-    if path.exists():
-        old = json.loads(path.read_text())["config"]
-        new = json.loads(json.dumps(record["config"]))
-        # max_steps only stops a run early; any other change would make a different run.
-        old.pop("max_steps", None)
-        new.pop("max_steps", None)
-        if old != new:
-            raise ValueError(
-                f"{path}: this run folder was started with a different configuration; use a new "
-                "--out folder (or delete it) to train with other settings"
-            )
-        return
-    write_json(path, record)
+__all__ = ["train_segmenter"]
 
 
 def _gather(source, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -176,38 +95,36 @@ def train_segmenter(
         )
     )
 
-    mesh = data_mesh(devices)
-    n_dev = mesh.devices.size
-    if cfg.batch_size % n_dev:
-        raise ValueError(f"batch_size {cfg.batch_size} is not divisible by {n_dev} devices")
-    steps_per_epoch = len(train_idx) // cfg.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(
-            f"{len(train_idx)} training images are fewer than one batch ({cfg.batch_size})"
-        )
-    # The schedule always spans every epoch; max_steps only stops early, so a run resumed with
-    # a larger max_steps continues exactly as an uninterrupted run would.
-    schedule_steps = cfg.epochs * steps_per_epoch
-    total = schedule_steps if cfg.max_steps is None else min(schedule_steps, cfg.max_steps)
-
+    mesh = data_mesh(devices, batch_size=cfg.batch_size)
+    schedule = Schedule.of(
+        len(train_idx), cfg.batch_size, cfg.epochs, cfg.max_steps, what="training images"
+    )
     model = make_segmenter(cfg.seg)
-    tx = seg_optimizer(cfg, schedule_steps)
+    tx = seg_optimizer(cfg, schedule.schedule_steps)
     base_key = jax.random.key(cfg.seed)
     init_key, train_key, val_key = jax.random.split(base_key, 3)
     state = create_seg_state(cfg, init_key, tx)
-    ckpt = Checkpointer(run_dir / CHECKPOINT_DIR)
-    if ckpt.latest_step() is not None:
-        state = ckpt.restore(state)
-    replicated = NamedSharding(mesh, P())
-    sharded = NamedSharding(mesh, P("data"))
-    state = jax.device_put(state, replicated)
     step_fn = jax.jit(functools.partial(seg_step, model=model, tx=tx, ot=cfg.ot), donate_argnums=0)
 
-    start = int(state.step)
+    evaluate = None
     if evaluate_fn is not None and len(val_idx):
         val_images, val_masks = _gather(source, val_idx)
-    batches = iter(
-        make_loader(
+
+        def evaluate(state: TrainState, epoch: int) -> dict[str, float]:
+            val = evaluate_fn(
+                model,
+                state.params["segmenter"],
+                val_images,
+                val_masks,
+                val_key,
+                batch_size=cfg.batch_size,
+                annotator_names=source.annotators,
+            )
+            write_json(run_dir / "val_metrics.json", val)
+            return val
+
+    def batches(start: int):
+        return make_loader(
             source,
             batch_size=cfg.batch_size,
             seed=cfg.seed,
@@ -217,60 +134,30 @@ def train_segmenter(
             start_batch=start,
             workers=workers,
         )
+
+    res = runner.run(
+        state,
+        step_fn,
+        batches,
+        run_dir=run_dir,
+        schedule=schedule,
+        rng=train_key,
+        mesh=mesh,
+        log_every=log_every,
+        checkpoint_every=cfg.checkpoint_every,
+        evaluate_fn=evaluate,
+        validate_every=validate_every,
+        split_lines=True,
+        to_batch=lambda r: {"image": r["image"], "masks": r["masks"].astype(np.int32)},
+        desc="train-seg",
+        progress=progress,
     )
-    log = open(run_dir / METRICS_LOG, "a")
-    bar = tqdm(total=total, initial=start, desc="train-seg", unit="step", disable=not progress)
-    t0 = time.perf_counter()
-    metrics_host: dict[str, float] = {}
-    val: dict[str, float] = {}
-    try:
-        for step in range(start, total):
-            epoch, within = divmod(step, steps_per_epoch)
-            record = next(batches)
-            batch = jax.device_put(
-                {"image": record["image"], "masks": record["masks"].astype(np.int32)}, sharded
-            )
-            state, metrics = step_fn(state, batch, train_key)
-            done = step + 1
-            if done % log_every == 0 or done == total or within == steps_per_epoch - 1:
-                metrics_host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                check_finite(metrics_host, step)
-                log.write(
-                    json.dumps({"step": done, "epoch": epoch, "split": "train", **metrics_host})
-                    + "\n"
-                )
-                log.flush()
-                bar.set_postfix(loss=f"{metrics_host['loss']:.4f}")
-            bar.update()
-            end_of_epoch = within == steps_per_epoch - 1 or done == total
-            if done % cfg.checkpoint_every == 0 or end_of_epoch:
-                ckpt.save(state)
-            due = (epoch + 1) % validate_every == 0 or done == total
-            if evaluate_fn is not None and len(val_idx) and end_of_epoch and due:
-                val = evaluate_fn(
-                    model,
-                    state.params["segmenter"],
-                    val_images,
-                    val_masks,
-                    val_key,
-                    batch_size=cfg.batch_size,
-                    annotator_names=source.annotators,
-                )
-                log.write(json.dumps({"step": done, "epoch": epoch, "split": "val", **val}) + "\n")
-                log.flush()
-                write_json(run_dir / "val_metrics.json", val)
-    finally:
-        if hasattr(batches, "close"):
-            batches.close()
-        bar.close()
-        log.close()
-        ckpt.close()
     return {
-        "steps": int(state.step),
-        "resumed_from": start,
-        "wall_s": time.perf_counter() - t0,
-        "train": metrics_host,
-        "val": val,
-        "state": state,
+        "steps": int(res.state.step),
+        "resumed_from": res.start,
+        "wall_s": res.wall_s,
+        "train": res.train,
+        "val": res.val,
+        "state": res.state,
         "model": model,
     }
