@@ -222,7 +222,7 @@ def baselines_table(results: dict, image_ceiling: float) -> str:
 def ensure_segmenter(data: Path, run: str | Path, form: str, epochs: int = 40) -> None:
     """Trains a segmenter of ``form`` ("mixture" or "unet") into ``run`` unless it has one."""
     from osteo_jax.eval.seg_eval import evaluate_segmenter
-    from osteo_jax.train.loop import train_segmenter
+    from osteo_jax.train.seg_loop import train_segmenter
 
     if (Path(run) / "checkpoints").exists():
         return

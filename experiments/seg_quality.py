@@ -28,7 +28,7 @@ from osteo_jax.config import BONE_NAMES, SegConfig, SegTrainConfig, SynthConfig
 from osteo_jax.data.pipeline import load_seg_arrays
 from osteo_jax.data.synth.synthetic import write_dataset
 from osteo_jax.eval.seg_eval import evaluate_segmenter
-from osteo_jax.train.loop import train_segmenter
+from osteo_jax.train.seg_loop import train_segmenter
 
 
 def get_config(size: int = 128, epochs: int = 40, seed: int = 0) -> dict[str, SegTrainConfig]:

@@ -266,7 +266,7 @@ def test_radiogrammetry_of_run_measures_every_subject_and_spreads_only_val(tmp_p
     from osteo_jax.data.folder import read_csv
     from osteo_jax.data.synth.synthetic import write_dataset
     from osteo_jax.pipeline import radiogrammetry_run
-    from osteo_jax.train.loop import train_segmenter
+    from osteo_jax.train.seg_loop import train_segmenter
 
     synth = SynthConfig(cohort=CohortConfig(n_subjects=6), physics=PhysicsConfig(size=96))
     data = write_dataset(synth, tmp_path / "ds", workers=1, progress=False)

@@ -39,7 +39,7 @@ from osteo_jax.config import (
     SegTrainConfig,
     SSLConfig,
 )
-from osteo_jax.train.loop import Checkpointer
+from osteo_jax.train.runner import Checkpointer
 
 # Several real CLI subprocesses per test: `make e2e` (CI runs it after `make test`).
 pytestmark = pytest.mark.e2e
@@ -250,15 +250,12 @@ def test_killed_run_resumes_to_the_uninterrupted_state(command, inputs, referenc
     new_lines = new_lines[lines_before:]
     assert new_lines, "the resumed run logged nothing"
     # The resumed run started at the killed run's newest checkpoint, not at 0.
-    if command == "train-cls":  # one checkpoint per epoch; the bar counts epochs
+    assert _bar_start(stderr, command) == resume_step
+    assert all(x["step"] > resume_step for x in new_lines)
+    if command == "train-cls":  # one checkpoint per epoch
         steps_per_epoch = total // PROTOCOL.cls.epochs
         assert resume_step % steps_per_epoch == 0, (resume_step, steps_per_epoch)
-        resume_epoch = resume_step // steps_per_epoch
-        assert _bar_start(stderr, command) == resume_epoch
-        assert new_lines[0]["epoch"] == resume_epoch
-    else:
-        assert _bar_start(stderr, command) == resume_step
-        assert all(x["step"] > resume_step for x in new_lines)
+        assert new_lines[0]["epoch"] == resume_step // steps_per_epoch
     if command == "train-seg":
         assert f"(resumed from {resume_step})" in stdout, stdout
 

@@ -169,7 +169,7 @@ def test_the_checker_finds_each_kind_of_problem(tmp_path):
         "data/c.py": "import osteo_jax.models.m\n",
         "models/__init__.py": "",
         "models/m.py": "from osteo_jax.config import X\n",
-        "train/loop.py": "def g():\n    from osteo_jax.eval.metrics import f1\n",
+        "train/seg_loop.py": "def g():\n    from osteo_jax.eval.metrics import f1\n",
         "eval/metrics.py": "from . import gone\nfrom osteo_jax.pipeline import run\n",
         "pipeline/run.py": "from osteo_jax.cli import main\n",
         "cli/__init__.py": "from osteo_jax.pipeline.run import go\n",
@@ -185,7 +185,7 @@ def test_the_checker_finds_each_kind_of_problem(tmp_path):
         "osteo_jax/eval/metrics.py:2: from osteo_jax.pipeline import run "
         "(eval/ is below pipeline/)",
         "osteo_jax/pipeline/run.py:1: from osteo_jax.cli import main (pipeline/ is below cli/)",
-        "osteo_jax/train/loop.py:2: from osteo_jax.eval.metrics import f1 "
+        "osteo_jax/train/seg_loop.py:2: from osteo_jax.eval.metrics import f1 "
         "(train/ and eval/ are on one level and never import each other)",
     ]
     assert cycles == [

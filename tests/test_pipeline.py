@@ -146,7 +146,7 @@ def test_train_seg_same_params_from_memory_stream_workers_and_tfds(folder, tmp_p
 
     from osteo_jax.config import OTConfig, SegConfig, SegTrainConfig
     from osteo_jax.data.tfds_dataset import build_tfds
-    from osteo_jax.train.loop import train_segmenter
+    from osteo_jax.train.seg_loop import train_segmenter
 
     cfg = SegTrainConfig(
         seg=SegConfig(

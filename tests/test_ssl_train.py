@@ -1,8 +1,12 @@
-"""ssl_step / cls_step: which parameter subtrees a step trains; classifier loss; SSL resume."""
+"""ssl_step / cls_step: subtrees trained; classifier loss; SSL resume; classifier on 2 devices."""
 
 import dataclasses
 import functools
+import json
+import os
 import shutil
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -320,3 +324,47 @@ def test_train_ssl_resumes_bitwise(tmp_path):
     # Changing anything but max_steps in the same folder is refused.
     with pytest.raises(ValueError):
         train_ssl(segs, tmp_path / "b", dataclasses.replace(cfg, seed=1), progress=False)
+
+
+_CLS_TWO_DEVICE_SCRIPT = """
+import json, sys
+import jax, numpy as np
+sys.path.insert(0, {tests!r})
+import test_ssl_train as t
+from osteo_jax.config import ClsConfig
+from osteo_jax.eval.cls_metrics import subject_metrics
+from osteo_jax.train.cls_loop import train_classifier
+assert len(jax.devices()) == 2, jax.devices()
+out = {{}}
+for n in (1, 2):
+    res = train_classifier(
+        t._segment_set(4), t._segment_set(2), {out!r} + str(n),
+        ClsConfig(mode="probe", epochs=2, batch_size=8), evaluate_fn=subject_metrics,
+        backbone_cfg=t.BACKBONE, devices=jax.devices()[:n], progress=False,
+    )
+    lines = open({out!r} + str(n) + "/metrics.jsonl").read().splitlines()
+    out[n] = {{
+        "loss": [json.loads(x)["loss"] for x in lines],
+        "params": [np.asarray(x).tolist() for x in jax.tree.leaves(res["params"]["classifier"])],
+    }}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_train_classifier_on_two_devices_matches_one(tmp_path):
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu"
+    )
+    script = _CLS_TWO_DEVICE_SCRIPT.format(
+        tests=os.path.dirname(__file__), out=str(tmp_path / "run")
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert len(out["1"]["loss"]) == 2  # one line an epoch
+    np.testing.assert_allclose(out["1"]["loss"], out["2"]["loss"], rtol=1e-5)
+    for a, b in zip(out["1"]["params"], out["2"]["params"], strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

@@ -15,7 +15,7 @@ import pytest
 
 from osteo_jax.cli import main
 from osteo_jax.config import OTConfig, SegConfig, SegTrainConfig
-from osteo_jax.train.loop import Checkpointer
+from osteo_jax.train.runner import Checkpointer
 from osteo_jax.train.state import create_seg_state, make_segmenter, seg_optimizer
 from osteo_jax.train.steps import seg_step
 
@@ -117,7 +117,7 @@ _TWO_DEVICE_SCRIPT = textwrap.dedent("""
     from jax.sharding import NamedSharding, PartitionSpec as P
     sys.path.insert(0, {tests!r})
     from test_train import TINY, _batch
-    from osteo_jax.train.loop import data_mesh
+    from osteo_jax.train.runner import data_mesh
     from osteo_jax.train.state import create_seg_state, make_segmenter, seg_optimizer
     from osteo_jax.train.steps import seg_step
     assert len(jax.devices()) == 2, jax.devices()

@@ -39,7 +39,7 @@ def _seg_train_config(args: argparse.Namespace):
 def cmd_train_seg(args: argparse.Namespace) -> int:
     """Trains the segmenter on a dataset folder (resuming from the run's latest checkpoint)."""
     from osteo_jax.eval.seg_eval import evaluate_segmenter
-    from osteo_jax.train.loop import train_segmenter
+    from osteo_jax.train.seg_loop import train_segmenter
 
     cfg = _seg_train_config(args)
     res = train_segmenter(

@@ -107,7 +107,7 @@ class OTConfig:
 
 @dataclasses.dataclass(frozen=True)
 class SegTrainConfig:
-    """Segmenter training (``train/loop.py``).
+    """Segmenter training (``train/seg_loop.py``).
 
     Attributes:
       seg: the model.

@@ -315,8 +315,8 @@ def write_report(
 
     radio_path = out / "radiogrammetry.json"
     if radio_path.exists():
-        radio = json.loads(radio_path.read_text())
-        s = nulls_to_nan(radio["summary"])
+        radio = nulls_to_nan(json.loads(radio_path.read_text()))  # numeric records
+        s = radio["summary"]
         doc.h(2, "Radiogrammetry")
         doc.p(
             "Cortical index (W - M) / W at mid-shaft, W and M read from width profiles of the "

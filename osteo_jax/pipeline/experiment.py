@@ -39,7 +39,7 @@ def _image_ceiling(data: Path) -> float | None:
 
 def _segments_current(seg_dir: Path, seg_run: Path, cfg: ExperimentConfig) -> bool:
     """Whether ``seg_dir`` was cut by the newest checkpoint of ``seg_run`` with ``cfg``."""
-    from osteo_jax.train.loop import CHECKPOINT_DIR, Checkpointer
+    from osteo_jax.train.runner import CHECKPOINT_DIR, Checkpointer
 
     meta_path = seg_dir / "segments.json"
     if not meta_path.exists():
@@ -83,7 +83,8 @@ def run_experiment(
     from osteo_jax.eval.seg_eval import evaluate_segmenter
     from osteo_jax.pipeline.extract import extract_segments
     from osteo_jax.pipeline.protocol import run_protocol
-    from osteo_jax.train.loop import train_segmenter, write_config
+    from osteo_jax.train.runner import write_config
+    from osteo_jax.train.seg_loop import train_segmenter
 
     t0 = time.perf_counter()
     out = Path(out)

@@ -27,7 +27,7 @@ def load_run_config(run: str | os.PathLike) -> SegTrainConfig:
 
 def restore_segmenter(run: str | os.PathLike) -> tuple[Segmenter, dict, SegTrainConfig, int]:
     """Model, segmenter parameters, config and step of a run's newest checkpoint."""
-    from osteo_jax.train.loop import CHECKPOINT_DIR, Checkpointer
+    from osteo_jax.train.runner import CHECKPOINT_DIR, Checkpointer
     from osteo_jax.train.state import create_seg_state, make_segmenter, seg_optimizer
 
     cfg = load_run_config(run)

@@ -10,35 +10,30 @@ computes the frozen backbone's features once and trains the head on them; fine-t
 backbone in every step with a random resized crop of each segment.
 
 Both the running state and the best state are checkpointed at the end of every epoch, so a
-killed run resumes where it stopped.
+killed run resumes where it stopped. The loop skeleton is :func:`osteo_jax.train.runner.run`'s,
+as for the other loops: parameters replicated over the data-parallel mesh, batches sharded
+along its ``"data"`` axis.
 """
 
 from __future__ import annotations
 
 import functools
 import json
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from tqdm.auto import tqdm
 
 from osteo_jax.config import BackboneConfig, ClsConfig
 from osteo_jax.data.augment import CropPolicy
-from osteo_jax.data.folder import dumps_json, write_json
+from osteo_jax.data.folder import write_json
 from osteo_jax.data.pipeline import make_loader
 from osteo_jax.data.segments import SegmentSet
 from osteo_jax.data.sources import ArraySource
-from osteo_jax.train.loop import (
-    CHECKPOINT_DIR,
-    METRICS_LOG,
-    Checkpointer,
-    check_finite,
-    write_config,
-)
+from osteo_jax.train import runner
+from osteo_jax.train.runner import Checkpointer, Schedule, data_mesh, write_config
 from osteo_jax.train.state import (
     TrainState,
     cls_optimizer,
@@ -163,6 +158,7 @@ def train_classifier(
     params: dict | None = None,
     seed: int = 0,
     progress: bool = True,
+    devices=None,
 ) -> dict:
     """Trains the segment classifier; returns the parameters with the best val macro-F1.
 
@@ -181,6 +177,7 @@ def train_classifier(
         ``mode="probe"`` a random-feature baseline).
       seed: initialisation and shuffling.
       progress: show a progress bar.
+      devices: devices of the data-parallel mesh (default: all).
 
     Returns:
       ``{"params": best params, "best_epoch", "val": best val metrics, "wall_s"}``.
@@ -196,11 +193,13 @@ def train_classifier(
     if not np.isin(labels, (0, 1)).all():
         raise ValueError("training segments need labels 0/1 (a subject without a label?)")
     weights = _class_weights(labels, cfg.class_weight)
-    batch_size = min(cfg.batch_size, len(labels))
-    steps_per_epoch = len(labels) // batch_size
-    if steps_per_epoch == 0:
+    if not len(labels):
         raise ValueError("no valid training segment")
-    total = cfg.epochs * steps_per_epoch
+    mesh = data_mesh(devices, batch_size=cfg.batch_size)
+    # A small training set gives one batch an epoch, cut to split evenly over the devices.
+    n_dev = mesh.devices.size
+    batch_size = min(cfg.batch_size, len(labels) // n_dev * n_dev) or cfg.batch_size
+    schedule = Schedule.of(len(labels), batch_size, cfg.epochs, what="valid training segments")
 
     k_bb, k_cls, k_train = jax.random.split(jax.random.key(seed), 3)
     size = train.images.shape[-1]
@@ -209,21 +208,12 @@ def train_classifier(
         params["backbone"] = init_backbone_params(backbone_cfg, k_bb, size)
     dim = make_backbone(backbone_cfg).features_dim
     params["classifier"] = init_classifier_params(dim, k_cls)
-    tx, step_fn = _cls_step_fn(cfg, backbone_cfg, total, size)
+    tx, step_fn = _cls_step_fn(cfg, backbone_cfg, schedule.schedule_steps, size)
     state = TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
         opt_state={"cls": tx.init({k: params[k] for k in trainable})},
     )
-    ckpt, best_ckpt = Checkpointer(run_dir / CHECKPOINT_DIR), Checkpointer(run_dir / BEST_DIR)
-    best_file = run_dir / "best.json"
-    best = {"epoch": -1, "f1_macro": -1.0}
-    best_state = state
-    if ckpt.latest_step() is not None:
-        state = ckpt.restore(state)
-        if best_ckpt.latest_step() is not None:
-            best_state = best_ckpt.restore(state)
-            best = json.loads(best_file.read_text())
 
     probe = cfg.mode == "probe"
     if probe:
@@ -239,62 +229,50 @@ def train_classifier(
         train_x, val_x = train.images[img, bone], None
     key_name = "features" if probe else "image"
 
-    start_epoch = int(state.step) // steps_per_epoch
-    bar = tqdm(
-        total=cfg.epochs,
-        initial=start_epoch,
-        desc=f"train-cls ({cfg.mode})",
-        unit="epoch",
-        disable=not progress,
-    )
-    log = open(run_dir / METRICS_LOG, "a")
-    t0 = time.perf_counter()
-    batches = iter(
-        make_loader(
+    # The best state so far (by val macro-F1) and its record, both restored on resume.
+    best_ckpt, best_file = Checkpointer(run_dir / BEST_DIR), run_dir / "best.json"
+    best = {"state": state, "record": {"epoch": -1, "f1_macro": -1.0}}
+    if best_ckpt.latest_step() is not None and best_file.exists():
+        best["state"] = best_ckpt.restore(state)
+        best["record"] = json.loads(best_file.read_text())
+
+    def evaluate(state: TrainState, epoch: int) -> dict[str, float]:
+        val_m = evaluate_fn(predict_segments(state.params, backbone_cfg, val, features=val_x), val)
+        if val_m["f1_macro"] > best["record"]["f1_macro"]:
+            best["record"] = {"epoch": epoch, **val_m}
+            best["state"] = jax.tree.map(jnp.copy, state)  # `state` is donated next step
+            # Already there if a kill came before best.json: this rerun recomputed it.
+            if int(state.step) not in best_ckpt.manager.all_steps():
+                best_ckpt.save(best["state"])
+            write_json(best_file, best["record"])
+        return val_m
+
+    def batches(start: int):
+        return make_loader(
             ArraySource(**{key_name: train_x}, label=labels, weight=weights),
             batch_size=batch_size,
             seed=seed,
             num_epochs=cfg.epochs,
             augment=False,
-            start_batch=start_epoch * steps_per_epoch,
+            start_batch=start,
         )
-    )
+
     try:
-        for epoch in range(start_epoch, cfg.epochs):
-            for _ in range(steps_per_epoch):
-                state, metrics = step_fn(state, next(batches), k_train)
-            train_m = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            check_finite(train_m, int(state.step))
-            probs = predict_segments(state.params, backbone_cfg, val, features=val_x)
-            val_m = evaluate_fn(probs, val)
-            log.write(
-                dumps_json(
-                    {
-                        "epoch": epoch,
-                        "step": int(state.step),
-                        **train_m,
-                        **{f"val_{k}": v for k, v in val_m.items()},
-                    }
-                )
-                + "\n"
-            )
-            log.flush()
-            if val_m["f1_macro"] > best["f1_macro"]:
-                best = {"epoch": epoch, **val_m}
-                best_state = jax.tree.map(jnp.copy, state)  # `state` is donated next step
-                # Already there if a kill came before best.json: this rerun recomputed it.
-                if int(best_state.step) not in best_ckpt.manager.all_steps():
-                    best_ckpt.save(best_state)
-                write_json(best_file, best)
-            ckpt.save(state)
-            bar.set_postfix(loss=f"{train_m['loss']:.3f}", val_f1=f"{val_m['f1_macro']:.2f}")
-            bar.update()
+        res = runner.run(
+            state,
+            step_fn,
+            batches,
+            run_dir=run_dir,
+            schedule=schedule,
+            rng=k_train,
+            mesh=mesh,
+            evaluate_fn=evaluate,
+            desc=f"train-cls ({cfg.mode})",
+            progress=progress,
+        )
     finally:
-        bar.close()
-        log.close()
-        ckpt.close()
         best_ckpt.close()
-    best_params = best_state.params
+    best_params = best["state"].params
     if probe:
         best_params = {
             **best_params,
@@ -302,8 +280,8 @@ def train_classifier(
         }
     return {
         "params": best_params,
-        "best_epoch": best["epoch"],
-        "val": best,
-        "wall_s": time.perf_counter() - t0,
+        "best_epoch": best["record"]["epoch"],
+        "val": best["record"],
+        "wall_s": res.wall_s,
         "features_dim": dim,
     }

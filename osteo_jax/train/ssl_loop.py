@@ -12,30 +12,19 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
-import time
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding
-from jax.sharding import PartitionSpec as P
-from tqdm.auto import tqdm
 
 from osteo_jax.config import SSLConfig
-from osteo_jax.data.folder import dumps_json
 from osteo_jax.data.pipeline import make_loader
 from osteo_jax.data.segments import SegmentSet
 from osteo_jax.data.sources import ArraySource
 from osteo_jax.losses.ssl_methods import ssl_objective
-from osteo_jax.train.loop import (
-    CHECKPOINT_DIR,
-    METRICS_LOG,
-    Checkpointer,
-    check_finite,
-    data_mesh,
-    write_config,
-)
+from osteo_jax.train import runner
+from osteo_jax.train.runner import CHECKPOINT_DIR, Checkpointer, Schedule, data_mesh, write_config
 from osteo_jax.train.state import (
     TrainState,
     crop_policy,
@@ -106,41 +95,20 @@ def train_ssl(
             f"segments are {images.shape[-1]} px, smaller than the global crop "
             f"({cfg.crops.global_size} px)"
         )
-    mesh = data_mesh(devices)
-    if cfg.batch_size % mesh.devices.size:
-        raise ValueError(
-            f"batch_size {cfg.batch_size} not divisible by {mesh.devices.size} devices"
-        )
-    steps_per_epoch = len(images) // cfg.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"{len(images)} segments are fewer than one batch ({cfg.batch_size})")
-    # The schedule always spans every epoch; max_steps only stops early, so a run resumed with
-    # a larger max_steps continues exactly as an uninterrupted run would.
-    schedule_steps = cfg.epochs * steps_per_epoch
-    total = schedule_steps if cfg.max_steps is None else min(schedule_steps, cfg.max_steps)
-
-    tx, step_fn = _ssl_step_fn(dataclasses.replace(cfg, seed=0, max_steps=None), schedule_steps)
+    mesh = data_mesh(devices, batch_size=cfg.batch_size)
+    schedule = Schedule.of(len(images), cfg.batch_size, cfg.epochs, cfg.max_steps, what="segments")
+    tx, step_fn = _ssl_step_fn(
+        dataclasses.replace(cfg, seed=0, max_steps=None), schedule.schedule_steps
+    )
     init_key, train_key = jax.random.split(jax.random.key(cfg.seed))
     params = {**(init_params or {}), **init_ssl_params(cfg, init_key)}
     trained = {k: params[k] for k in ("backbone", "ssl_head")}
     state = TrainState(
         step=jnp.zeros((), jnp.int32), params=params, opt_state={"ssl": tx.init(trained)}
     )
-    ckpt = Checkpointer(run_dir / CHECKPOINT_DIR)
-    if ckpt.latest_step() is not None:
-        state = ckpt.restore(state)
-    state = jax.device_put(state, NamedSharding(mesh, P()))
-    sharded = NamedSharding(mesh, P("data"))
-    start = int(state.step)
-    bar = tqdm(
-        total=total,
-        initial=start,
-        desc=f"pretrain ({cfg.method})",
-        unit="step",
-        disable=not progress,
-    )
-    batches = iter(
-        make_loader(
+
+    def batches(start: int):
+        return make_loader(
             ArraySource(image=images, label=labels),
             batch_size=cfg.batch_size,
             seed=cfg.seed,
@@ -148,36 +116,26 @@ def train_ssl(
             augment=False,  # the multi-crop views are made inside the jitted step
             start_batch=start,
         )
+
+    res = runner.run(
+        state,
+        step_fn,
+        batches,
+        run_dir=run_dir,
+        schedule=schedule,
+        rng=train_key,
+        mesh=mesh,
+        log_every=log_every,
+        checkpoint_every=cfg.checkpoint_every,
+        desc=f"pretrain ({cfg.method})",
+        progress=progress,
     )
-    log = open(run_dir / METRICS_LOG, "a")
-    t0 = time.perf_counter()
-    metrics_host: dict[str, float] = {}
-    try:
-        for step in range(start, total):
-            epoch, within = divmod(step, steps_per_epoch)
-            batch = jax.device_put(next(batches), sharded)
-            state, metrics = step_fn(state, batch, train_key)
-            done = step + 1
-            end_of_epoch = within == steps_per_epoch - 1 or done == total
-            if done % log_every == 0 or end_of_epoch:
-                metrics_host = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                check_finite(metrics_host, step)
-                log.write(dumps_json({"step": done, "epoch": epoch, **metrics_host}) + "\n")
-                log.flush()
-                bar.set_postfix(loss=f"{metrics_host['loss']:.3f}")
-            bar.update()
-            if done % cfg.checkpoint_every == 0 or end_of_epoch:
-                ckpt.save(state)
-    finally:
-        bar.close()
-        log.close()
-        ckpt.close()
     return {
-        "state": state,
-        "steps": int(state.step),
-        "resumed_from": start,
-        "wall_s": time.perf_counter() - t0,
-        "train": metrics_host,
+        "state": res.state,
+        "steps": int(res.state.step),
+        "resumed_from": res.start,
+        "wall_s": res.wall_s,
+        "train": res.train,
     }
 
 
