@@ -82,7 +82,7 @@ def main() -> None:
         mode=args.mode,
         dtype=args.dtype,
     )
-    cfg = SegTrainConfig(seg=seg, batch_size=args.batch)
+    cfg = SegTrainConfig(model=seg, batch_size=args.batch)
     model = make_segmenter(seg)
     tx = seg_optimizer(cfg, 1000)
     state = create_seg_state(cfg, jax.random.key(0), tx)

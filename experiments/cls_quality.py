@@ -228,7 +228,9 @@ def ensure_segmenter(data: Path, run: str | Path, form: str, epochs: int = 40) -
         return
     seg_cfg = SegTrainConfig(epochs=epochs)
     if form == "unet":
-        seg_cfg = dataclasses.replace(seg_cfg, seg=dataclasses.replace(seg_cfg.seg, form="unet"))
+        seg_cfg = dataclasses.replace(
+            seg_cfg, model=dataclasses.replace(seg_cfg.model, form="unet")
+        )
     train_segmenter(data, run, seg_cfg, evaluate_fn=evaluate_segmenter)
 
 

@@ -82,7 +82,7 @@ def run(args) -> dict:
     split = json.loads((Path(args.seg_run) / "split.json").read_text())
     val = set(split.get("val", []))
     predict, params, seg_cfg, step, key = _predictor(Path(args.seg_run))
-    size, batch = seg_cfg.seg.image_size, 8
+    size, batch = seg_cfg.model.image_size, 8
     records = []
     t_exact = t_pred = 0.0
     for start in range(0, len(images), batch):
@@ -134,14 +134,14 @@ def run(args) -> dict:
         done = min(start + batch, len(images))
         print(
             f"[{done}/{len(images)}] exact {t_exact / done:.2f} s/img, "
-            f"predicted + {seg_cfg.seg.num_experts * seg_cfg.seg.num_samples} hypotheses "
+            f"predicted + {seg_cfg.model.num_experts * seg_cfg.model.num_samples} hypotheses "
             f"{t_pred / done:.2f} s/img",
             flush=True,
         )
     meta = {
         "seg_run": str(args.seg_run),
         "seg_step": step,
-        "n_hypotheses": seg_cfg.seg.num_experts * seg_cfg.seg.num_samples,
+        "n_hypotheses": seg_cfg.model.num_experts * seg_cfg.model.num_samples,
         "seconds_per_image_exact": t_exact / max(len(images), 1),
         "seconds_per_image_predicted": t_pred / max(len(images), 1),
     }

@@ -39,13 +39,13 @@ def get_config(size: int = 128, epochs: int = 40, seed: int = 0) -> dict[str, Se
     which the router collapses onto one expert. ``mixture_iou``: MoSE's pure soft-IoU cost.
     """
     base = SegTrainConfig(
-        seg=SegConfig(image_size=size),
+        model=SegConfig(image_size=size),
         batch_size=8,
         epochs=epochs,
         checkpoint_every=200,
         seed=seed,
     )
-    unet = dataclasses.replace(base, seg=dataclasses.replace(base.seg, form="unet"))
+    unet = dataclasses.replace(base, model=dataclasses.replace(base.model, form="unet"))
     gamma05 = dataclasses.replace(base, ot=dataclasses.replace(base.ot, gamma_start=0.5))
     iou = dataclasses.replace(base, ot=dataclasses.replace(base.ot, ce_weight=0.0))
     return {"mixture": base, "unet": unet, "mixture_gamma05": gamma05, "mixture_iou": iou}

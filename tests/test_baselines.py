@@ -271,7 +271,7 @@ def test_radiogrammetry_of_run_measures_every_subject_and_spreads_only_val(tmp_p
     synth = SynthConfig(cohort=CohortConfig(n_subjects=6), physics=PhysicsConfig(size=96))
     data = write_dataset(synth, tmp_path / "ds", workers=1, progress=False)
     seg = SegTrainConfig(
-        seg=SegConfig(features=(4, 8), num_experts=2, num_samples=2, latent_dim=2, head_hidden=4,
+        model=SegConfig(features=(4, 8), num_experts=2, num_samples=2, latent_dim=2, head_hidden=4,
                       router_hidden=8, image_size=32),
         ot=OTConfig(num_iters=5), batch_size=2, epochs=1, warmup_steps=1, val_fraction=0.34,
         max_steps=1,

@@ -30,7 +30,7 @@ TINY = ExperimentConfig(
     name="tiny",
     synth=SynthConfig(cohort=CohortConfig(n_subjects=20), physics=PhysicsConfig(size=192)),
     seg=SegTrainConfig(
-        seg=SegConfig(
+        model=SegConfig(
             features=(4, 8), num_experts=2, num_samples=2, latent_dim=2, head_hidden=4,
             router_hidden=8, image_size=32,
         ),

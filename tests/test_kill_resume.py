@@ -47,7 +47,7 @@ pytestmark = pytest.mark.e2e
 # 12 training images, 2 per step: 6 steps an epoch, 18 in all. No validation split (it would
 # only add a compile; validation does not touch the parameters).
 SEG = SegTrainConfig(
-    seg=SegConfig(
+    model=SegConfig(
         features=(8, 16), num_experts=2, num_samples=2, latent_dim=3, head_hidden=8, image_size=32
     ),
     ot=OTConfig(gamma_ramp_start=1, gamma_ramp_steps=2),

@@ -149,7 +149,7 @@ def test_train_seg_same_params_from_memory_stream_workers_and_tfds(folder, tmp_p
     from osteo_jax.train.seg_loop import train_segmenter
 
     cfg = SegTrainConfig(
-        seg=SegConfig(
+        model=SegConfig(
             features=(4, 8),
             num_experts=2,
             num_samples=1,

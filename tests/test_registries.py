@@ -16,6 +16,7 @@ from osteo_jax.config import (
     OTConfig,
     SegConfig,
     SegmentConfig,
+    SegTrainConfig,
     SSLConfig,
     choices,
     from_dict,
@@ -112,3 +113,11 @@ def test_a_bad_value_in_a_json_config_is_named_before_anything_runs(tmp_path, ca
     err = capsys.readouterr().err
     assert "bad.json" in err and "SSLConfig.method must be one of" in err and "simclear" in err
     assert not out.exists()
+
+
+def test_a_run_folder_written_before_the_seg_to_model_rename_still_loads():
+    old = dataclasses.asdict(SegTrainConfig(model=SegConfig(num_experts=2)))
+    old["seg"] = old.pop("model")  # config.json of a train-seg run written before the rename
+    assert from_dict(SegTrainConfig, old).model.num_experts == 2
+    with pytest.raises(ValueError, match=r"unknown SegTrainConfig fields: \['sgm'\]"):
+        from_dict(SegTrainConfig, {**old, "sgm": 1})

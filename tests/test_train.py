@@ -20,7 +20,7 @@ from osteo_jax.train.state import create_seg_state, make_segmenter, seg_optimize
 from osteo_jax.train.steps import seg_step
 
 TINY = SegTrainConfig(
-    seg=SegConfig(
+    model=SegConfig(
         features=(8, 16), num_experts=2, num_samples=2, latent_dim=3, head_hidden=8, image_size=32
     ),
     ot=OTConfig(gamma_ramp_start=1, gamma_ramp_steps=2),
@@ -43,7 +43,7 @@ def _batch(seed=0, b=2):
 
 @pytest.fixture(scope="module")
 def setup():
-    model = make_segmenter(TINY.seg)
+    model = make_segmenter(TINY.model)
     tx = seg_optimizer(TINY, 10)
     step = jax.jit(functools.partial(seg_step, model=model, tx=tx, ot=TINY.ot))
     state = create_seg_state(TINY, jax.random.key(0), tx)
@@ -121,7 +121,7 @@ _TWO_DEVICE_SCRIPT = textwrap.dedent("""
     from osteo_jax.train.state import create_seg_state, make_segmenter, seg_optimizer
     from osteo_jax.train.steps import seg_step
     assert len(jax.devices()) == 2, jax.devices()
-    model = make_segmenter(TINY.seg)
+    model = make_segmenter(TINY.model)
     tx = seg_optimizer(TINY, 10)
     out = {{}}
     for n in (1, 2):

@@ -33,7 +33,7 @@ def _seg_train_config(args: argparse.Namespace):
         ).items()
         if v is not None
     }
-    return dataclasses.replace(cfg, seg=dataclasses.replace(cfg.seg, **seg_over))
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **seg_over))
 
 
 def cmd_train_seg(args: argparse.Namespace) -> int:

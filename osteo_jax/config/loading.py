@@ -18,6 +18,11 @@ from osteo_jax.config.segmenter import SegTrainConfig
 T = typing.TypeVar("T")
 
 
+# Fields renamed since run folders were first written: config type -> {old name: new name}.
+# Old config.json files (and the run folders that hold them) keep loading.
+RENAMED_FIELDS = {SegTrainConfig: {"seg": "model"}}
+
+
 def from_dict(cls, data: dict):
     """Rebuilds a (nested) config dataclass from ``dataclasses.asdict`` output (e.g. JSON).
 
@@ -26,6 +31,9 @@ def from_dict(cls, data: dict):
     """
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
+    for old, new in RENAMED_FIELDS.get(cls, {}).items():
+        if old in data and new not in data:  # a file written before the rename
+            data = {(new if k == old else k): v for k, v in data.items()}
     unknown = set(data) - names
     if unknown:
         raise ValueError(f"unknown {cls.__name__} fields: {sorted(unknown)}")

@@ -110,7 +110,7 @@ class SegTrainConfig:
     """Segmenter training (``train/seg_loop.py``).
 
     Attributes:
-      seg: the model.
+      model: the segmenter.
       ot: the loss.
       batch_size: images per step (global, across devices).
       epochs: passes over the training split.
@@ -125,7 +125,7 @@ class SegTrainConfig:
       max_steps: stop after this many steps (None: run all epochs).
     """
 
-    seg: SegConfig = SegConfig()
+    model: SegConfig = SegConfig()
     ot: OTConfig = OTConfig()
     batch_size: int = 8
     epochs: int = 20

@@ -155,8 +155,8 @@ def run_experiment(
             cls=proto.cls,
             backbone=proto.backbone,
             name=proto.name,
-            roi=f"segmentation ({cfg.seg.seg.form} K={cfg.seg.seg.num_experts} "
-            f"S={cfg.seg.seg.num_samples})",
+            roi=f"segmentation ({cfg.seg.model.form} K={cfg.seg.model.num_experts} "
+            f"S={cfg.seg.model.num_samples})",
             ceiling_auc=_image_ceiling(data),
             progress=progress,
         )
@@ -249,7 +249,7 @@ def demo_config() -> ExperimentConfig:
         name="demo (synthetic paper cohort)",
         synth=SynthConfig(physics=PhysicsConfig(size=512)),
         seg=SegTrainConfig(
-            seg=SegConfig(features=(8, 16, 32, 64), head_hidden=16, image_size=96),
+            model=SegConfig(features=(8, 16, 32, 64), head_hidden=16, image_size=96),
             ot=OTConfig(gamma_ramp_start=60, gamma_ramp_steps=100),
             epochs=12,
             warmup_steps=20,

@@ -166,7 +166,7 @@ def _model_source(source: str, ctx: SourceContext) -> SegmentSource | None:
     model, params, seg_cfg, step = restore_segmenter(source)
     predict = make_predict_fn(model)
     key = jax.random.fold_in(jax.random.key(seg_cfg.seed), 11)
-    size = seg_cfg.seg.image_size
+    size = seg_cfg.model.image_size
     calls = [0]
 
     def one(image, probs, weights, spacing):
@@ -185,7 +185,7 @@ def _model_source(source: str, ctx: SourceContext) -> SegmentSource | None:
         n = len(rows)
         return list(ctx.pool.map(one, images, probs[:n], weights[:n], spacings))
 
-    meta = {"seg_run": str(source), "seg_step": step, "seg_form": seg_cfg.seg.form}
+    meta = {"seg_run": str(source), "seg_step": step, "seg_form": seg_cfg.model.form}
     return SegmentSource("model", ctx.names, cut, meta)
 
 

@@ -62,7 +62,7 @@ class PredictModel:
         """
         from osteo_jax.data.inmemory import resize_image
 
-        x = resize_image(image, self.seg_cfg.seg.image_size)[None, ..., None]
+        x = resize_image(image, self.seg_cfg.model.image_size)[None, ..., None]
         probs, weights = self._predict(self.seg_params, x.astype(np.float32), self.key)
         return np.asarray(probs[0]), np.asarray(weights[0], np.float64)
 

@@ -107,7 +107,7 @@ def radiogrammetry_of_run(
     model, params, cfg, step = restore_segmenter(seg_run)
     predict = make_predict_fn(model)
     key = jax.random.fold_in(jax.random.key(cfg.seed), 13)
-    size, bs = cfg.seg.image_size, cfg.batch_size
+    size, bs = cfg.model.image_size, cfg.batch_size
     per_image = []
     bar = tqdm(total=len(rows), desc="radiogrammetry", unit="img", disable=not progress)
     for start in range(0, len(rows), bs):

@@ -43,7 +43,7 @@ def subject_panels(out: Path, data: Path, n: int, fig_dir: Path) -> list[str]:
     subj_p = {r["subject_id"]: float(r["probability"]) for r in test_subjects}
     model, params, cfg, _ = restore_segmenter(out / "seg")
     # Decode only the picked subjects' first images (not the whole folder).
-    source = FolderSource(data, cfg.seg.image_size, cfg.annotators)
+    source = FolderSource(data, cfg.model.image_size, cfg.annotators)
     records = [source[int(np.flatnonzero(source.subject_ids == s)[0])] for s in picked]
     _, probs, weights = next(
         predict_batches(

@@ -38,7 +38,7 @@ def restore_segmenter(run: str | os.PathLike) -> tuple[Segmenter, dict, SegTrain
     tx = seg_optimizer(cfg, max(step, 1))
     state = ckpt.restore(create_seg_state(cfg, jax.random.key(cfg.seed), tx))
     ckpt.close()
-    return make_segmenter(cfg.seg), state.params["segmenter"], cfg, step
+    return make_segmenter(cfg.model), state.params["segmenter"], cfg, step
 
 
 def evaluate_run(
@@ -51,7 +51,7 @@ def evaluate_run(
     """
     run = Path(run)
     model, params, cfg, step = restore_segmenter(run)
-    arrays = load_seg_arrays(data, cfg.seg.image_size, cfg.annotators)
+    arrays = load_seg_arrays(data, cfg.model.image_size, cfg.annotators)
     if split != "all":
         subjects = set(json.loads((run / "split.json").read_text())[split])
         idx = np.flatnonzero([s in subjects for s in arrays.subject_ids])

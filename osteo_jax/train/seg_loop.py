@@ -80,7 +80,7 @@ def train_segmenter(
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    source = seg_source(data, cfg.seg.image_size, cfg.annotators, stream=stream)
+    source = seg_source(data, cfg.model.image_size, cfg.annotators, stream=stream)
     write_config(run_dir, cfg, str(data) if isinstance(data, (str, os.PathLike)) else "<arrays>")
     subject_ids = np.asarray(source.subject_ids)
     train_idx, val_idx = split_by_subject(subject_ids, cfg.val_fraction, cfg.seed)
@@ -98,7 +98,7 @@ def train_segmenter(
     schedule = Schedule.of(
         len(train_idx), cfg.batch_size, cfg.epochs, cfg.max_steps, what="training images"
     )
-    model = make_segmenter(cfg.seg)
+    model = make_segmenter(cfg.model)
     tx = seg_optimizer(cfg, schedule.schedule_steps)
     base_key = jax.random.key(cfg.seed)
     init_key, train_key, val_key = jax.random.split(base_key, 3)

@@ -100,7 +100,7 @@ def create_seg_state(
     cfg: SegTrainConfig, rng: jax.Array, tx: optax.GradientTransformation
 ) -> TrainState:
     """A fresh state holding the segmenter's parameters and its optimizer state."""
-    params = {"segmenter": init_segmenter_params(cfg.seg, rng)}
+    params = {"segmenter": init_segmenter_params(cfg.model, rng)}
     return TrainState(
         step=jnp.zeros((), jnp.int32),
         params=params,
