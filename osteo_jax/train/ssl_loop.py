@@ -24,7 +24,13 @@ from osteo_jax.data.segments import SegmentSet
 from osteo_jax.data.sources import ArraySource
 from osteo_jax.losses.ssl_methods import ssl_objective
 from osteo_jax.train import runner
-from osteo_jax.train.runner import CHECKPOINT_DIR, Checkpointer, Schedule, data_mesh, write_config
+from osteo_jax.train.runner import (
+    CHECKPOINT_DIR,
+    Checkpointer,
+    Schedule,
+    claim_run_dir,
+    data_mesh,
+)
 from osteo_jax.train.state import (
     TrainState,
     crop_policy,
@@ -70,6 +76,7 @@ def train_ssl(
     progress: bool = True,
     log_every: int = 10,
     devices=None,
+    overwrite: bool = False,
 ) -> dict:
     """Pretrains the backbone on ``segments`` (resuming from ``run_dir`` if it has checkpoints).
 
@@ -82,61 +89,66 @@ def train_ssl(
       progress: show a progress bar.
       log_every: steps between lines of ``metrics.jsonl``.
       devices: devices of the data-parallel mesh (default: all).
+      overwrite: start afresh in a folder holding other files or an earlier run, deleting
+        only pretrain's own files (:mod:`osteo_jax.data.outdir`).
 
     Returns:
       ``{"state", "steps", "resumed_from", "wall_s", "train"}``.
     """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_config(run_dir, cfg, segments.meta.get("data", "<segments>"))
     images, labels = flatten_segments(segments)
     if images.shape[-1] < cfg.crops.global_size:
         raise ValueError(
             f"segments are {images.shape[-1]} px, smaller than the global crop "
             f"({cfg.crops.global_size} px)"
         )
-    mesh = data_mesh(devices, batch_size=cfg.batch_size)
-    schedule = Schedule.of(len(images), cfg.batch_size, cfg.epochs, cfg.max_steps, what="segments")
-    tx, step_fn = _ssl_step_fn(
-        dataclasses.replace(cfg, seed=0, max_steps=None), schedule.schedule_steps
-    )
-    init_key, train_key = jax.random.split(jax.random.key(cfg.seed))
-    params = {**(init_params or {}), **init_ssl_params(cfg, init_key)}
-    trained = {k: params[k] for k in ("backbone", "ssl_head")}
-    state = TrainState(
-        step=jnp.zeros((), jnp.int32), params=params, opt_state={"ssl": tx.init(trained)}
-    )
-
-    def batches(start: int):
-        return make_loader(
-            ArraySource(image=images, label=labels),
-            batch_size=cfg.batch_size,
-            seed=cfg.seed,
-            num_epochs=cfg.epochs,
-            augment=False,  # the multi-crop views are made inside the jitted step
-            start_batch=start,
+    data = segments.meta.get("data", "<segments>")
+    claim = claim_run_dir(run_dir, "pretrain", cfg, data, overwrite=overwrite)
+    run_dir = claim.path
+    with claim.discarded_on_error():
+        mesh = data_mesh(devices, batch_size=cfg.batch_size)
+        schedule = Schedule.of(
+            len(images), cfg.batch_size, cfg.epochs, cfg.max_steps, what="segments"
+        )
+        tx, step_fn = _ssl_step_fn(
+            dataclasses.replace(cfg, seed=0, max_steps=None), schedule.schedule_steps
+        )
+        init_key, train_key = jax.random.split(jax.random.key(cfg.seed))
+        params = {**(init_params or {}), **init_ssl_params(cfg, init_key)}
+        trained = {k: params[k] for k in ("backbone", "ssl_head")}
+        state = TrainState(
+            step=jnp.zeros((), jnp.int32), params=params, opt_state={"ssl": tx.init(trained)}
         )
 
-    res = runner.run(
-        state,
-        step_fn,
-        batches,
-        run_dir=run_dir,
-        schedule=schedule,
-        rng=train_key,
-        mesh=mesh,
-        log_every=log_every,
-        checkpoint_every=cfg.checkpoint_every,
-        desc=f"pretrain ({cfg.method})",
-        progress=progress,
-    )
-    return {
-        "state": res.state,
-        "steps": int(res.state.step),
-        "resumed_from": res.start,
-        "wall_s": res.wall_s,
-        "train": res.train,
-    }
+        def batches(start: int):
+            return make_loader(
+                ArraySource(image=images, label=labels),
+                batch_size=cfg.batch_size,
+                seed=cfg.seed,
+                num_epochs=cfg.epochs,
+                augment=False,  # the multi-crop views are made inside the jitted step
+                start_batch=start,
+            )
+
+        res = runner.run(
+            state,
+            step_fn,
+            batches,
+            run_dir=run_dir,
+            schedule=schedule,
+            rng=train_key,
+            mesh=mesh,
+            log_every=log_every,
+            checkpoint_every=cfg.checkpoint_every,
+            desc=f"pretrain ({cfg.method})",
+            progress=progress,
+        )
+        return {
+            "state": res.state,
+            "steps": int(res.state.step),
+            "resumed_from": res.start,
+            "wall_s": res.wall_s,
+            "train": res.train,
+        }
 
 
 def restore_ssl_params(
