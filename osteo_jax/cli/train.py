@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from osteo_jax.cli.data import add_overwrite
+from osteo_jax.data.outdir import check_dir
 
 
 def _seg_train_config(args: argparse.Namespace):
@@ -169,6 +170,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     cfg = _protocol_config(args)
     if cfg.ssl is None:
         raise ValueError("pretrain needs an SSL method (got --method none)")
+    check_dir(args.out, "pretrain", overwrite=args.overwrite)  # before reading the segments
     seg = load_segments(args.segments).select_bones(tuple(cfg.cls.bones))
     if not args.all:
         seg, tr, _, _ = _split_of(seg, cfg.cls, args.split_seed)
@@ -191,6 +193,7 @@ def cmd_train_cls(args: argparse.Namespace) -> int:
     from osteo_jax.train.ssl_loop import restore_ssl_params
 
     cfg = _protocol_config(args)
+    check_dir(args.out, "train-cls", overwrite=args.overwrite)  # before reading the segments
     backbone, params = cfg.backbone, None
     if args.ssl_run:
         ssl_params, ssl_cfg = restore_ssl_params(args.ssl_run)
@@ -237,6 +240,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from osteo_jax.pipeline.protocol import run_protocol
 
     cfg = _protocol_config(args)
+    check_dir(args.out, "evaluate", overwrite=args.overwrite)  # before reading the segments
     data = _data_of(args.segments)
     ceilings = read_ceilings(data) if data is not None else None
     if data is not None and cfg.covariates:  # a missing column fails before training

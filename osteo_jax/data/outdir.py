@@ -144,10 +144,10 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path)  # an unmarked output folder of its owner (checkpoints/, images/)
         return
     for child in _entries(path):
-        if _is_output(command, child.name) or child.name.startswith(PARTIAL_PREFIX):
+        if _is_output(command, child.name) or is_partial(child):
             _remove(child)
-    (path / MARKER).unlink(missing_ok=True)
-    with contextlib.suppress(OSError):  # a user's file inside keeps the folder
+    if not _entries(path):  # a user's file inside keeps the folder and its marker
+        (path / MARKER).unlink(missing_ok=True)
         path.rmdir()
 
 
