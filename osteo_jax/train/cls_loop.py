@@ -195,100 +195,94 @@ def train_classifier(
         raise ValueError("no valid training segment")
     record = {"cls": cfg, "backbone": backbone_cfg, "seed": seed}
     data = train.meta.get("data", "")
-    claim = claim_run_dir(run_dir, "train-cls", record, data, overwrite=overwrite)
-    run_dir = claim.path
-    with claim.discarded_on_error():
-        mesh = data_mesh(devices, batch_size=cfg.batch_size)
-        # A small training set gives one batch an epoch, cut to split evenly over the devices.
-        n_dev = mesh.devices.size
-        batch_size = min(cfg.batch_size, len(labels) // n_dev * n_dev) or cfg.batch_size
-        schedule = Schedule.of(len(labels), batch_size, cfg.epochs, what="valid training segments")
+    mesh = data_mesh(devices, batch_size=cfg.batch_size)
+    # A small training set gives one batch an epoch, cut to split evenly over the devices.
+    n_dev = mesh.devices.size
+    batch_size = min(cfg.batch_size, len(labels) // n_dev * n_dev) or cfg.batch_size
+    schedule = Schedule.of(len(labels), batch_size, cfg.epochs, what="valid training segments")
+    run_dir = claim_run_dir(run_dir, "train-cls", record, data, overwrite=overwrite).path
 
-        k_bb, k_cls, k_train = jax.random.split(jax.random.key(seed), 3)
-        size = train.images.shape[-1]
-        params = dict(params or {})
-        if "backbone" not in params:
-            params["backbone"] = init_backbone_params(backbone_cfg, k_bb, size)
-        dim = make_backbone(backbone_cfg).features_dim
-        params["classifier"] = init_classifier_params(dim, k_cls)
-        tx, step_fn = _cls_step_fn(cfg, backbone_cfg, schedule.schedule_steps, size)
-        state = TrainState(
-            step=jnp.zeros((), jnp.int32),
-            params=params,
-            opt_state={"cls": tx.init({k: params[k] for k in trainable})},
+    k_bb, k_cls, k_train = jax.random.split(jax.random.key(seed), 3)
+    size = train.images.shape[-1]
+    params = dict(params or {})
+    if "backbone" not in params:
+        params["backbone"] = init_backbone_params(backbone_cfg, k_bb, size)
+    dim = make_backbone(backbone_cfg).features_dim
+    params["classifier"] = init_classifier_params(dim, k_cls)
+    tx, step_fn = _cls_step_fn(cfg, backbone_cfg, schedule.schedule_steps, size)
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state={"cls": tx.init({k: params[k] for k in trainable})},
+    )
+
+    probe = cfg.mode == "probe"
+    if probe:
+        # Standardise the frozen features (train statistics), as linear evaluation usually
+        # does (SimCLR's probe: a BatchNorm without affine); the scaling is folded into the
+        # linear layer on return, so the returned classifier reads raw features.
+        train_x = backbone_features(params["backbone"], backbone_cfg, train.images[img, bone])
+        mu, sd = train_x.mean(axis=0), train_x.std(axis=0) + 1e-6
+        train_x = (train_x - mu) / sd
+        vi, vb = _valid_pairs(val)
+        val_x = (backbone_features(params["backbone"], backbone_cfg, val.images[vi, vb]) - mu) / sd
+    else:
+        train_x, val_x = train.images[img, bone], None
+    key_name = "features" if probe else "image"
+
+    # The best state so far (by val macro-F1) and its record, both restored on resume.
+    best_ckpt, best_file = Checkpointer(run_dir / BEST_DIR), run_dir / "best.json"
+    best = {"state": state, "record": {"epoch": -1, "f1_macro": -1.0}}
+    if best_ckpt.latest_step() is not None and best_file.exists():
+        best["state"] = best_ckpt.restore(state)
+        best["record"] = json.loads(best_file.read_text())
+
+    def evaluate(state: TrainState, epoch: int) -> dict[str, float]:
+        val_m = evaluate_fn(predict_segments(state.params, backbone_cfg, val, features=val_x), val)
+        if val_m["f1_macro"] > best["record"]["f1_macro"]:
+            best["record"] = {"epoch": epoch, **val_m}
+            best["state"] = jax.tree.map(jnp.copy, state)  # `state` is donated next step
+            # Already there if a kill came before best.json: this rerun recomputed it.
+            if int(state.step) not in best_ckpt.manager.all_steps():
+                best_ckpt.save(best["state"])
+            write_json(best_file, best["record"])
+        return val_m
+
+    def batches(start: int):
+        return make_loader(
+            ArraySource(**{key_name: train_x}, label=labels, weight=weights),
+            batch_size=batch_size,
+            seed=seed,
+            num_epochs=cfg.epochs,
+            augment=False,
+            start_batch=start,
         )
 
-        probe = cfg.mode == "probe"
-        if probe:
-            # Standardise the frozen features (train statistics), as linear evaluation usually
-            # does (SimCLR's probe: a BatchNorm without affine); the scaling is folded into the
-            # linear layer on return, so the returned classifier reads raw features.
-            train_x = backbone_features(params["backbone"], backbone_cfg, train.images[img, bone])
-            mu, sd = train_x.mean(axis=0), train_x.std(axis=0) + 1e-6
-            train_x = (train_x - mu) / sd
-            vi, vb = _valid_pairs(val)
-            val_x = (
-                backbone_features(params["backbone"], backbone_cfg, val.images[vi, vb]) - mu
-            ) / sd
-        else:
-            train_x, val_x = train.images[img, bone], None
-        key_name = "features" if probe else "image"
-
-        # The best state so far (by val macro-F1) and its record, both restored on resume.
-        best_ckpt, best_file = Checkpointer(run_dir / BEST_DIR), run_dir / "best.json"
-        best = {"state": state, "record": {"epoch": -1, "f1_macro": -1.0}}
-        if best_ckpt.latest_step() is not None and best_file.exists():
-            best["state"] = best_ckpt.restore(state)
-            best["record"] = json.loads(best_file.read_text())
-
-        def evaluate(state: TrainState, epoch: int) -> dict[str, float]:
-            val_m = evaluate_fn(
-                predict_segments(state.params, backbone_cfg, val, features=val_x), val
-            )
-            if val_m["f1_macro"] > best["record"]["f1_macro"]:
-                best["record"] = {"epoch": epoch, **val_m}
-                best["state"] = jax.tree.map(jnp.copy, state)  # `state` is donated next step
-                # Already there if a kill came before best.json: this rerun recomputed it.
-                if int(state.step) not in best_ckpt.manager.all_steps():
-                    best_ckpt.save(best["state"])
-                write_json(best_file, best["record"])
-            return val_m
-
-        def batches(start: int):
-            return make_loader(
-                ArraySource(**{key_name: train_x}, label=labels, weight=weights),
-                batch_size=batch_size,
-                seed=seed,
-                num_epochs=cfg.epochs,
-                augment=False,
-                start_batch=start,
-            )
-
-        try:
-            res = runner.run(
-                state,
-                step_fn,
-                batches,
-                run_dir=run_dir,
-                schedule=schedule,
-                rng=k_train,
-                mesh=mesh,
-                evaluate_fn=evaluate,
-                desc=f"train-cls ({cfg.mode})",
-                progress=progress,
-            )
-        finally:
-            best_ckpt.close()
-        best_params = best["state"].params
-        if probe:
-            best_params = {
-                **best_params,
-                "classifier": fold_standardisation(best_params["classifier"], mu, sd),
-            }
-        return {
-            "params": best_params,
-            "best_epoch": best["record"]["epoch"],
-            "val": best["record"],
-            "wall_s": res.wall_s,
-            "features_dim": dim,
+    try:
+        res = runner.run(
+            state,
+            step_fn,
+            batches,
+            run_dir=run_dir,
+            schedule=schedule,
+            rng=k_train,
+            mesh=mesh,
+            evaluate_fn=evaluate,
+            desc=f"train-cls ({cfg.mode})",
+            progress=progress,
+        )
+    finally:
+        best_ckpt.close()
+    best_params = best["state"].params
+    if probe:
+        best_params = {
+            **best_params,
+            "classifier": fold_standardisation(best_params["classifier"], mu, sd),
         }
+    return {
+        "params": best_params,
+        "best_epoch": best["record"]["epoch"],
+        "val": best["record"],
+        "wall_s": res.wall_s,
+        "features_dim": dim,
+    }

@@ -160,8 +160,8 @@ def claim_run_dir(
       overwrite: start afresh, deleting only the command's own earlier outputs.
 
     Returns:
-      The claimed folder; wrap the run's setup in its ``discarded_on_error()`` so that a
-      failure before any training leaves no folder behind.
+      The claimed folder. Claim it once the inputs are known to be usable (data read, schedule
+      built), so that a command failing on its input leaves no folder behind.
 
     Raises:
       OutputFolderError: the folder holds other files; ValueError: another configuration.

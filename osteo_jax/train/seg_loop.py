@@ -83,87 +83,84 @@ def train_segmenter(
     """
     check_dir(run_dir, "train-seg", overwrite=overwrite)  # refused before the data is read
     source = seg_source(data, cfg.model.image_size, cfg.annotators, stream=stream)
+    subject_ids = np.asarray(source.subject_ids)
+    train_idx, val_idx = split_by_subject(subject_ids, cfg.val_fraction, cfg.seed)
+    mesh = data_mesh(devices, batch_size=cfg.batch_size)
+    schedule = Schedule.of(
+        len(train_idx), cfg.batch_size, cfg.epochs, cfg.max_steps, what="training images"
+    )
+    # The folder is claimed once the data and the schedule are known to be usable.
     origin = str(data) if isinstance(data, (str, os.PathLike)) else "<arrays>"
-    claim = claim_run_dir(run_dir, "train-seg", cfg, origin, overwrite=overwrite)
-    run_dir = claim.path
-    with claim.discarded_on_error():
-        subject_ids = np.asarray(source.subject_ids)
-        train_idx, val_idx = split_by_subject(subject_ids, cfg.val_fraction, cfg.seed)
-        (run_dir / "split.json").write_text(
-            dumps_json(
-                {
-                    "train": sorted(set(subject_ids[train_idx].tolist())),
-                    "val": sorted(set(subject_ids[val_idx].tolist())),
-                },
-                indent=1,
-            )
+    run_dir = claim_run_dir(run_dir, "train-seg", cfg, origin, overwrite=overwrite).path
+    (run_dir / "split.json").write_text(
+        dumps_json(
+            {
+                "train": sorted(set(subject_ids[train_idx].tolist())),
+                "val": sorted(set(subject_ids[val_idx].tolist())),
+            },
+            indent=1,
         )
+    )
 
-        mesh = data_mesh(devices, batch_size=cfg.batch_size)
-        schedule = Schedule.of(
-            len(train_idx), cfg.batch_size, cfg.epochs, cfg.max_steps, what="training images"
-        )
-        model = make_segmenter(cfg.model)
-        tx = seg_optimizer(cfg, schedule.schedule_steps)
-        base_key = jax.random.key(cfg.seed)
-        init_key, train_key, val_key = jax.random.split(base_key, 3)
-        state = create_seg_state(cfg, init_key, tx)
-        step_fn = jax.jit(
-            functools.partial(seg_step, model=model, tx=tx, ot=cfg.ot), donate_argnums=0
-        )
+    model = make_segmenter(cfg.model)
+    tx = seg_optimizer(cfg, schedule.schedule_steps)
+    base_key = jax.random.key(cfg.seed)
+    init_key, train_key, val_key = jax.random.split(base_key, 3)
+    state = create_seg_state(cfg, init_key, tx)
+    step_fn = jax.jit(functools.partial(seg_step, model=model, tx=tx, ot=cfg.ot), donate_argnums=0)
 
-        evaluate = None
-        if evaluate_fn is not None and len(val_idx):
-            val_images, val_masks = _gather(source, val_idx)
+    evaluate = None
+    if evaluate_fn is not None and len(val_idx):
+        val_images, val_masks = _gather(source, val_idx)
 
-            def evaluate(state: TrainState, epoch: int) -> dict[str, float]:
-                val = evaluate_fn(
-                    model,
-                    state.params["segmenter"],
-                    val_images,
-                    val_masks,
-                    val_key,
-                    batch_size=cfg.batch_size,
-                    annotator_names=source.annotators,
-                )
-                write_json(run_dir / "val_metrics.json", val)
-                return val
-
-        def batches(start: int):
-            return make_loader(
-                source,
+        def evaluate(state: TrainState, epoch: int) -> dict[str, float]:
+            val = evaluate_fn(
+                model,
+                state.params["segmenter"],
+                val_images,
+                val_masks,
+                val_key,
                 batch_size=cfg.batch_size,
-                seed=cfg.seed,
-                indices=train_idx,
-                num_epochs=cfg.epochs,
-                augment=False,
-                start_batch=start,
-                workers=workers,
+                annotator_names=source.annotators,
             )
+            write_json(run_dir / "val_metrics.json", val)
+            return val
 
-        res = runner.run(
-            state,
-            step_fn,
-            batches,
-            run_dir=run_dir,
-            schedule=schedule,
-            rng=train_key,
-            mesh=mesh,
-            log_every=log_every,
-            checkpoint_every=cfg.checkpoint_every,
-            evaluate_fn=evaluate,
-            validate_every=validate_every,
-            split_lines=True,
-            to_batch=lambda r: {"image": r["image"], "masks": r["masks"].astype(np.int32)},
-            desc="train-seg",
-            progress=progress,
+    def batches(start: int):
+        return make_loader(
+            source,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            indices=train_idx,
+            num_epochs=cfg.epochs,
+            augment=False,
+            start_batch=start,
+            workers=workers,
         )
-        return {
-            "steps": int(res.state.step),
-            "resumed_from": res.start,
-            "wall_s": res.wall_s,
-            "train": res.train,
-            "val": res.val,
-            "state": res.state,
-            "model": model,
-        }
+
+    res = runner.run(
+        state,
+        step_fn,
+        batches,
+        run_dir=run_dir,
+        schedule=schedule,
+        rng=train_key,
+        mesh=mesh,
+        log_every=log_every,
+        checkpoint_every=cfg.checkpoint_every,
+        evaluate_fn=evaluate,
+        validate_every=validate_every,
+        split_lines=True,
+        to_batch=lambda r: {"image": r["image"], "masks": r["masks"].astype(np.int32)},
+        desc="train-seg",
+        progress=progress,
+    )
+    return {
+        "steps": int(res.state.step),
+        "resumed_from": res.start,
+        "wall_s": res.wall_s,
+        "train": res.train,
+        "val": res.val,
+        "state": res.state,
+        "model": model,
+    }

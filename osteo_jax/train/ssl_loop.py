@@ -102,53 +102,49 @@ def train_ssl(
             f"({cfg.crops.global_size} px)"
         )
     data = segments.meta.get("data", "<segments>")
-    claim = claim_run_dir(run_dir, "pretrain", cfg, data, overwrite=overwrite)
-    run_dir = claim.path
-    with claim.discarded_on_error():
-        mesh = data_mesh(devices, batch_size=cfg.batch_size)
-        schedule = Schedule.of(
-            len(images), cfg.batch_size, cfg.epochs, cfg.max_steps, what="segments"
-        )
-        tx, step_fn = _ssl_step_fn(
-            dataclasses.replace(cfg, seed=0, max_steps=None), schedule.schedule_steps
-        )
-        init_key, train_key = jax.random.split(jax.random.key(cfg.seed))
-        params = {**(init_params or {}), **init_ssl_params(cfg, init_key)}
-        trained = {k: params[k] for k in ("backbone", "ssl_head")}
-        state = TrainState(
-            step=jnp.zeros((), jnp.int32), params=params, opt_state={"ssl": tx.init(trained)}
+    mesh = data_mesh(devices, batch_size=cfg.batch_size)
+    schedule = Schedule.of(len(images), cfg.batch_size, cfg.epochs, cfg.max_steps, what="segments")
+    run_dir = claim_run_dir(run_dir, "pretrain", cfg, data, overwrite=overwrite).path
+    tx, step_fn = _ssl_step_fn(
+        dataclasses.replace(cfg, seed=0, max_steps=None), schedule.schedule_steps
+    )
+    init_key, train_key = jax.random.split(jax.random.key(cfg.seed))
+    params = {**(init_params or {}), **init_ssl_params(cfg, init_key)}
+    trained = {k: params[k] for k in ("backbone", "ssl_head")}
+    state = TrainState(
+        step=jnp.zeros((), jnp.int32), params=params, opt_state={"ssl": tx.init(trained)}
+    )
+
+    def batches(start: int):
+        return make_loader(
+            ArraySource(image=images, label=labels),
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            num_epochs=cfg.epochs,
+            augment=False,  # the multi-crop views are made inside the jitted step
+            start_batch=start,
         )
 
-        def batches(start: int):
-            return make_loader(
-                ArraySource(image=images, label=labels),
-                batch_size=cfg.batch_size,
-                seed=cfg.seed,
-                num_epochs=cfg.epochs,
-                augment=False,  # the multi-crop views are made inside the jitted step
-                start_batch=start,
-            )
-
-        res = runner.run(
-            state,
-            step_fn,
-            batches,
-            run_dir=run_dir,
-            schedule=schedule,
-            rng=train_key,
-            mesh=mesh,
-            log_every=log_every,
-            checkpoint_every=cfg.checkpoint_every,
-            desc=f"pretrain ({cfg.method})",
-            progress=progress,
-        )
-        return {
-            "state": res.state,
-            "steps": int(res.state.step),
-            "resumed_from": res.start,
-            "wall_s": res.wall_s,
-            "train": res.train,
-        }
+    res = runner.run(
+        state,
+        step_fn,
+        batches,
+        run_dir=run_dir,
+        schedule=schedule,
+        rng=train_key,
+        mesh=mesh,
+        log_every=log_every,
+        checkpoint_every=cfg.checkpoint_every,
+        desc=f"pretrain ({cfg.method})",
+        progress=progress,
+    )
+    return {
+        "state": res.state,
+        "steps": int(res.state.step),
+        "resumed_from": res.start,
+        "wall_s": res.wall_s,
+        "train": res.train,
+    }
 
 
 def restore_ssl_params(
