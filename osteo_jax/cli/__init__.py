@@ -54,12 +54,65 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``osteo-jax`` console script."""
-    args = build_parser().parse_args(argv)
-    from osteo_jax.data.errors import DatasetError
+    """Entry point of the ``osteo-jax`` console script.
 
+    Errors never end in a raw traceback: an error of the input, the configuration, the output
+    folder or the file system prints one line ``osteo-jax <command>: error: <file>: <problem>``
+    and returns 2; Ctrl-C returns 130; anything else is a bug: one line names the exception
+    and the file holding the full traceback (inside the output folder if it is a folder of
+    this command, else a temporary file), and the code is 1.
+    """
+    args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (DatasetError, ValueError) as e:
-        print(f"osteo-jax {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print(f"osteo-jax {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:  # every error becomes one line
+        return _report(args, e)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _report(args: argparse.Namespace, e: Exception) -> int:
+    """Prints ``e`` as one line; returns the exit code (2 user error, 1 bug)."""
+    if isinstance(e, (ValueError, FloatingPointError)):  # DatasetError, configs, folders
+        message = str(e)
+    elif isinstance(e, OSError):
+        names = [str(f) for f in (e.filename, e.filename2) if f is not None]
+        message = ": ".join([*names, e.strerror or str(e)])
+    else:
+        path = _write_traceback(args)
+        print(
+            f"osteo-jax {args.command}: internal error (a bug in osteo-jax, please report it): "
+            f"{type(e).__name__}: {_one_line(str(e))}; full traceback in {path}",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"osteo-jax {args.command}: error: {_one_line(message)}", file=sys.stderr)
+    return 2
+
+
+def _write_traceback(args: argparse.Namespace) -> str:
+    """Writes the current exception's traceback; returns where."""
+    import tempfile
+    import traceback
+    from pathlib import Path
+
+    from osteo_jax.data.outdir import MARKER
+
+    text = f"osteo-jax {args.command}\n{traceback.format_exc()}"
+    out = getattr(args, "out", None)
+    if out and (Path(out) / MARKER).is_file():
+        path = Path(out) / "osteo-jax-traceback.txt"
+        try:
+            path.write_text(text)
+            return str(path)
+        except OSError:
+            pass
+    fd, name = tempfile.mkstemp(prefix=f"osteo-jax-{args.command}-", suffix=".traceback.txt")
+    with open(fd, "w") as f:
+        f.write(text)
+    return name

@@ -35,6 +35,16 @@ def max_pixels(args: argparse.Namespace) -> int:
     return MAX_IMAGE_PIXELS if mp is None else round(mp * 1e6)
 
 
+def add_overwrite(p: argparse.ArgumentParser) -> None:
+    """Adds ``--overwrite``: start afresh, replacing only the files the command writes."""
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the files this command writes in a non-empty output (others stay); "
+        "without it, a folder holding other files is refused and an earlier run resumed",
+    )
+
+
 def _synth_config(args: argparse.Namespace):
     from osteo_jax.config import AnnotatorConfig, CohortConfig, PhysicsConfig, SynthConfig
 
@@ -82,7 +92,7 @@ def _add_synth_args(p: argparse.ArgumentParser, default_out: str | None) -> None
         choices=("png", "dicom", "dicom-mono1"),
         help="image files: 16-bit PNG (default), DICOM MONOCHROME2 or MONOCHROME1",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
+    add_overwrite(p)
     if default_out is None:
         p.add_argument("--out", required=True, help="output dataset folder")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from osteo_jax.cli.data import add_max_megapixels, max_pixels
+from osteo_jax.cli.data import add_max_megapixels, add_overwrite, max_pixels
 from osteo_jax.data.folder import write_json
 
 
@@ -46,14 +46,34 @@ def cmd_demo(args: argparse.Namespace) -> int:
         cohort = dataclasses.replace(synth.cohort, n_subjects=args.subjects or None)
         synth = dataclasses.replace(synth, cohort=cohort, seed=args.seed or synth.seed)
         cfg = dataclasses.replace(cfg, synth=synth)
-    _print_run(run_experiment(cfg, args.out, data=args.data, workers=args.workers))
+    _print_run(
+        run_experiment(
+            cfg, args.out, data=args.data, workers=args.workers, overwrite=args.overwrite
+        )
+    )
     return 0
+
+
+def _output_file(path: str | None, flag: str, overwrite: bool) -> Path | None:
+    """``path`` of ``flag``, checked to be a new file (or, with ``overwrite``, a file)."""
+    from osteo_jax.data.outdir import OutputFolderError
+
+    if path is None:
+        return None
+    out = Path(path)
+    if out.is_dir():
+        raise OutputFolderError(f"{out}: is a folder; {flag} takes a file name")
+    if out.exists() and not overwrite:
+        raise OutputFolderError(f"{out}: exists; pass --overwrite to replace it")
+    return out
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """Probability of osteoporosis and 2MCI, with intervals, for new radiographs."""
     from osteo_jax.pipeline.predict import predict_images, summary_line
 
+    out = _output_file(args.out, "--out", args.overwrite)
+    _output_file(args.figure, "--figure", args.overwrite)
     results = predict_images(
         args.images,
         args.run,
@@ -65,8 +85,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     for r in results:
         print(summary_line(r))
     print("research software trained on synthetic data: not a diagnosis")
-    if args.out:
-        out = Path(args.out)
+    if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         write_json(out, results)
         print(f"json: {out}")
@@ -81,7 +100,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from osteo_jax.pipeline.experiment import run_experiment
 
     cfg = load_config(args.config, ExperimentConfig)
-    _print_run(run_experiment(cfg, args.out, data=args.data, workers=args.workers))
+    _print_run(
+        run_experiment(
+            cfg, args.out, data=args.data, workers=args.workers, overwrite=args.overwrite
+        )
+    )
     return 0
 
 
@@ -95,6 +118,7 @@ def add_demo(sub) -> None:
     p.add_argument("--subjects", type=int, default=None, help="cohort size (default 192)")
     p.add_argument("--seed", type=int, default=None, help="synthetic cohort seed (default 0)")
     p.add_argument("--workers", type=int, default=None, help="render processes")
+    add_overwrite(p)
     p.set_defaults(func=cmd_demo)
 
 
@@ -112,6 +136,9 @@ def add_predict(sub) -> None:
         "--spacing", type=float, default=None, help="pixel spacing (mm) if the file has none"
     )
     add_max_megapixels(p)
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace existing --out / --figure files"
+    )
     p.set_defaults(func=cmd_predict)
 
 
@@ -124,4 +151,5 @@ def add_run(sub) -> None:
         "--data", default=None, help="dataset folder (default: the config's synthetic cohort)"
     )
     p.add_argument("--workers", type=int, default=None, help="render processes")
+    add_overwrite(p)
     p.set_defaults(func=cmd_run)

@@ -6,6 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
+from osteo_jax.cli.data import add_overwrite
+from osteo_jax.data.outdir import check_dir
+
 
 def _seg_train_config(args: argparse.Namespace):
     """SegTrainConfig from --config (JSON or experiments/*.py[:arg]) and the CLI overrides."""
@@ -49,6 +52,7 @@ def cmd_train_seg(args: argparse.Namespace) -> int:
         evaluate_fn=evaluate_segmenter,
         stream=args.stream,
         workers=args.workers,
+        overwrite=args.overwrite,
     )
     val = res["val"]
     print(
@@ -166,11 +170,14 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     cfg = _protocol_config(args)
     if cfg.ssl is None:
         raise ValueError("pretrain needs an SSL method (got --method none)")
+    check_dir(args.out, "pretrain", overwrite=args.overwrite)  # before reading the segments
     seg = load_segments(args.segments).select_bones(tuple(cfg.cls.bones))
     if not args.all:
         seg, tr, _, _ = _split_of(seg, cfg.cls, args.split_seed)
         seg = seg.take(tr)
-    res = train_ssl(seg, args.out, dataclasses.replace(cfg.ssl, seed=args.split_seed))
+    res = train_ssl(
+        seg, args.out, dataclasses.replace(cfg.ssl, seed=args.split_seed), overwrite=args.overwrite
+    )
     print(
         f"pretrained {res['steps']} steps ({cfg.ssl.method}) in {res['wall_s']:.0f} s; "
         f"final loss {res['train'].get('loss', float('nan')):.4f}; run folder {args.out}"
@@ -186,6 +193,7 @@ def cmd_train_cls(args: argparse.Namespace) -> int:
     from osteo_jax.train.ssl_loop import restore_ssl_params
 
     cfg = _protocol_config(args)
+    check_dir(args.out, "train-cls", overwrite=args.overwrite)  # before reading the segments
     backbone, params = cfg.backbone, None
     if args.ssl_run:
         ssl_params, ssl_cfg = restore_ssl_params(args.ssl_run)
@@ -201,6 +209,7 @@ def cmd_train_cls(args: argparse.Namespace) -> int:
         backbone_cfg=backbone,
         params=params,
         seed=args.seed,
+        overwrite=args.overwrite,
     )
     test = seg.take(te)
     p, y = subject_scores(predict_segments(res["params"], backbone, test), test)
@@ -231,6 +240,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from osteo_jax.pipeline.protocol import run_protocol
 
     cfg = _protocol_config(args)
+    check_dir(args.out, "evaluate", overwrite=args.overwrite)  # before reading the segments
     data = _data_of(args.segments)
     ceilings = read_ceilings(data) if data is not None else None
     if data is not None and cfg.covariates:  # a missing column fails before training
@@ -243,6 +253,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         backbone=cfg.backbone,
         name=cfg.name,
         ceiling_auc=None if ceilings is None else ceilings["image_ceiling_auc"],
+        overwrite=args.overwrite,
     )
     print("SYNTHETIC DATA - method development only, no clinical use.\n" + res["table"])
     if data is not None:  # the baselines and Bayes posteriors on the same test subjects
@@ -260,6 +271,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def _add_protocol_args(p: argparse.ArgumentParser, *, ssl: bool, cls: bool) -> None:
     p.add_argument("--segments", required=True, help="segments folder (osteo-jax segment)")
     p.add_argument("--out", required=True, help="run / output folder (resumes)")
+    add_overwrite(p)
     p.add_argument("--config", default=None, help="JSON or experiments/*.py (ProtocolConfig)")
     p.add_argument("--depth", type=int, default=None, choices=(18, 34, 50))
     p.add_argument("--width", type=int, default=None, help="ResNet base width (default 16)")
@@ -293,6 +305,7 @@ def add_train_seg(sub) -> None:
         "--workers", type=int, default=0, help="grain decoding processes (same batches for any)"
     )
     p.add_argument("--out", required=True, help="run folder (resumes if it has checkpoints)")
+    add_overwrite(p)
     p.add_argument("--config", default=None, help="JSON config or experiments/*.py")
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--batch-size", type=int, default=None)
@@ -342,7 +355,7 @@ def add_segment(sub) -> None:
         choices=("zero", "keep"),
         help="zero outside the dilated mask (paper) or keep the radiograph (crop baselines)",
     )
-    p.add_argument("--overwrite", action="store_true")
+    add_overwrite(p)
     p.set_defaults(func=cmd_segment)
 
 

@@ -139,9 +139,16 @@ def write_json(path: str | os.PathLike, obj: object) -> None:
     file for a resumed run to trip over.
     """
     path = Path(path)
+    text = dumps_json(obj, indent=2) + "\n"
+    if path.is_dir():
+        raise IsADirectoryError(21, "is a folder, not a file", str(path))
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(dumps_json(obj, indent=2) + "\n")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def dumps_json(obj: object, *, indent: int | None = None) -> str:
@@ -239,33 +246,6 @@ def load_example(root: str | os.PathLike, image_id: str) -> dict[str, np.ndarray
                 )
             out[name] = mask
     return out
-
-
-def ensure_new_dir(out: str | os.PathLike, overwrite: bool) -> Path:
-    """Checks that ``out`` can receive a new dataset (it is absent, empty, or overwritable)."""
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise DatasetError(f"{out}: exists and is not a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise DatasetError(f"{out}: folder is not empty (pass overwrite=True / --overwrite)")
-    return out
-
-
-def publish_dir(tmp: Path, out: Path) -> None:
-    """Atomically replaces ``out`` by the fully written ``tmp`` folder (same filesystem)."""
-    old = None
-    if out.exists():
-        old = out.with_name(out.name + f".old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        _rmtree(old)
-
-
-def _rmtree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def rows_from(columns: Mapping[str, Iterable]) -> list[dict[str, object]]:

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import time
 from pathlib import Path
 
 from osteo_jax.config import ExperimentConfig
 from osteo_jax.data.folder import nulls_to_nan, write_json
+from osteo_jax.data.outdir import OutputFolderError, check_dir
 
 __all__ = ["run_experiment"]
 
@@ -60,17 +60,20 @@ def run_experiment(
     progress: bool = True,
     workers: int | None = None,
     report: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """Runs (or resumes) the whole pipeline; returns the stage timings and headline figures.
 
     Args:
       cfg: the experiment.
-      out: output folder (created; a re-run continues what is there).
+      out: output folder: absent, empty, or a run of the same config (continued); see
+        :mod:`osteo_jax.data.outdir` for what ``overwrite`` may replace.
       data: a dataset folder (``osteo-jax validate`` it first); None synthesises
         ``cfg.synth`` into ``out/data``.
       progress: progress bars.
       workers: processes for rendering the synthetic cohort (default: all cores).
       report: write ``report.md`` / ``report.html`` at the end.
+      overwrite: start afresh, replacing only the files ``run`` writes (others stay).
 
     Returns:
       ``{"out", "data", "wall_s", "stages": {name: seconds}, "summary", "seg_val",
@@ -78,17 +81,28 @@ def run_experiment(
 
     Raises:
       ValueError: no data and no ``cfg.synth``; ``out`` holds a run of another config.
+      OutputFolderError: ``out`` holds files ``run`` did not write (and not ``overwrite``).
     """
     from osteo_jax.data.synth.synthetic import write_dataset
-    from osteo_jax.eval.seg_eval import evaluate_segmenter
-    from osteo_jax.pipeline.extract import extract_segments
-    from osteo_jax.pipeline.protocol import run_protocol
-    from osteo_jax.train.runner import write_config
-    from osteo_jax.train.seg_loop import train_segmenter
+    from osteo_jax.train.runner import claim_run_dir
 
     t0 = time.perf_counter()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_dir(out, "run", overwrite=overwrite)
+    if data is None and cfg.synth is None:
+        raise ValueError("no dataset folder given and the config has no synthetic cohort")
+    data = Path(out) / "data" if data is None else Path(data)
+    if data != Path(out) / "data":
+        _check_covariates(data, cfg)  # fail now, not after hours of training
+    try:
+        claim = claim_run_dir(out, "run", cfg, str(data), overwrite=overwrite)
+    except OutputFolderError:
+        raise
+    except ValueError as err:
+        raise ValueError(
+            f"{Path(out) / 'config.json'}: {out} holds an experiment of another configuration; "
+            "use a new --out folder, or pass --overwrite to replace its files"
+        ) from err
+    out = claim.path
     stages: dict[str, float] = {}
 
     def stage(name: str, t: float) -> None:
@@ -96,26 +110,40 @@ def run_experiment(
         if progress:
             print(f"[{name}] {stages[name]:.1f} s", flush=True)
 
-    if data is None:
-        if cfg.synth is None:
-            raise ValueError("no dataset folder given and the config has no synthetic cohort")
-        data = out / "data"
-        t = time.perf_counter()
-        if not (data / "oracle.json").exists():
-            write_dataset(cfg.synth, data, workers=workers, overwrite=True, progress=progress)
-        stage("synth", t)
-    data = Path(data)
-    if cfg.protocol.covariates:  # fail now, not after hours of training, if a column is missing
+    with claim.discarded_on_error():
+        if data == out / "data":
+            t = time.perf_counter()
+            if not (data / "dataset.json").exists():
+                write_dataset(cfg.synth, data, workers=workers, progress=progress)
+            stage("synth", t)
+            _check_covariates(data, cfg)
+        return _stages(
+            cfg,
+            out,
+            data,
+            claim,
+            stage=stage,
+            stages=stages,
+            t0=t0,
+            progress=progress,
+            report=report,
+        )
+
+
+def _check_covariates(data: Path, cfg: ExperimentConfig) -> None:
+    """Fails if a covariate column of the protocol is missing from ``data``."""
+    if cfg.protocol.covariates:
         from osteo_jax.eval.subject_features import read_covariates
 
         read_covariates(data, cfg.protocol.covariates)
-    try:
-        write_config(out, cfg, str(data))
-    except ValueError as err:
-        raise ValueError(
-            f"{out / 'config.json'}: {out} holds an experiment of another configuration; use "
-            "a new --out folder (or delete it)"
-        ) from err
+
+
+def _stages(cfg, out, data, claim, *, stage, stages, t0, progress, report) -> dict:
+    """The stages after the data of :func:`run_experiment`, each skipped or resumed if done."""
+    from osteo_jax.eval.seg_eval import evaluate_segmenter
+    from osteo_jax.pipeline.extract import extract_segments
+    from osteo_jax.pipeline.protocol import run_protocol
+    from osteo_jax.train.seg_loop import train_segmenter
 
     t = time.perf_counter()
     seg_run = out / "seg"
@@ -126,8 +154,7 @@ def run_experiment(
     seg_dir = out / "segments"
     recut = not _segments_current(seg_dir, seg_run, cfg)
     if recut:
-        if (out / "cls").exists():  # results of older segments are stale
-            shutil.rmtree(out / "cls")
+        claim.remove("cls")  # results of older segments are stale
         extract_segments(
             data,
             seg_dir,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -30,9 +29,7 @@ from osteo_jax.data.folder import (
     IMAGES_CSV,
     SUBJECTS_CSV,
     annotators_of,
-    ensure_new_dir,
     mask_relpath,
-    publish_dir,
     read_csv,
     read_labels,
     rows_from,
@@ -41,6 +38,13 @@ from osteo_jax.data.folder import (
 )
 from osteo_jax.data.imageio import read_image
 from osteo_jax.data.inmemory import normalise, resize_image
+from osteo_jax.data.outdir import (
+    OutputFolderError,
+    check_dir,
+    claim_dir,
+    publish_partial,
+    writing,
+)
 from osteo_jax.data.segments import (
     SEGMENTS_CSV,
     SEGMENTS_JSON,
@@ -229,19 +233,25 @@ def extract_segments(
 
     Args:
       data: dataset folder.
-      out: output folder (absent or empty unless ``overwrite``).
+      out: output folder: absent, empty, or an unfinished ``segment`` output, unless
+        ``overwrite`` (:mod:`osteo_jax.data.outdir`).
       source: a train-seg run folder (segmenter prediction), a mask folder name of ``data``
         (``"exact"``, ``"annotator_0"``, ...), or ``"raw"`` (see :data:`SEGMENT_SOURCES`).
       cfg: segment settings (``raw`` uses only ``size``); ``cfg.roi`` names the segments
         (the 7 bones, or regions such as ``"wrist"`` for the crop-based baselines).
-      overwrite: replace an existing ``out``.
+      overwrite: replace the segment files of an existing ``out`` (other files stay).
       batch_size: images per segmenter call.
       workers: decoding / cutting threads.
 
     Returns:
       ``out``.
+
+    Raises:
+      OutputFolderError: ``out`` holds other files, or segments (without ``overwrite``).
     """
-    data, out = Path(data), ensure_new_dir(out, overwrite)
+    data, out = Path(data), check_dir(out, "segment", overwrite=overwrite)
+    if not overwrite and (out / SEGMENTS_JSON).exists():
+        raise OutputFolderError(f"{out}: holds segments; pass --overwrite to replace them")
     rows = read_csv(data / IMAGES_CSV)
     subjects = subject_labels(data)
     for i, row in enumerate(rows, start=2):
@@ -273,22 +283,22 @@ def extract_segments(
         "bones": list(src.bones),
     }
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    np.savez(tmp / SEGMENTS_NPZ, images=images, valid=valid)
-    write_csv(
-        tmp / SEGMENTS_CSV,
-        rows_from(
-            {
-                "image_id": [r["image_id"] for r in rows],
-                "subject_id": [r["subject_id"] for r in rows],
-                "label": [subjects[r["subject_id"]][0] for r in rows],
-                "t_score": [subjects[r["subject_id"]][1] for r in rows],
-            }
-        ),
-    )
-    meta["n_images"] = n
-    meta["valid_fraction"] = {b: float(valid[:, i].mean()) for i, b in enumerate(src.bones)}
-    write_json(tmp / SEGMENTS_JSON, meta)
-    publish_dir(tmp, out)
+    claim = claim_dir(out, "segment", overwrite=overwrite)
+    with writing(claim) as tmp:
+        np.savez(tmp / SEGMENTS_NPZ, images=images, valid=valid)
+        write_csv(
+            tmp / SEGMENTS_CSV,
+            rows_from(
+                {
+                    "image_id": [r["image_id"] for r in rows],
+                    "subject_id": [r["subject_id"] for r in rows],
+                    "label": [subjects[r["subject_id"]][0] for r in rows],
+                    "t_score": [subjects[r["subject_id"]][1] for r in rows],
+                }
+            ),
+        )
+        meta["n_images"] = n
+        meta["valid_fraction"] = {b: float(valid[:, i].mean()) for i, b in enumerate(src.bones)}
+        write_json(tmp / SEGMENTS_JSON, meta)
+        publish_partial(tmp, out, last=(SEGMENTS_JSON,))
     return out

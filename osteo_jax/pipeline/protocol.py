@@ -29,6 +29,7 @@ import numpy as np
 
 from osteo_jax.config import BackboneConfig, ClsConfig, SSLConfig
 from osteo_jax.data.folder import rows_from, write_csv, write_json
+from osteo_jax.data.outdir import check_dir, claim_dir
 from osteo_jax.data.segments import SegmentSet, load_segments
 from osteo_jax.data.splits import stratified_subject_folds, stratified_subject_split
 from osteo_jax.eval.cls_figure import reliability_figure, roc_figure
@@ -133,12 +134,13 @@ def run_protocol(
     ceiling_auc: float | None = None,
     ssl_dir: str | Path | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """Runs the protocol and writes its results; every stage resumes from its checkpoints.
 
     Args:
       segments: a :class:`SegmentSet` or a segments folder (``osteo-jax segment``).
-      out: output folder.
+      out: output folder: absent, empty or an earlier protocol's (resumed).
       ssl: pretraining settings, or None for no pretraining (the backbone starts random:
         supervised from scratch with ``cls.mode="finetune"``).
       cls: classifier and protocol settings.
@@ -151,19 +153,24 @@ def run_protocol(
         (default ``out/<part>/ssl``). Rows that share segments, ``cls.bones``, ``cls.split``,
         ``cls.folds`` and ``ssl`` settings can share it: a finished run is restored.
       progress: progress bars.
+      overwrite: start afresh in a folder holding other files or an earlier protocol, deleting
+        only the protocol's own files (:mod:`osteo_jax.data.outdir`).
 
     Returns:
       ``{"summary", "per_seed", "table", "wall_s"}``.
+
+    Raises:
+      OutputFolderError: ``out`` holds files the protocol did not write (and not ``overwrite``).
     """
     t0 = time.perf_counter()
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    check_dir(out, "evaluate", overwrite=overwrite)  # refused before the segments are read
     seg = segments if isinstance(segments, SegmentSet) else load_segments(segments)
     seg = seg.select_bones(tuple(cls.bones))
     labelled = np.flatnonzero(seg.labels >= 0)
     if len(labelled) < len(seg):
         print(f"protocol: {len(seg) - len(labelled)} images without a label are left out")
     seg = seg.take(labelled)
+    out = claim_dir(out, "evaluate", overwrite=overwrite).path
     backbone = backbone or (ssl.backbone if ssl is not None else BackboneConfig())
     per_seed, seed_rows = [], []
     for part, seed, (tr, va, te) in protocol_parts(seg.subject_ids, seg.labels, cls):

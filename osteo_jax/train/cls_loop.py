@@ -33,7 +33,7 @@ from osteo_jax.data.pipeline import make_loader
 from osteo_jax.data.segments import SegmentSet
 from osteo_jax.data.sources import ArraySource
 from osteo_jax.train import runner
-from osteo_jax.train.runner import Checkpointer, Schedule, data_mesh, write_config
+from osteo_jax.train.runner import Checkpointer, Schedule, claim_run_dir, data_mesh
 from osteo_jax.train.state import (
     TrainState,
     cls_optimizer,
@@ -159,6 +159,7 @@ def train_classifier(
     seed: int = 0,
     progress: bool = True,
     devices=None,
+    overwrite: bool = False,
 ) -> dict:
     """Trains the segment classifier; returns the parameters with the best val macro-F1.
 
@@ -178,15 +179,12 @@ def train_classifier(
       seed: initialisation and shuffling.
       progress: show a progress bar.
       devices: devices of the data-parallel mesh (default: all).
+      overwrite: start afresh in a folder holding other files or an earlier run, deleting
+        only train-cls's own files (:mod:`osteo_jax.data.outdir`).
 
     Returns:
       ``{"params": best params, "best_epoch", "val": best val metrics, "wall_s"}``.
     """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_config(
-        run_dir, {"cls": cfg, "backbone": backbone_cfg, "seed": seed}, train.meta.get("data", "")
-    )
     trainable = cls_trainable(cfg)
     img, bone = _valid_pairs(train)
     labels = train.labels[img].astype(np.int32)
@@ -195,11 +193,14 @@ def train_classifier(
     weights = _class_weights(labels, cfg.class_weight)
     if not len(labels):
         raise ValueError("no valid training segment")
+    record = {"cls": cfg, "backbone": backbone_cfg, "seed": seed}
+    data = train.meta.get("data", "")
     mesh = data_mesh(devices, batch_size=cfg.batch_size)
     # A small training set gives one batch an epoch, cut to split evenly over the devices.
     n_dev = mesh.devices.size
     batch_size = min(cfg.batch_size, len(labels) // n_dev * n_dev) or cfg.batch_size
     schedule = Schedule.of(len(labels), batch_size, cfg.epochs, what="valid training segments")
+    run_dir = claim_run_dir(run_dir, "train-cls", record, data, overwrite=overwrite).path
 
     k_bb, k_cls, k_train = jax.random.split(jax.random.key(seed), 3)
     size = train.images.shape[-1]

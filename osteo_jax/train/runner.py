@@ -33,6 +33,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from osteo_jax.data.folder import dumps_json, write_json
+from osteo_jax.data.outdir import OutputDir, claim_dir
 from osteo_jax.train.state import TrainState
 
 __all__ = [
@@ -42,6 +43,7 @@ __all__ = [
     "RunResult",
     "Schedule",
     "check_finite",
+    "claim_run_dir",
     "data_mesh",
     "run",
     "write_config",
@@ -140,6 +142,34 @@ def write_config(run_dir: Path, cfg, data: str) -> None:
             )
         return
     write_json(path, record)
+
+
+def claim_run_dir(
+    run_dir: str | os.PathLike, command: str, cfg, data: str, *, overwrite: bool = False
+) -> OutputDir:
+    """Claims ``run_dir`` for ``command`` and writes (or checks) its ``config.json``.
+
+    A run folder is the command's own (:mod:`osteo_jax.data.outdir`): absent or empty, or a
+    run of the same command, resumed if its configuration matches (:func:`write_config`).
+
+    Args:
+      run_dir: the run folder.
+      command: ``"train-seg"``, ``"pretrain"`` or ``"train-cls"``.
+      cfg: the run's configuration (a dataclass or a dict of them).
+      data: where the training data came from, recorded in ``config.json``.
+      overwrite: start afresh, deleting only the command's own earlier outputs.
+
+    Returns:
+      The claimed folder. Claim it once the inputs are known to be usable (data read, schedule
+      built), so that a command failing on its input leaves no folder behind.
+
+    Raises:
+      OutputFolderError: the folder holds other files; ValueError: another configuration.
+    """
+    claim = claim_dir(run_dir, command, overwrite=overwrite)
+    with claim.discarded_on_error():
+        write_config(claim.path, cfg, data)
+    return claim
 
 
 @dataclasses.dataclass(frozen=True)

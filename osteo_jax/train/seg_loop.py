@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import os
 from collections.abc import Callable
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -22,9 +21,10 @@ import numpy as np
 from osteo_jax.config import SegTrainConfig
 from osteo_jax.data.folder import dumps_json, write_json
 from osteo_jax.data.inmemory import split_by_subject
+from osteo_jax.data.outdir import check_dir
 from osteo_jax.data.pipeline import make_loader, seg_source
 from osteo_jax.train import runner
-from osteo_jax.train.runner import Schedule, data_mesh, write_config
+from osteo_jax.train.runner import Schedule, claim_run_dir, data_mesh
 from osteo_jax.train.state import TrainState, create_seg_state, make_segmenter, seg_optimizer
 from osteo_jax.train.steps import seg_step
 
@@ -51,6 +51,7 @@ def train_segmenter(
     devices=None,
     stream: bool = False,
     workers: int = 0,
+    overwrite: bool = False,
 ) -> dict:
     """Trains the segmenter on a dataset folder; resumes from ``run_dir``'s latest checkpoint.
 
@@ -74,16 +75,23 @@ def train_segmenter(
         folders larger than memory; same batches either way).
       workers: grain worker processes decoding ahead of the step (same batches for any count;
         useful with ``stream`` or a TFDS build).
+      overwrite: start afresh in a folder holding other files or an earlier run, deleting
+        only train-seg's own files (:mod:`osteo_jax.data.outdir`).
 
     Returns:
       Summary dict: steps, wall time, final training metrics and the last validation metrics.
     """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    check_dir(run_dir, "train-seg", overwrite=overwrite)  # refused before the data is read
     source = seg_source(data, cfg.model.image_size, cfg.annotators, stream=stream)
-    write_config(run_dir, cfg, str(data) if isinstance(data, (str, os.PathLike)) else "<arrays>")
     subject_ids = np.asarray(source.subject_ids)
     train_idx, val_idx = split_by_subject(subject_ids, cfg.val_fraction, cfg.seed)
+    mesh = data_mesh(devices, batch_size=cfg.batch_size)
+    schedule = Schedule.of(
+        len(train_idx), cfg.batch_size, cfg.epochs, cfg.max_steps, what="training images"
+    )
+    # The folder is claimed once the data and the schedule are known to be usable.
+    origin = str(data) if isinstance(data, (str, os.PathLike)) else "<arrays>"
+    run_dir = claim_run_dir(run_dir, "train-seg", cfg, origin, overwrite=overwrite).path
     (run_dir / "split.json").write_text(
         dumps_json(
             {
@@ -94,10 +102,6 @@ def train_segmenter(
         )
     )
 
-    mesh = data_mesh(devices, batch_size=cfg.batch_size)
-    schedule = Schedule.of(
-        len(train_idx), cfg.batch_size, cfg.epochs, cfg.max_steps, what="training images"
-    )
     model = make_segmenter(cfg.model)
     tx = seg_optimizer(cfg, schedule.schedule_steps)
     base_key = jax.random.key(cfg.seed)

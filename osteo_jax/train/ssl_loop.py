@@ -24,7 +24,13 @@ from osteo_jax.data.segments import SegmentSet
 from osteo_jax.data.sources import ArraySource
 from osteo_jax.losses.ssl_methods import ssl_objective
 from osteo_jax.train import runner
-from osteo_jax.train.runner import CHECKPOINT_DIR, Checkpointer, Schedule, data_mesh, write_config
+from osteo_jax.train.runner import (
+    CHECKPOINT_DIR,
+    Checkpointer,
+    Schedule,
+    claim_run_dir,
+    data_mesh,
+)
 from osteo_jax.train.state import (
     TrainState,
     crop_policy,
@@ -70,6 +76,7 @@ def train_ssl(
     progress: bool = True,
     log_every: int = 10,
     devices=None,
+    overwrite: bool = False,
 ) -> dict:
     """Pretrains the backbone on ``segments`` (resuming from ``run_dir`` if it has checkpoints).
 
@@ -82,21 +89,22 @@ def train_ssl(
       progress: show a progress bar.
       log_every: steps between lines of ``metrics.jsonl``.
       devices: devices of the data-parallel mesh (default: all).
+      overwrite: start afresh in a folder holding other files or an earlier run, deleting
+        only pretrain's own files (:mod:`osteo_jax.data.outdir`).
 
     Returns:
       ``{"state", "steps", "resumed_from", "wall_s", "train"}``.
     """
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_config(run_dir, cfg, segments.meta.get("data", "<segments>"))
     images, labels = flatten_segments(segments)
     if images.shape[-1] < cfg.crops.global_size:
         raise ValueError(
             f"segments are {images.shape[-1]} px, smaller than the global crop "
             f"({cfg.crops.global_size} px)"
         )
+    data = segments.meta.get("data", "<segments>")
     mesh = data_mesh(devices, batch_size=cfg.batch_size)
     schedule = Schedule.of(len(images), cfg.batch_size, cfg.epochs, cfg.max_steps, what="segments")
+    run_dir = claim_run_dir(run_dir, "pretrain", cfg, data, overwrite=overwrite).path
     tx, step_fn = _ssl_step_fn(
         dataclasses.replace(cfg, seed=0, max_steps=None), schedule.schedule_steps
     )

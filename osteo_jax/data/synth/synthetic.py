@@ -23,8 +23,6 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing
 import os
-import shutil
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -38,21 +36,28 @@ from osteo_jax.data.folder import (
     IMAGES_CSV,
     SUBJECTS_CSV,
     annotator_name,
-    ensure_new_dir,
     image_relpath,
     mask_relpath,
-    publish_dir,
     rows_from,
     write_csv,
     write_json,
     write_labels,
     write_png16,
 )
+from osteo_jax.data.outdir import (
+    OutputFolderError,
+    check_dir,
+    claim_dir,
+    publish_partial,
+    remove_stale_partials,
+    writing,
+)
 from osteo_jax.data.synth.ceiling import write_ceilings
 from osteo_jax.data.synth.cohort import Cohort, category_names, sample_cohort
 from osteo_jax.data.synth.phantom import Scene, build_scene
 from osteo_jax.data.synth.raster import AnnotatorDraw, Raster, rasterize
 from osteo_jax.data.synth.xray import expose, transmission
+from osteo_jax.data.workers import init_child
 
 __all__ = [
     "Cohort",
@@ -278,22 +283,28 @@ def write_dataset(
 ) -> Path:
     """Generates a cohort and writes it as a dataset folder (see :mod:`osteo_jax.data.folder`).
 
-    Everything is written to a temporary sibling folder first and moved into place only when
-    complete, so a failure or interruption never leaves a half-written dataset at ``out``.
+    Everything is written to a temporary folder inside ``out`` (:func:`~osteo_jax.data.outdir.
+    partial_dir`) and moved into place only when complete, ``dataset.json`` last, so a failure
+    or interruption never leaves a half-written dataset; the next call removes a killed run's
+    temporary folder, and render workers exit with their parent.
 
     Args:
       cfg: generator configuration; ``cfg.seed`` determines every file.
-      out: destination folder (absent or empty, unless ``overwrite``).
+      out: destination folder: absent, empty, or an unfinished ``synth`` output (see
+        :mod:`osteo_jax.data.outdir`), unless ``overwrite``.
       workers: processes rendering in parallel (default: all cores); output does not depend on
         it. Workers are spawned, so a script calling this with ``workers > 1`` needs the usual
         ``if __name__ == "__main__":`` guard (notebooks do not).
-      overwrite: replace an existing non-empty ``out``.
+      overwrite: replace the dataset files of an existing ``out`` (other files stay).
       progress: show a progress bar.
       image_format: ``"png"`` (16-bit MONOCHROME2 PNG), ``"dicom"`` (uncompressed DICOM,
         MONOCHROME2) or ``"dicom-mono1"`` (MONOCHROME1: stored inverted, displayed the same).
 
     Returns:
       The dataset folder.
+
+    Raises:
+      OutputFolderError: ``out`` holds other files or (without ``overwrite``) a dataset.
     """
     if image_format not in IMAGE_FORMATS:
         raise ValueError(
@@ -301,12 +312,17 @@ def write_dataset(
         )
     if cfg.physics.size < 32:
         raise ValueError(f"image size must be at least 32 px, got {cfg.physics.size}")
-    out = ensure_new_dir(out, overwrite)
+    check_dir(out, "synth", overwrite=overwrite)
     cohort = sample_cohort(cfg.cohort, seed=cfg.seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    claim = claim_dir(out, "synth", overwrite=overwrite)
+    out = claim.path
+    remove_stale_partials(out)
+    if (out / "dataset.json").exists():
+        raise OutputFolderError(
+            f"{out}: holds a finished synthetic dataset; pass --overwrite to replace it"
+        )
     n = len(cohort)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
+    with writing(claim) as tmp:
         (tmp / "images").mkdir()
         names = [EXACT] + [annotator_name(m) for m in range(cfg.annotators.n_annotators)]
         for name in names:
@@ -324,8 +340,8 @@ def write_dataset(
             with ProcessPoolExecutor(
                 workers,
                 mp_context=ctx,
-                initializer=_init_worker,
-                initargs=(cohort, cfg, str(tmp), image_format),
+                initializer=init_child,
+                initargs=(os.getpid(), _init_worker, cohort, cfg, str(tmp), image_format),
             ) as pool:
                 results = []
                 for res in pool.map(_render_and_write, range(n), chunksize=4):
@@ -333,10 +349,7 @@ def write_dataset(
                     bar.update()
         bar.close()
         _write_tables(tmp, cohort, cfg, results, image_format)
-        publish_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        publish_partial(tmp, out, last=("oracle.json", "dataset.json"))
     return out
 
 
