@@ -244,3 +244,25 @@ def test_an_image_bomb_is_one_line(dataset, tmp_path, capsys):
     bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b""))
     assert main(["validate", "--data", str(data)]) == 2
     assert "S0000.png" in _one_error_line(capsys, "validate")
+
+
+def test_a_run_written_before_markers_is_adopted_only_if_it_is_all_the_commands(tmp_path):
+    old = tmp_path / "old_run"
+    (old / "checkpoints").mkdir(parents=True)
+    (old / "config.json").write_text('{"data": "d", "config": {"epochs": 1}}')
+    (old / "metrics.jsonl").write_text("")
+    claim = claim_dir(old, "train-seg")  # a train-seg run of an older version: resumed
+    assert (old / MARKER).exists() and (old / "checkpoints").is_dir() and claim.resumed
+    with pytest.raises(OutputFolderError, match="holds the output of `osteo-jax train-seg`"):
+        check_dir(old, "run")  # now marked as train-seg output: not a `run` folder
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    (mixed / "config.json").write_text('{"data": "d", "config": {}}')
+    (mixed / "notes.txt").write_text("mine")  # a user's file: not adopted
+    with pytest.raises(OutputFolderError, match="did not write"):
+        check_dir(mixed, "train-seg")
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.json").write_text('{"epochs": 1}')  # not a run record
+    with pytest.raises(OutputFolderError, match="did not write"):
+        check_dir(bare, "train-seg")

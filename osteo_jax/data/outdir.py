@@ -119,6 +119,33 @@ def _marker_of(folder: Path) -> str | None:
         return None
 
 
+def _legacy_run(folder: Path, command: str, entries: list[Path]) -> bool:
+    """An earlier run of ``command`` written before output folders were marked.
+
+    Recognised only when the command writes a ``config.json``, the folder holds one that reads
+    as a run record (a JSON object with a ``"config"`` entry), and every entry of the folder is
+    one of the command's declared outputs: such a folder is adopted (marked) and resumed, and the
+    command's own configuration check still refuses a different run.
+    """
+    if "config.json" not in OUTPUTS[command] or not (folder / "config.json").is_file():
+        return False
+    try:
+        record = json.loads((folder / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    if not isinstance(record, dict) or "config" not in record:
+        return False
+    return all(_is_output(command, p.name) for p in entries)
+
+
+def _owner(folder: Path, command: str, entries: list[Path]) -> str | None:
+    """The command that owns ``folder``: its marker, or ``command`` for a legacy run of it."""
+    owner = _marker_of(folder)
+    if owner is None and entries and _legacy_run(folder, command, entries):
+        return command
+    return owner
+
+
 def _entries(folder: Path) -> list[Path]:
     if not folder.is_dir():
         return []
@@ -170,7 +197,8 @@ def check_dir(out: str | os.PathLike, command: str, *, overwrite: bool = False) 
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise OutputFolderError(f"{out}: exists and is not a folder")
-    owner, entries = _marker_of(out), _entries(out)
+    entries = _entries(out)
+    owner = _owner(out, command, entries)
     if owner == command or not entries:
         return out
     if not overwrite:
@@ -269,7 +297,8 @@ def claim_dir(out: str | os.PathLike, command: str, *, overwrite: bool = False) 
       OutputFolderError: as :func:`check_dir`.
     """
     out = check_dir(out, command, overwrite=overwrite)
-    owner, entries = _marker_of(out), _entries(out)
+    entries = _entries(out)
+    owner = _owner(out, command, entries)
     created = None
     if not out.exists():
         created = out
@@ -280,7 +309,7 @@ def claim_dir(out: str | os.PathLike, command: str, *, overwrite: bool = False) 
         for p in entries:
             if _is_output(command, p.name) or (owner == command and is_partial(p)):
                 _remove(p)
-    if owner != command:
+    if _marker_of(out) != command:
         (out / MARKER).write_text(json.dumps({"command": command}) + "\n")
     return OutputDir(out, command, created, owner == command and bool(entries) and not overwrite)
 
