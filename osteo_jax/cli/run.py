@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from osteo_jax.cli.data import add_max_megapixels, max_pixels
+from osteo_jax.cli.data import add_allow_outside_paths, add_max_megapixels, max_pixels
 from osteo_jax.data.folder import write_json
 
 
@@ -46,7 +46,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
         cohort = dataclasses.replace(synth.cohort, n_subjects=args.subjects or None)
         synth = dataclasses.replace(synth, cohort=cohort, seed=args.seed or synth.seed)
         cfg = dataclasses.replace(cfg, synth=synth)
-    _print_run(run_experiment(cfg, args.out, data=args.data, workers=args.workers))
+    _print_run(
+        run_experiment(
+            cfg,
+            args.out,
+            data=args.data,
+            workers=args.workers,
+            allow_outside_paths=args.allow_outside_paths,
+        )
+    )
     return 0
 
 
@@ -81,7 +89,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     from osteo_jax.pipeline.experiment import run_experiment
 
     cfg = load_config(args.config, ExperimentConfig)
-    _print_run(run_experiment(cfg, args.out, data=args.data, workers=args.workers))
+    _print_run(
+        run_experiment(
+            cfg,
+            args.out,
+            data=args.data,
+            workers=args.workers,
+            allow_outside_paths=args.allow_outside_paths,
+        )
+    )
     return 0
 
 
@@ -95,6 +111,7 @@ def add_demo(sub) -> None:
     p.add_argument("--subjects", type=int, default=None, help="cohort size (default 192)")
     p.add_argument("--seed", type=int, default=None, help="synthetic cohort seed (default 0)")
     p.add_argument("--workers", type=int, default=None, help="render processes")
+    add_allow_outside_paths(p)
     p.set_defaults(func=cmd_demo)
 
 
@@ -124,4 +141,5 @@ def add_run(sub) -> None:
         "--data", default=None, help="dataset folder (default: the config's synthetic cohort)"
     )
     p.add_argument("--workers", type=int, default=None, help="render processes")
+    add_allow_outside_paths(p)
     p.set_defaults(func=cmd_run)

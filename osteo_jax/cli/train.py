@@ -6,6 +6,8 @@ import argparse
 import json
 from pathlib import Path
 
+from osteo_jax.cli.data import add_allow_outside_paths
+
 
 def _seg_train_config(args: argparse.Namespace):
     """SegTrainConfig from --config (JSON or experiments/*.py[:arg]) and the CLI overrides."""
@@ -49,6 +51,7 @@ def cmd_train_seg(args: argparse.Namespace) -> int:
         evaluate_fn=evaluate_segmenter,
         stream=args.stream,
         workers=args.workers,
+        allow_outside_paths=args.allow_outside_paths,
     )
     val = res["val"]
     print(
@@ -67,7 +70,13 @@ def cmd_eval_seg(args: argparse.Namespace) -> int:
     """Evaluates a trained segmenter; writes seg_metrics.json and a figure into the run."""
     from osteo_jax.pipeline.seg_run import evaluate_run
 
-    res = evaluate_run(args.run, args.data, split=args.split, n_figure=args.figure_images)
+    res = evaluate_run(
+        args.run,
+        args.data,
+        split=args.split,
+        n_figure=args.figure_images,
+        allow_outside_paths=args.allow_outside_paths,
+    )
     m = res["metrics"]
     print(
         f"{m['n_images']:.0f} images ({args.split}): Dice vs consensus "
@@ -84,7 +93,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     cfg = SegmentConfig(size=args.size, frame=args.frame, roi=args.roi, background=args.background)
     out = extract_segments(
-        args.data, args.out, source=args.source, cfg=cfg, overwrite=args.overwrite
+        args.data,
+        args.out,
+        source=args.source,
+        cfg=cfg,
+        overwrite=args.overwrite,
+        allow_outside_paths=args.allow_outside_paths,
     )
     meta = json.loads((out / "segments.json").read_text())
     print(
@@ -232,6 +246,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     cfg = _protocol_config(args)
     data = _data_of(args.segments)
+    if data is not None:  # its tables feed the baselines: the dataset's rules, before writing
+        from osteo_jax.data.dataset import read_dataset
+
+        read_dataset(data, images="none", allow_outside_paths=args.allow_outside_paths)
     ceilings = read_ceilings(data) if data is not None else None
     if data is not None and cfg.covariates:  # a missing column fails before training
         read_covariates(data, cfg.covariates)
@@ -303,6 +321,7 @@ def add_train_seg(sub) -> None:
     p.add_argument("--experts", type=int, default=None, help="K decoders")
     p.add_argument("--samples", type=int, default=None, help="S latents per decoder")
     p.add_argument("--mode", default=None, choices=("auto", "vmap", "scan"))
+    add_allow_outside_paths(p)
     p.set_defaults(func=cmd_train_seg)
 
 
@@ -313,6 +332,7 @@ def add_eval_seg(sub) -> None:
     p.add_argument("--data", required=True, help="dataset folder")
     p.add_argument("--split", default="val", choices=("val", "train", "all"))
     p.add_argument("--figure-images", type=int, default=4)
+    add_allow_outside_paths(p)
     p.set_defaults(func=cmd_eval_seg)
 
 
@@ -343,6 +363,7 @@ def add_segment(sub) -> None:
         help="zero outside the dilated mask (paper) or keep the radiograph (crop baselines)",
     )
     p.add_argument("--overwrite", action="store_true")
+    add_allow_outside_paths(p)
     p.set_defaults(func=cmd_segment)
 
 
@@ -373,4 +394,5 @@ def add_evaluate(sub) -> None:
     p.add_argument(
         "--folds", type=int, default=None, help="k-fold cross-validation over subjects instead"
     )
+    add_allow_outside_paths(p)
     p.set_defaults(func=cmd_evaluate)

@@ -148,6 +148,36 @@ def read_dicom(
     return image.astype(np.float32), meta
 
 
+def dicom_shape(
+    path: str | os.PathLike, *, max_pixels: int | None = MAX_IMAGE_PIXELS
+) -> tuple[int, int]:
+    """``(rows, cols)`` of a single-frame grayscale DICOM image from its header alone.
+
+    Raises:
+      DatasetError: not DICOM, unreadable header, Rows/Columns missing, several frames or
+        samples, not MONOCHROME, or larger than ``max_pixels``; the message names the file.
+    """
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except InvalidDicomError as e:
+        raise DatasetError(f"{path}: not a DICOM file ({e})") from e
+    except Exception as e:  # truncated or corrupt element stream
+        raise DatasetError(f"{path}: unreadable DICOM ({type(e).__name__}: {e})") from e
+    rows, cols = _int_or(ds.get("Rows"), 0), _int_or(ds.get("Columns"), 0)
+    if rows < 1 or cols < 1:
+        raise DatasetError(f"{path}: Rows/Columns missing or invalid ({rows} x {cols})")
+    frames = _int_or(ds.get("NumberOfFrames"), 1)
+    check_pixel_count(path, rows, cols, max_pixels, frames=frames)
+    pi = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    spp = _int_or(ds.get("SamplesPerPixel"), 1)
+    if pi not in _GRAYSCALE or spp != 1 or frames != 1:
+        raise DatasetError(
+            f"{path}: expected one MONOCHROME1/2 frame with one sample per pixel, got {frames} "
+            f"frame(s), {spp} sample(s), photometric interpretation {pi or 'missing'!r}"
+        )
+    return rows, cols
+
+
 def _read_dataset(path: str | os.PathLike) -> Dataset:
     p = Path(path)
     if not p.is_file():

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from osteo_jax.data.dicom import read_dicom
+from osteo_jax.data.dicom import dicom_shape, read_dicom
 from osteo_jax.data.errors import DatasetError
 from osteo_jax.data.limits import MAX_IMAGE_PIXELS, open_image_lazily
 
@@ -77,6 +77,41 @@ def read_image(
     if head[:4] in _TIFF_MARKS:
         return _read_pil(p, "tiff", bits_stored, max_pixels)
     raise DatasetError(f"{path}: unsupported image format (expected DICOM, PNG or TIFF)")
+
+
+def image_shape(
+    path: str | os.PathLike, *, max_pixels: int | None = MAX_IMAGE_PIXELS
+) -> tuple[int, int]:
+    """``(rows, cols)`` of a radiograph from its header alone, without decoding the pixels.
+
+    The checks :func:`read_image` makes before decoding: a DICOM, PNG or TIFF file, one frame,
+    grayscale, at most ``max_pixels`` pixels. Corrupt pixel data is only found by decoding.
+
+    Raises:
+      DatasetError: missing, unreadable or unsupported file, several frames, not grayscale,
+        or larger than ``max_pixels``; the message names the file.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise DatasetError(f"{path}: file not found")
+    try:
+        with open(p, "rb") as f:
+            head = f.read(132)
+    except OSError as e:
+        raise DatasetError(f"{path}: unreadable ({e})") from e
+    if head[128:132] == b"DICM" or p.suffix.lower() in (".dcm", ".dicom"):
+        return dicom_shape(p, max_pixels=max_pixels)
+    if not (head.startswith(_PNG_SIGNATURE) or head[:4] in _TIFF_MARKS):
+        raise DatasetError(f"{path}: unsupported image format (expected DICOM, PNG or TIFF)")
+    with open_image_lazily(p, max_pixels) as im:
+        frames = getattr(im, "n_frames", 1)
+        if frames != 1:
+            raise DatasetError(f"{path}: {frames} frames/pages; expected a single image")
+        if im.mode not in ("L", "I", "F", *_UINT16_MODES):
+            raise DatasetError(
+                f"{path}: expected a single-channel grayscale image, got mode {im.mode!r}"
+            )
+        return int(im.size[1]), int(im.size[0])
 
 
 def _read_pil(

@@ -60,6 +60,7 @@ def run_experiment(
     progress: bool = True,
     workers: int | None = None,
     report: bool = True,
+    allow_outside_paths: bool = False,
 ) -> dict:
     """Runs (or resumes) the whole pipeline; returns the stage timings and headline figures.
 
@@ -71,6 +72,8 @@ def run_experiment(
       progress: progress bars.
       workers: processes for rendering the synthetic cohort (default: all cores).
       report: write ``report.md`` / ``report.html`` at the end.
+      allow_outside_paths: accept paths of ``data`` leaving its folder
+        (:mod:`osteo_jax.data.confine`).
 
     Returns:
       ``{"out", "data", "wall_s", "stages": {name: seconds}, "summary", "seg_val",
@@ -87,6 +90,10 @@ def run_experiment(
     from osteo_jax.train.seg_loop import train_segmenter
 
     t0 = time.perf_counter()
+    if data is not None:  # the dataset's rules, before anything is written
+        from osteo_jax.data.dataset import training_annotators
+
+        training_annotators(data, cfg.seg.annotators, allow_outside_paths=allow_outside_paths)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     stages: dict[str, float] = {}
@@ -119,7 +126,14 @@ def run_experiment(
 
     t = time.perf_counter()
     seg_run = out / "seg"
-    seg = train_segmenter(data, seg_run, cfg.seg, evaluate_fn=evaluate_segmenter, progress=progress)
+    seg = train_segmenter(
+        data,
+        seg_run,
+        cfg.seg,
+        evaluate_fn=evaluate_segmenter,
+        progress=progress,
+        allow_outside_paths=allow_outside_paths,
+    )
     stage("train-seg", t)
 
     t = time.perf_counter()
@@ -135,6 +149,7 @@ def run_experiment(
             cfg=cfg.segment,
             overwrite=True,
             batch_size=cfg.seg.batch_size,  # the validation compile is reused
+            allow_outside_paths=allow_outside_paths,
         )
     stage("segments", t)
 

@@ -51,6 +51,7 @@ def train_segmenter(
     devices=None,
     stream: bool = False,
     workers: int = 0,
+    allow_outside_paths: bool = False,
 ) -> dict:
     """Trains the segmenter on a dataset folder; resumes from ``run_dir``'s latest checkpoint.
 
@@ -74,13 +75,28 @@ def train_segmenter(
         folders larger than memory; same batches either way).
       workers: grain worker processes decoding ahead of the step (same batches for any count;
         useful with ``stream`` or a TFDS build).
+      allow_outside_paths: accept a folder's paths leaving its root
+        (:mod:`osteo_jax.data.confine`).
 
     Returns:
       Summary dict: steps, wall time, final training metrics and the last validation metrics.
     """
     run_dir = Path(run_dir)
+    # The folder is checked (read_dataset) and, unless streamed, loaded before anything is
+    # written: a bad folder leaves no run folder behind.
+    source = seg_source(
+        data,
+        cfg.model.image_size,
+        cfg.annotators,
+        stream=stream,
+        allow_outside_paths=allow_outside_paths,
+    )
+    if progress and getattr(source, "unlabelled", ()):
+        print(
+            f"note: {len(source.unlabelled)} image(s) without a mask from {source.annotators} "
+            f"are not used to train the segmenter, e.g. {list(source.unlabelled[:3])}"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
-    source = seg_source(data, cfg.model.image_size, cfg.annotators, stream=stream)
     write_config(run_dir, cfg, str(data) if isinstance(data, (str, os.PathLike)) else "<arrays>")
     subject_ids = np.asarray(source.subject_ids)
     train_idx, val_idx = split_by_subject(subject_ids, cfg.val_fraction, cfg.seed)
