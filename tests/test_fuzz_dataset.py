@@ -224,7 +224,7 @@ def _check_refusal(command: str, rc: int, err: str, ws: Path) -> None:
 
 
 @settings(
-    max_examples=60,
+    max_examples=45,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
