@@ -17,18 +17,15 @@ from osteo_jax.data.synth.synthetic import write_dataset
 
 
 @pytest.fixture(scope="module")
-def valid_dir(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("valid") / "ds"
+def tiny_folder(tmp_path_factory) -> Path:
+    """4 subjects, 32 px, masks of 'exact' and 3 annotators."""
     cfg = SynthConfig(cohort=CohortConfig(n_subjects=4), physics=PhysicsConfig(size=32))
-    write_dataset(cfg, out, workers=1, progress=False)
-    return out
+    return write_dataset(cfg, tmp_path_factory.mktemp("tiny") / "ds", workers=1, progress=False)
 
 
 @pytest.fixture
-def ds(valid_dir, tmp_path) -> Path:
-    dst = tmp_path / "ds"
-    shutil.copytree(valid_dir, dst)
-    return dst
+def ds(tiny_folder, tmp_path) -> Path:
+    return Path(shutil.copytree(tiny_folder, tmp_path / "ds"))
 
 
 def _rows(path: Path) -> list[dict]:

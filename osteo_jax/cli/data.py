@@ -37,6 +37,11 @@ def add_allow_outside_paths(p: argparse.ArgumentParser) -> None:
     )
 
 
+def reader_options(args: argparse.Namespace) -> dict:
+    """Keyword arguments of the dataset readers from the command's flags."""
+    return {"allow_outside_paths": args.allow_outside_paths}
+
+
 def max_pixels(args: argparse.Namespace) -> int:
     """The pixel cap from ``--max-megapixels``, else the package default."""
     from osteo_jax.data.limits import MAX_IMAGE_PIXELS
@@ -123,12 +128,7 @@ def cmd_build_tfds(args: argparse.Namespace) -> int:
     """Builds a dataset folder into a TFDS (ArrayRecord) dataset, readable without TensorFlow."""
     from osteo_jax.data.tfds_dataset import build_tfds, load_tfds
 
-    path = build_tfds(
-        args.data,
-        args.out,
-        overwrite=args.overwrite,
-        allow_outside_paths=args.allow_outside_paths,
-    )
+    path = build_tfds(args.data, args.out, overwrite=args.overwrite, **reader_options(args))
     n = len(load_tfds(args.out))
     print(f"built {path} ({n} records); read with osteo_jax.data.tfds_dataset.load_tfds")
     return 0

@@ -5,7 +5,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from osteo_jax.cli.data import add_allow_outside_paths, add_max_megapixels, max_pixels
+from osteo_jax.cli.data import (
+    add_allow_outside_paths,
+    add_max_megapixels,
+    max_pixels,
+    reader_options,
+)
 from osteo_jax.data.folder import write_json
 
 
@@ -38,7 +43,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The main job: the whole pipeline on the synthetic paper cohort at demo size."""
     import dataclasses
 
-    from osteo_jax.pipeline.experiment import demo_config, run_experiment
+    from osteo_jax.pipeline.experiment import demo_config
 
     cfg = demo_config()
     if args.subjects is not None or args.seed is not None:
@@ -46,16 +51,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         cohort = dataclasses.replace(synth.cohort, n_subjects=args.subjects or None)
         synth = dataclasses.replace(synth, cohort=cohort, seed=args.seed or synth.seed)
         cfg = dataclasses.replace(cfg, synth=synth)
-    _print_run(
-        run_experiment(
-            cfg,
-            args.out,
-            data=args.data,
-            workers=args.workers,
-            allow_outside_paths=args.allow_outside_paths,
-        )
-    )
+    _run(cfg, args)
     return 0
+
+
+def _run(cfg, args: argparse.Namespace) -> None:
+    """Runs ``cfg`` into ``--out`` on ``--data`` and prints the headline."""
+    from osteo_jax.pipeline.experiment import run_experiment
+
+    opts = reader_options(args)
+    _print_run(run_experiment(cfg, args.out, data=args.data, workers=args.workers, **opts))
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
@@ -86,18 +91,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """Runs (or resumes) one experiment config end to end on a dataset folder."""
     from osteo_jax.config import ExperimentConfig, load_config
-    from osteo_jax.pipeline.experiment import run_experiment
 
-    cfg = load_config(args.config, ExperimentConfig)
-    _print_run(
-        run_experiment(
-            cfg,
-            args.out,
-            data=args.data,
-            workers=args.workers,
-            allow_outside_paths=args.allow_outside_paths,
-        )
-    )
+    _run(load_config(args.config, ExperimentConfig), args)
     return 0
 
 

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from osteo_jax.cli.data import add_allow_outside_paths
+from osteo_jax.cli.data import add_allow_outside_paths, reader_options
 
 
 def _seg_train_config(args: argparse.Namespace):
@@ -51,7 +51,7 @@ def cmd_train_seg(args: argparse.Namespace) -> int:
         evaluate_fn=evaluate_segmenter,
         stream=args.stream,
         workers=args.workers,
-        allow_outside_paths=args.allow_outside_paths,
+        **reader_options(args),
     )
     val = res["val"]
     print(
@@ -70,13 +70,8 @@ def cmd_eval_seg(args: argparse.Namespace) -> int:
     """Evaluates a trained segmenter; writes seg_metrics.json and a figure into the run."""
     from osteo_jax.pipeline.seg_run import evaluate_run
 
-    res = evaluate_run(
-        args.run,
-        args.data,
-        split=args.split,
-        n_figure=args.figure_images,
-        allow_outside_paths=args.allow_outside_paths,
-    )
+    opts = reader_options(args)
+    res = evaluate_run(args.run, args.data, split=args.split, n_figure=args.figure_images, **opts)
     m = res["metrics"]
     print(
         f"{m['n_images']:.0f} images ({args.split}): Dice vs consensus "
@@ -98,7 +93,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         source=args.source,
         cfg=cfg,
         overwrite=args.overwrite,
-        allow_outside_paths=args.allow_outside_paths,
+        **reader_options(args),
     )
     meta = json.loads((out / "segments.json").read_text())
     print(
@@ -249,7 +244,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if data is not None:  # its tables feed the baselines: the dataset's rules, before writing
         from osteo_jax.data.dataset import read_dataset
 
-        read_dataset(data, images="none", allow_outside_paths=args.allow_outside_paths)
+        read_dataset(data, images="none", **reader_options(args))
     ceilings = read_ceilings(data) if data is not None else None
     if data is not None and cfg.covariates:  # a missing column fails before training
         read_covariates(data, cfg.covariates)

@@ -55,20 +55,9 @@ def read_dataset(
 ) -> DatasetIndex:
     """The checked index of a dataset folder (:func:`~osteo_jax.data.validate.check_dataset`).
 
-    Args:
-      root: the dataset folder.
-      images: ``"header"`` (default: image sizes from the headers, masks decoded),
-        ``"decode"`` (every image decoded too) or ``"none"`` (tables and paths only, for
-        readers that use only ``subjects.csv``).
-      max_pixels: the pixel cap of images and masks (None: no cap).
-      allow_outside_paths: accept paths leaving the dataset root
-        (:mod:`osteo_jax.data.confine`).
-
-    Returns:
-      The :class:`~osteo_jax.data.folder_index.DatasetIndex`.
-
-    Raises:
-      DatasetError: the first problem, naming the file (and row) and the problem.
+    The arguments are :func:`~osteo_jax.data.validate.check_dataset`'s, with image headers
+    (not pixels) checked by default; ``images="none"`` suits readers of ``subjects.csv`` alone.
+    A repeated call on unchanged files returns the same index without reading them again.
     """
     root = Path(root)
     key = (str(root.absolute()), images, max_pixels, bool(allow_outside_paths))

@@ -84,23 +84,7 @@ def read_dicom(
         values; the message names the file.
     """
     ds = _read_dataset(path)
-    rows, cols = _int_or(ds.get("Rows"), 0), _int_or(ds.get("Columns"), 0)
-    if rows < 1 or cols < 1:
-        raise DatasetError(f"{path}: Rows/Columns missing or invalid ({rows} x {cols})")
-    frames = _int_or(ds.get("NumberOfFrames"), 1)
-    check_pixel_count(path, rows, cols, max_pixels, frames=frames)
-    pi = str(ds.get("PhotometricInterpretation", "")).strip().upper()
-    if pi not in _GRAYSCALE:
-        raise DatasetError(
-            f"{path}: photometric interpretation {pi or 'missing'!r} is not grayscale "
-            "(expected MONOCHROME1 or MONOCHROME2)"
-        )
-    spp = int(ds.get("SamplesPerPixel", 1) or 1)
-    if spp != 1 or frames != 1:
-        raise DatasetError(
-            f"{path}: expected one frame with one sample per pixel, got {frames} frame(s) "
-            f"with {spp} sample(s) per pixel"
-        )
+    _, _, pi = _geometry(ds, path, max_pixels)
     if "PixelData" not in ds:
         raise DatasetError(f"{path}: float pixel data is not supported (integer Pixel Data only)")
     if "BitsStored" not in ds:
@@ -163,19 +147,30 @@ def dicom_shape(
         raise DatasetError(f"{path}: not a DICOM file ({e})") from e
     except Exception as e:  # truncated or corrupt element stream
         raise DatasetError(f"{path}: unreadable DICOM ({type(e).__name__}: {e})") from e
+    rows, cols, _ = _geometry(ds, path, max_pixels)
+    return rows, cols
+
+
+def _geometry(ds: Dataset, path, max_pixels: int | None) -> tuple[int, int, str]:
+    """``(rows, cols, photometric interpretation)`` after the header checks of a readable image."""
     rows, cols = _int_or(ds.get("Rows"), 0), _int_or(ds.get("Columns"), 0)
     if rows < 1 or cols < 1:
         raise DatasetError(f"{path}: Rows/Columns missing or invalid ({rows} x {cols})")
     frames = _int_or(ds.get("NumberOfFrames"), 1)
     check_pixel_count(path, rows, cols, max_pixels, frames=frames)
     pi = str(ds.get("PhotometricInterpretation", "")).strip().upper()
-    spp = _int_or(ds.get("SamplesPerPixel"), 1)
-    if pi not in _GRAYSCALE or spp != 1 or frames != 1:
+    if pi not in _GRAYSCALE:
         raise DatasetError(
-            f"{path}: expected one MONOCHROME1/2 frame with one sample per pixel, got {frames} "
-            f"frame(s), {spp} sample(s), photometric interpretation {pi or 'missing'!r}"
+            f"{path}: photometric interpretation {pi or 'missing'!r} is not grayscale "
+            "(expected MONOCHROME1 or MONOCHROME2)"
         )
-    return rows, cols
+    spp = _int_or(ds.get("SamplesPerPixel"), 1) or 1
+    if spp != 1 or frames != 1:
+        raise DatasetError(
+            f"{path}: expected one frame with one sample per pixel, got {frames} frame(s) "
+            f"with {spp} sample(s) per pixel"
+        )
+    return rows, cols, pi
 
 
 def _read_dataset(path: str | os.PathLike) -> Dataset:

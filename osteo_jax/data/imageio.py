@@ -63,19 +63,27 @@ def read_image(
         the message names the file.
     """
     p = Path(path)
-    if not p.is_file():
+    fmt = _format_of(p)
+    if fmt == "dicom":
+        return read_dicom(p, max_pixels=max_pixels)
+    return _read_pil(p, fmt, bits_stored, max_pixels)
+
+
+def _format_of(path: Path) -> str:
+    """``"dicom"``, ``"png"`` or ``"tiff"`` from the file's first bytes (or a DICOM suffix)."""
+    if not path.is_file():
         raise DatasetError(f"{path}: file not found")
     try:
-        with open(p, "rb") as f:
+        with open(path, "rb") as f:
             head = f.read(132)
     except OSError as e:
         raise DatasetError(f"{path}: unreadable ({e})") from e
-    if head[128:132] == b"DICM" or p.suffix.lower() in (".dcm", ".dicom"):
-        return read_dicom(p, max_pixels=max_pixels)
+    if head[128:132] == b"DICM" or path.suffix.lower() in (".dcm", ".dicom"):
+        return "dicom"
     if head.startswith(_PNG_SIGNATURE):
-        return _read_pil(p, "png", bits_stored, max_pixels)
+        return "png"
     if head[:4] in _TIFF_MARKS:
-        return _read_pil(p, "tiff", bits_stored, max_pixels)
+        return "tiff"
     raise DatasetError(f"{path}: unsupported image format (expected DICOM, PNG or TIFF)")
 
 
@@ -92,17 +100,8 @@ def image_shape(
         or larger than ``max_pixels``; the message names the file.
     """
     p = Path(path)
-    if not p.is_file():
-        raise DatasetError(f"{path}: file not found")
-    try:
-        with open(p, "rb") as f:
-            head = f.read(132)
-    except OSError as e:
-        raise DatasetError(f"{path}: unreadable ({e})") from e
-    if head[128:132] == b"DICM" or p.suffix.lower() in (".dcm", ".dicom"):
+    if _format_of(p) == "dicom":
         return dicom_shape(p, max_pixels=max_pixels)
-    if not (head.startswith(_PNG_SIGNATURE) or head[:4] in _TIFF_MARKS):
-        raise DatasetError(f"{path}: unsupported image format (expected DICOM, PNG or TIFF)")
     with open_image_lazily(p, max_pixels) as im:
         frames = getattr(im, "n_frames", 1)
         if frames != 1:
