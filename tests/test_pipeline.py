@@ -168,7 +168,7 @@ def test_train_seg_same_params_from_memory_stream_workers_and_tfds(folder, tmp_p
     runs = {
         "memory": dict(data=folder),
         "stream2": dict(data=folder, stream=True, workers=2),
-        "tfds": dict(data=build_tfds(folder, tmp_path / "tfds")),
+        "tfds": dict(data=build_tfds(folder, tmp_path / "tfds_build")),
     }
     params = {}
     for name, kw in runs.items():

@@ -174,10 +174,10 @@ def _no_image(src):
     "breaks, message",
     [
         (None, "not a directory"),
-        (_no_csv, "no subjects.csv"),
-        (_bad_split, "split 'validation'"),
-        (_unknown_subject, "'nobody' is not in subjects.csv"),
-        (_no_image, "image file not found"),
+        (_no_csv, "subjects.csv: file not found"),
+        (_bad_split, "unknown split 'validation'"),
+        (_unknown_subject, r"unknown subject_id 'nobody' \(not in subjects.csv\)"),
+        (_no_image, "image file .* not found"),
     ],
 )
 def test_bad_manual_dir(folder, tmp_path, breaks, message):

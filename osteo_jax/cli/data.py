@@ -27,6 +27,21 @@ def add_max_megapixels(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_allow_outside_paths(p: argparse.ArgumentParser) -> None:
+    """Adds ``--allow-outside-paths`` to a command that reads a dataset folder."""
+    p.add_argument(
+        "--allow-outside-paths",
+        action="store_true",
+        help="read dataset paths that leave the dataset folder (absolute, '..', symbolic links "
+        "resolving outside); refused by default",
+    )
+
+
+def reader_options(args: argparse.Namespace) -> dict:
+    """Keyword arguments of the dataset readers from the command's flags."""
+    return {"allow_outside_paths": args.allow_outside_paths}
+
+
 def max_pixels(args: argparse.Namespace) -> int:
     """The pixel cap from ``--max-megapixels``, else the package default."""
     from osteo_jax.data.limits import MAX_IMAGE_PIXELS
@@ -123,7 +138,7 @@ def cmd_build_tfds(args: argparse.Namespace) -> int:
     """Builds a dataset folder into a TFDS (ArrayRecord) dataset, readable without TensorFlow."""
     from osteo_jax.data.tfds_dataset import build_tfds, load_tfds
 
-    path = build_tfds(args.data, args.out, overwrite=args.overwrite)
+    path = build_tfds(args.data, args.out, overwrite=args.overwrite, **reader_options(args))
     n = len(load_tfds(args.out))
     print(f"built {path} ({n} records); read with osteo_jax.data.tfds_dataset.load_tfds")
     return 0
@@ -134,7 +149,10 @@ def cmd_validate(args: argparse.Namespace) -> int:
     from osteo_jax.data.validate import validate_folder
 
     report = validate_folder(
-        args.data, check_images=not args.tables_only, max_pixels=max_pixels(args)
+        args.data,
+        check_images=not args.tables_only,
+        max_pixels=max_pixels(args),
+        allow_outside_paths=args.allow_outside_paths,
     )
     print(
         f"{args.data}: OK - {report.n_subjects} subjects, {report.n_images} images, masks "
@@ -166,6 +184,7 @@ def add_build_tfds(sub) -> None:
     p.add_argument("--data", required=True, help="dataset folder (the manual directory)")
     p.add_argument("--out", required=True, help="TFDS data_dir")
     p.add_argument("--overwrite", action="store_true", help="rebuild an existing build")
+    add_allow_outside_paths(p)
     p.set_defaults(func=cmd_build_tfds)
 
 
@@ -175,4 +194,5 @@ def add_validate(sub) -> None:
     p.add_argument("--data", required=True, help="dataset folder")
     p.add_argument("--tables-only", action="store_true", help="do not decode images and masks")
     add_max_megapixels(p)
+    add_allow_outside_paths(p)
     p.set_defaults(func=cmd_validate)

@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from osteo_jax.cli.data import add_max_megapixels, add_overwrite, max_pixels
+from osteo_jax.cli.data import (
+    add_allow_outside_paths,
+    add_max_megapixels,
+    add_overwrite,
+    max_pixels,
+    reader_options,
+)
 from osteo_jax.data.folder import write_json
 
 
@@ -38,7 +44,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     """The main job: the whole pipeline on the synthetic paper cohort at demo size."""
     import dataclasses
 
-    from osteo_jax.pipeline.experiment import demo_config, run_experiment
+    from osteo_jax.pipeline.experiment import demo_config
 
     cfg = demo_config()
     if args.subjects is not None or args.seed is not None:
@@ -46,12 +52,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
         cohort = dataclasses.replace(synth.cohort, n_subjects=args.subjects or None)
         synth = dataclasses.replace(synth, cohort=cohort, seed=args.seed or synth.seed)
         cfg = dataclasses.replace(cfg, synth=synth)
+    _run(cfg, args)
+    return 0
+
+
+def _run(cfg, args: argparse.Namespace) -> None:
+    """Runs ``cfg`` into ``--out`` on ``--data`` and prints the headline."""
+    from osteo_jax.pipeline.experiment import run_experiment
+
+    opts = reader_options(args)
     _print_run(
         run_experiment(
-            cfg, args.out, data=args.data, workers=args.workers, overwrite=args.overwrite
+            cfg, args.out, data=args.data, workers=args.workers, overwrite=args.overwrite, **opts
         )
     )
-    return 0
 
 
 def _output_file(path: str | None, flag: str, overwrite: bool) -> Path | None:
@@ -97,14 +111,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     """Runs (or resumes) one experiment config end to end on a dataset folder."""
     from osteo_jax.config import ExperimentConfig, load_config
-    from osteo_jax.pipeline.experiment import run_experiment
 
-    cfg = load_config(args.config, ExperimentConfig)
-    _print_run(
-        run_experiment(
-            cfg, args.out, data=args.data, workers=args.workers, overwrite=args.overwrite
-        )
-    )
+    _run(load_config(args.config, ExperimentConfig), args)
     return 0
 
 
@@ -119,6 +127,7 @@ def add_demo(sub) -> None:
     p.add_argument("--seed", type=int, default=None, help="synthetic cohort seed (default 0)")
     p.add_argument("--workers", type=int, default=None, help="render processes")
     add_overwrite(p)
+    add_allow_outside_paths(p)
     p.set_defaults(func=cmd_demo)
 
 
@@ -152,4 +161,5 @@ def add_run(sub) -> None:
     )
     p.add_argument("--workers", type=int, default=None, help="render processes")
     add_overwrite(p)
+    add_allow_outside_paths(p)
     p.set_defaults(func=cmd_run)

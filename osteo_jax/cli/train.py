@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from osteo_jax.cli.data import add_overwrite
+from osteo_jax.cli.data import add_allow_outside_paths, add_overwrite, reader_options
 from osteo_jax.data.outdir import check_dir
 
 
@@ -53,6 +53,7 @@ def cmd_train_seg(args: argparse.Namespace) -> int:
         stream=args.stream,
         workers=args.workers,
         overwrite=args.overwrite,
+        **reader_options(args),
     )
     val = res["val"]
     print(
@@ -71,7 +72,8 @@ def cmd_eval_seg(args: argparse.Namespace) -> int:
     """Evaluates a trained segmenter; writes seg_metrics.json and a figure into the run."""
     from osteo_jax.pipeline.seg_run import evaluate_run
 
-    res = evaluate_run(args.run, args.data, split=args.split, n_figure=args.figure_images)
+    opts = reader_options(args)
+    res = evaluate_run(args.run, args.data, split=args.split, n_figure=args.figure_images, **opts)
     m = res["metrics"]
     print(
         f"{m['n_images']:.0f} images ({args.split}): Dice vs consensus "
@@ -88,7 +90,12 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     cfg = SegmentConfig(size=args.size, frame=args.frame, roi=args.roi, background=args.background)
     out = extract_segments(
-        args.data, args.out, source=args.source, cfg=cfg, overwrite=args.overwrite
+        args.data,
+        args.out,
+        source=args.source,
+        cfg=cfg,
+        overwrite=args.overwrite,
+        **reader_options(args),
     )
     meta = json.loads((out / "segments.json").read_text())
     print(
@@ -242,6 +249,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = _protocol_config(args)
     check_dir(args.out, "evaluate", overwrite=args.overwrite)  # before reading the segments
     data = _data_of(args.segments)
+    if data is not None:  # its tables feed the baselines: the dataset's rules, before writing
+        from osteo_jax.data.dataset import read_dataset
+
+        read_dataset(data, images="none", **reader_options(args))
     ceilings = read_ceilings(data) if data is not None else None
     if data is not None and cfg.covariates:  # a missing column fails before training
         read_covariates(data, cfg.covariates)
@@ -316,6 +327,7 @@ def add_train_seg(sub) -> None:
     p.add_argument("--experts", type=int, default=None, help="K decoders")
     p.add_argument("--samples", type=int, default=None, help="S latents per decoder")
     p.add_argument("--mode", default=None, choices=("auto", "vmap", "scan"))
+    add_allow_outside_paths(p)
     p.set_defaults(func=cmd_train_seg)
 
 
@@ -326,6 +338,7 @@ def add_eval_seg(sub) -> None:
     p.add_argument("--data", required=True, help="dataset folder")
     p.add_argument("--split", default="val", choices=("val", "train", "all"))
     p.add_argument("--figure-images", type=int, default=4)
+    add_allow_outside_paths(p)
     p.set_defaults(func=cmd_eval_seg)
 
 
@@ -356,6 +369,7 @@ def add_segment(sub) -> None:
         help="zero outside the dilated mask (paper) or keep the radiograph (crop baselines)",
     )
     add_overwrite(p)
+    add_allow_outside_paths(p)
     p.set_defaults(func=cmd_segment)
 
 
@@ -386,4 +400,5 @@ def add_evaluate(sub) -> None:
     p.add_argument(
         "--folds", type=int, default=None, help="k-fold cross-validation over subjects instead"
     )
+    add_allow_outside_paths(p)
     p.set_defaults(func=cmd_evaluate)

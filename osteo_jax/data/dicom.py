@@ -84,23 +84,7 @@ def read_dicom(
         values; the message names the file.
     """
     ds = _read_dataset(path)
-    rows, cols = _int_or(ds.get("Rows"), 0), _int_or(ds.get("Columns"), 0)
-    if rows < 1 or cols < 1:
-        raise DatasetError(f"{path}: Rows/Columns missing or invalid ({rows} x {cols})")
-    frames = _int_or(ds.get("NumberOfFrames"), 1)
-    check_pixel_count(path, rows, cols, max_pixels, frames=frames)
-    pi = str(ds.get("PhotometricInterpretation", "")).strip().upper()
-    if pi not in _GRAYSCALE:
-        raise DatasetError(
-            f"{path}: photometric interpretation {pi or 'missing'!r} is not grayscale "
-            "(expected MONOCHROME1 or MONOCHROME2)"
-        )
-    spp = int(ds.get("SamplesPerPixel", 1) or 1)
-    if spp != 1 or frames != 1:
-        raise DatasetError(
-            f"{path}: expected one frame with one sample per pixel, got {frames} frame(s) "
-            f"with {spp} sample(s) per pixel"
-        )
+    _, _, pi = _geometry(ds, path, max_pixels)
     if "PixelData" not in ds:
         raise DatasetError(f"{path}: float pixel data is not supported (integer Pixel Data only)")
     if "BitsStored" not in ds:
@@ -146,6 +130,47 @@ def read_dicom(
         "modality": str(ds.Modality) if ds.get("Modality") else None,
     }
     return image.astype(np.float32), meta
+
+
+def dicom_shape(
+    path: str | os.PathLike, *, max_pixels: int | None = MAX_IMAGE_PIXELS
+) -> tuple[int, int]:
+    """``(rows, cols)`` of a single-frame grayscale DICOM image from its header alone.
+
+    Raises:
+      DatasetError: not DICOM, unreadable header, Rows/Columns missing, several frames or
+        samples, not MONOCHROME, or larger than ``max_pixels``; the message names the file.
+    """
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except InvalidDicomError as e:
+        raise DatasetError(f"{path}: not a DICOM file ({e})") from e
+    except Exception as e:  # truncated or corrupt element stream
+        raise DatasetError(f"{path}: unreadable DICOM ({type(e).__name__}: {e})") from e
+    rows, cols, _ = _geometry(ds, path, max_pixels)
+    return rows, cols
+
+
+def _geometry(ds: Dataset, path, max_pixels: int | None) -> tuple[int, int, str]:
+    """``(rows, cols, photometric interpretation)`` after the header checks of a readable image."""
+    rows, cols = _int_or(ds.get("Rows"), 0), _int_or(ds.get("Columns"), 0)
+    if rows < 1 or cols < 1:
+        raise DatasetError(f"{path}: Rows/Columns missing or invalid ({rows} x {cols})")
+    frames = _int_or(ds.get("NumberOfFrames"), 1)
+    check_pixel_count(path, rows, cols, max_pixels, frames=frames)
+    pi = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    if pi not in _GRAYSCALE:
+        raise DatasetError(
+            f"{path}: photometric interpretation {pi or 'missing'!r} is not grayscale "
+            "(expected MONOCHROME1 or MONOCHROME2)"
+        )
+    spp = _int_or(ds.get("SamplesPerPixel"), 1) or 1
+    if spp != 1 or frames != 1:
+        raise DatasetError(
+            f"{path}: expected one frame with one sample per pixel, got {frames} frame(s) "
+            f"with {spp} sample(s) per pixel"
+        )
+    return rows, cols, pi
 
 
 def _read_dataset(path: str | os.PathLike) -> Dataset:

@@ -34,6 +34,7 @@ from PIL import Image
 from osteo_jax.config import CLASS_NAMES
 from osteo_jax.data.errors import DatasetError
 from osteo_jax.data.limits import MAX_IMAGE_PIXELS, open_image_lazily
+from osteo_jax.data.table import read_table
 
 FORMAT_VERSION = 1
 SUBJECTS_CSV = "subjects.csv"
@@ -124,12 +125,13 @@ def write_csv(path: str | os.PathLike, rows: Sequence[Mapping[str, object]]) -> 
 
 
 def read_csv(path: str | os.PathLike) -> list[dict[str, str]]:
-    """Reads a CSV with a header into a list of dicts (values as strings)."""
-    try:
-        with open(path, newline="") as f:
-            return list(csv.DictReader(f))
-    except FileNotFoundError as e:
-        raise DatasetError(f"{path}: file not found") from e
+    """Reads a CSV with a header into a list of dicts (stripped strings).
+
+    The rules (UTF-8 with an optional byte-order mark, commas, no ragged rows) are
+    :func:`osteo_jax.data.table.read_table`'s; a dataset folder's tables are read through
+    :func:`osteo_jax.data.dataset.read_dataset`, which checks their contents too.
+    """
+    return read_table(path).records
 
 
 def write_json(path: str | os.PathLike, obj: object) -> None:

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from osteo_jax.data.dicom import read_dicom
+from osteo_jax.data.dicom import dicom_shape, read_dicom
 from osteo_jax.data.errors import DatasetError
 from osteo_jax.data.limits import MAX_IMAGE_PIXELS, open_image_lazily
 
@@ -63,20 +63,54 @@ def read_image(
         the message names the file.
     """
     p = Path(path)
-    if not p.is_file():
+    fmt = _format_of(p)
+    if fmt == "dicom":
+        return read_dicom(p, max_pixels=max_pixels)
+    return _read_pil(p, fmt, bits_stored, max_pixels)
+
+
+def _format_of(path: Path) -> str:
+    """``"dicom"``, ``"png"`` or ``"tiff"`` from the file's first bytes (or a DICOM suffix)."""
+    if not path.is_file():
         raise DatasetError(f"{path}: file not found")
     try:
-        with open(p, "rb") as f:
+        with open(path, "rb") as f:
             head = f.read(132)
     except OSError as e:
         raise DatasetError(f"{path}: unreadable ({e})") from e
-    if head[128:132] == b"DICM" or p.suffix.lower() in (".dcm", ".dicom"):
-        return read_dicom(p, max_pixels=max_pixels)
+    if head[128:132] == b"DICM" or path.suffix.lower() in (".dcm", ".dicom"):
+        return "dicom"
     if head.startswith(_PNG_SIGNATURE):
-        return _read_pil(p, "png", bits_stored, max_pixels)
+        return "png"
     if head[:4] in _TIFF_MARKS:
-        return _read_pil(p, "tiff", bits_stored, max_pixels)
+        return "tiff"
     raise DatasetError(f"{path}: unsupported image format (expected DICOM, PNG or TIFF)")
+
+
+def image_shape(
+    path: str | os.PathLike, *, max_pixels: int | None = MAX_IMAGE_PIXELS
+) -> tuple[int, int]:
+    """``(rows, cols)`` of a radiograph from its header alone, without decoding the pixels.
+
+    The checks :func:`read_image` makes before decoding: a DICOM, PNG or TIFF file, one frame,
+    grayscale, at most ``max_pixels`` pixels. Corrupt pixel data is only found by decoding.
+
+    Raises:
+      DatasetError: missing, unreadable or unsupported file, several frames, not grayscale,
+        or larger than ``max_pixels``; the message names the file.
+    """
+    p = Path(path)
+    if _format_of(p) == "dicom":
+        return dicom_shape(p, max_pixels=max_pixels)
+    with open_image_lazily(p, max_pixels) as im:
+        frames = getattr(im, "n_frames", 1)
+        if frames != 1:
+            raise DatasetError(f"{path}: {frames} frames/pages; expected a single image")
+        if im.mode not in ("L", "I", "F", *_UINT16_MODES):
+            raise DatasetError(
+                f"{path}: expected a single-channel grayscale image, got mode {im.mode!r}"
+            )
+        return int(im.size[1]), int(im.size[0])
 
 
 def _read_pil(

@@ -11,14 +11,9 @@ per-record path as the streaming pipeline; PIL releases the GIL).
 from __future__ import annotations
 
 import dataclasses
-import os
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
-
-from osteo_jax.data.errors import DatasetError
-from osteo_jax.data.folder import EXACT, annotators_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +26,7 @@ class SegArrays:
       image_ids: ``[n]`` image ids.
       subject_ids: ``[n]`` subject ids (split by these, never by image).
       annotators: names of the M mask folders.
+      unlabelled: ids of the folder's images left out for having no mask from ``annotators``.
     """
 
     images: np.ndarray
@@ -38,6 +34,7 @@ class SegArrays:
     image_ids: np.ndarray
     subject_ids: np.ndarray
     annotators: tuple[str, ...]
+    unlabelled: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
@@ -80,16 +77,6 @@ def resize_labels(labels: np.ndarray, size: int) -> np.ndarray:
     """Square-padded, nearest-neighbour-resized label map ``[size, size]`` uint8."""
     lab = _pad_square(labels.astype(np.uint8))
     return np.asarray(Image.fromarray(lab).resize((size, size), Image.NEAREST), np.uint8)
-
-
-def default_annotators(root: str | os.PathLike) -> tuple[str, ...]:
-    """The human-like annotators of a folder, or ``("exact",)`` if there are none."""
-    names = [a for a in annotators_of(root) if a != EXACT]
-    if names:
-        return tuple(names)
-    if EXACT in annotators_of(root):
-        return (EXACT,)
-    raise DatasetError(f"{Path(root) / 'masks'}: no mask folders found")
 
 
 def split_by_subject(

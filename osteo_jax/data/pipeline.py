@@ -44,6 +44,7 @@ def seg_source(
     annotators: Sequence[str] | None = None,
     *,
     stream: bool = False,
+    allow_outside_paths: bool = False,
 ):
     """The segmenter's training source for a dataset folder, a TFDS build or loaded arrays.
 
@@ -55,6 +56,11 @@ def seg_source(
       stream: for a folder, decode every record from disk when it is read
         (:class:`FolderSource`, for datasets too large for memory) instead of decoding the
         whole folder once at ``size`` (:class:`SegArraysSource`). Both give identical records.
+      allow_outside_paths: accept a folder's paths leaving its root
+        (:mod:`osteo_jax.data.confine`).
+
+    A folder is checked by :func:`osteo_jax.data.dataset.read_dataset` here, before any
+    caller writes anything.
 
     Returns:
       A source with ``subject_ids``, ``image_ids`` and ``annotators`` attributes.
@@ -66,8 +72,14 @@ def seg_source(
     if is_tfds_build(data):
         return TfdsSource(data, size, annotators=annotators)
     if stream:
-        return FolderSource(data, size, annotators)
-    return SegArraysSource(load_seg_arrays(data, size, tuple(annotators) if annotators else None))
+        return FolderSource(data, size, annotators, allow_outside_paths=allow_outside_paths)
+    arrays = load_seg_arrays(
+        data,
+        size,
+        tuple(annotators) if annotators else None,
+        allow_outside_paths=allow_outside_paths,
+    )
+    return SegArraysSource(arrays)
 
 
 def load_seg_arrays(
@@ -76,8 +88,9 @@ def load_seg_arrays(
     annotators: tuple[str, ...] | None = None,
     *,
     workers: int = 8,
+    allow_outside_paths: bool = False,
 ) -> SegArrays:
-    """Loads a dataset folder's images and masks at ``size x size``.
+    """Loads a dataset folder's images and masks at ``size x size`` (checked first).
 
     Images with no mask from any of ``annotators`` are skipped; an image missing only some
     annotators gets the masks it has repeated in the empty slots.
@@ -85,13 +98,15 @@ def load_seg_arrays(
     Args:
       root: dataset folder.
       size: output side in pixels.
-      annotators: mask folders to use as targets (default :func:`default_annotators`).
+      annotators: mask folders to use as targets (default: the human-like annotators, else
+        ``exact``).
       workers: decoding threads.
+      allow_outside_paths: accept paths leaving the folder (:mod:`osteo_jax.data.confine`).
 
     Returns:
       A :class:`SegArrays`.
     """
-    src = FolderSource(root, size, annotators)
+    src = FolderSource(root, size, annotators, allow_outside_paths=allow_outside_paths)
     with ThreadPoolExecutor(workers) as pool:
         records = list(pool.map(src.__getitem__, range(len(src))))
     return SegArrays(
@@ -100,6 +115,7 @@ def load_seg_arrays(
         image_ids=src.image_ids,
         subject_ids=src.subject_ids,
         annotators=src.annotators,
+        unlabelled=src.unlabelled,
     )
 
 

@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 
 from osteo_jax.data.errors import DatasetError
-from osteo_jax.data.folder import EXACT, IMAGES_CSV, mask_relpath, read_csv, read_labels
+from osteo_jax.data.folder import EXACT, mask_relpath, read_labels
 from osteo_jax.data.imageio import read_image
-from osteo_jax.data.inmemory import default_annotators, resize_image, resize_labels
+from osteo_jax.data.inmemory import resize_image, resize_labels
 
 __all__ = ["ArraySource", "FolderSource", "Record", "SegArraysSource", "TfdsSource"]
 
@@ -47,17 +47,21 @@ def _fill_missing(masks: list[np.ndarray | None]) -> list[np.ndarray] | None:
 
 
 class FolderSource:
-    """Random-access grain source over a dataset folder's ``images.csv``.
+    """Random-access grain source over a dataset folder, checked by :func:`read_dataset`.
 
     Args:
       root: dataset folder (:mod:`osteo_jax.data.folder`).
       size: output side in pixels.
-      annotators: mask folders used as targets (default
-        :func:`osteo_jax.data.inmemory.default_annotators`).
-      require_masks: drop images with no mask from any of ``annotators`` (as
-        ``load_seg_arrays`` does; decided from file existence at construction).
+      annotators: mask folders used as targets (default: the human-like annotators, else
+        ``exact``).
+      require_masks: leave out images with no mask from any of ``annotators`` (their ids are
+        in ``unlabelled``); the folder must have at least one image with a mask.
+      allow_outside_paths: accept image paths leaving the dataset root
+        (:mod:`osteo_jax.data.confine`).
 
-    Holds only paths, ids and ints, so it pickles cheaply into worker processes.
+    The folder's rules (:mod:`osteo_jax.data.validate`) are applied at construction, so a
+    bad folder fails before a caller writes anything. Holds only paths, ids and ints, so it
+    pickles cheaply into worker processes.
     """
 
     def __init__(
@@ -67,26 +71,28 @@ class FolderSource:
         annotators: Sequence[str] | None = None,
         *,
         require_masks: bool = True,
+        allow_outside_paths: bool = False,
     ):
+        from osteo_jax.data.dataset import training_annotators
+
         self.root = Path(root)
         self.size = int(size)
-        self.annotators = tuple(annotators) if annotators else default_annotators(self.root)
-        rows = read_csv(self.root / IMAGES_CSV)
-        if not rows:
-            raise DatasetError(f"{self.root / IMAGES_CSV}: no images")
+        index, self.annotators = training_annotators(
+            self.root,
+            tuple(annotators) if annotators else None,
+            allow_outside_paths=allow_outside_paths,
+        )
+        rows = list(index.rows)
         if require_masks:
-            rows = [
-                r
-                for r in rows
-                if any(
-                    (self.root / mask_relpath(a, r["image_id"])).exists() for a in self.annotators
-                )
-            ]
-            if not rows:
-                raise DatasetError(f"{self.root}: no image has masks from {self.annotators}")
-        self._paths = [r.get("path") or f"images/{r['image_id']}.png" for r in rows]
-        self.image_ids = np.array([r["image_id"] for r in rows])
-        self.subject_ids = np.array([r["subject_id"] for r in rows])
+            wanted = set(self.annotators)
+            self.unlabelled = tuple(r.image_id for r in rows if not wanted & set(r.masks))
+            rows = [r for r in rows if wanted & set(r.masks)]
+        else:
+            self.unlabelled = ()
+        self._paths = [r.path for r in rows]
+        self._masks = [tuple(a in r.masks for a in self.annotators) for r in rows]
+        self.image_ids = np.array([r.image_id for r in rows])
+        self.subject_ids = np.array([r.subject_id for r in rows])
 
     def __len__(self) -> int:
         return len(self._paths)
@@ -96,9 +102,9 @@ class FolderSource:
         iid = str(self.image_ids[index])
         image, _ = read_image(self.root / self._paths[index])
         masks: list[np.ndarray | None] = []
-        for name in self.annotators:
-            p = self.root / mask_relpath(name, iid)
-            if p.exists():
+        for name, present in zip(self.annotators, self._masks[index], strict=True):
+            if present:
+                p = self.root / mask_relpath(name, iid)
                 m = read_labels(p)
                 if m.shape != image.shape:
                     raise DatasetError(
@@ -255,3 +261,4 @@ class SegArraysSource(ArraySource):
         self.images, self.masks = arrays.images, arrays.masks
         self.image_ids, self.subject_ids = arrays.image_ids, arrays.subject_ids
         self.annotators = tuple(arrays.annotators)
+        self.unlabelled = tuple(arrays.unlabelled)

@@ -31,11 +31,14 @@ treats it as an ignore index rather than as background; ZLIB stores it in a few 
 ``has_mask/<name> = False``. ``metadata.json`` holds the annotator order, class names, the
 source folder and its :func:`~osteo_jax.data.folder_index.source_fingerprint`.
 
-Splits: ``train`` holds every image. If ``subjects.csv`` has a ``split`` column (values
-``train`` / ``val`` / ``test``), the folder's own subject-wise split is added as ``split_train``,
-``split_val`` and ``split_test`` (each present only when it has subjects, as TFDS cannot
-write an empty split; every subject needs a value); the prefix keeps ``train`` meaning
-"everything" for every folder. The synthetic folders have no ``split`` column.
+Splits: ``train`` holds every image. If the folder has ``split`` values (``train`` / ``val``
+/ ``test`` in ``subjects.csv`` or ``images.csv``), its own subject-wise split is added as
+``split_train``, ``split_val`` and ``split_test`` (each present only when it has images, as
+TFDS cannot write an empty split; unassigned images are only in ``train``); the prefix keeps
+``train`` meaning "everything" for every folder. The synthetic folders have no ``split`` column.
+
+The source folder is checked by :func:`~osteo_jax.data.dataset.read_dataset` (the rules of
+``osteo-jax validate``) before anything is written.
 """
 
 from __future__ import annotations
@@ -48,9 +51,11 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from osteo_jax.config import CLASS_NAMES
+from osteo_jax.data.dataset import read_dataset
 from osteo_jax.data.errors import DatasetError
-from osteo_jax.data.folder import annotators_of, mask_relpath, read_labels, read_png
-from osteo_jax.data.folder_index import FOLDER_SPLITS, ImageRow, read_index, source_fingerprint
+from osteo_jax.data.folder import mask_relpath, read_labels, read_png
+from osteo_jax.data.folder_index import ImageRow, source_fingerprint
+from osteo_jax.data.validate import SPLITS
 
 __all__ = ["MISSING_MASK", "OsteoHandXray"]
 
@@ -98,8 +103,8 @@ class OsteoHandXray(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       DIR/subjects.csv          subject_id, label (1/0, blank = unknown), t_score (blank =
                                 unknown), optional pixel_spacing_mm, laterality and split
                                 (train / val / test)
-      DIR/images.csv            image_id, subject_id, optional path (default
-                                images/<image_id>.png), laterality, pixel_spacing_mm
+      DIR/images.csv            image_id, subject_id, path (relative, inside DIR),
+                                optional laterality, pixel_spacing_mm, split
       DIR/images/<image_id>.png 16-bit grayscale radiograph, MONOCHROME2 (bone bright)
       DIR/masks/<annotator>/<image_id>.png
                                 8-bit label map, 0 background, 1 radius, 2 ulna, 3-7 MC1-MC5;
@@ -108,21 +113,27 @@ class OsteoHandXray(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     `osteo-jax synth --out DIR` writes such a folder from the synthetic cohort.
     """
 
-    def __init__(self, *, annotators: Sequence[str], **kwargs: Any):
+    def __init__(
+        self, *, annotators: Sequence[str], allow_outside_paths: bool = False, **kwargs: Any
+    ):
         """Creates the builder.
 
         Args:
           annotators: mask folder names (``masks/<name>/``) of the source folder, as
             :func:`osteo_jax.data.folder.annotators_of` lists them (the build checks); this
             order is kept in ``metadata.json`` (the feature dicts sort their keys).
+          allow_outside_paths: accept paths leaving the source folder
+            (:mod:`osteo_jax.data.confine`).
           **kwargs: ``tfds.core.GeneratorBasedBuilder`` arguments (``data_dir``,
             ``file_format``; build with ``file_format="array_record"`` to read without TF).
         """
         self._annotators = tuple(annotators)
+        self._allow_outside_paths = bool(allow_outside_paths)
         if len(set(self._annotators)) != len(self._annotators):
             raise ValueError(f"duplicate annotator names: {self._annotators}")
         super().__init__(**kwargs)
         self._original_state["annotators"] = self._annotators  # survives pickling
+        self._original_state["allow_outside_paths"] = self._allow_outside_paths
 
     def _info(self) -> tfds.core.DatasetInfo:
         def label_map():
@@ -164,8 +175,9 @@ class OsteoHandXray(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager):
         root = Path(dl_manager.manual_dir)
-        rows = read_index(root)
-        found = tuple(annotators_of(root))
+        index = read_dataset(root, allow_outside_paths=self._allow_outside_paths)
+        rows = index.rows
+        found = index.annotators
         if found != self._annotators:
             raise DatasetError(
                 f"{root / 'masks'}: annotators {list(found)} differ from the builder's "
@@ -173,13 +185,13 @@ class OsteoHandXray(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             )
         self.info.metadata.update(
             source_dir=str(root.resolve()),
-            source_sha256=source_fingerprint(root),
+            source_sha256=source_fingerprint(index),
             annotators=list(self._annotators),
             classes=list(CLASS_NAMES),
             missing_mask=MISSING_MASK,
         )
         splits = {"train": self._generate_examples(root, rows)}
-        for name in FOLDER_SPLITS:
+        for name in SPLITS:
             part = [r for r in rows if r.split == name]
             if part:
                 splits[_SPLIT_PREFIX + name] = self._generate_examples(root, part)
@@ -193,7 +205,7 @@ class OsteoHandXray(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             masks, has_mask = {}, {}
             for name in self._annotators:
                 p = root / mask_relpath(name, row.image_id)
-                has_mask[name] = p.exists()
+                has_mask[name] = name in row.masks
                 if has_mask[name]:
                     masks[name] = read_labels(p)
                     if masks[name].shape != image.shape:

@@ -21,9 +21,9 @@ from typing import Any
 
 import tensorflow_datasets as tfds
 
+from osteo_jax.data.dataset import read_dataset
 from osteo_jax.data.errors import DatasetError
-from osteo_jax.data.folder import annotators_of
-from osteo_jax.data.folder_index import read_index, source_fingerprint
+from osteo_jax.data.folder_index import source_fingerprint
 from osteo_jax.data.tfds_builder import OsteoHandXray
 
 __all__ = ["build_tfds", "load_tfds"]
@@ -35,7 +35,11 @@ def _dataset_path(out_dir: Path) -> Path:
 
 
 def build_tfds(
-    data_dir_src: str | os.PathLike, out_dir: str | os.PathLike, *, overwrite: bool = False
+    data_dir_src: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+    allow_outside_paths: bool = False,
 ) -> Path:
     """Builds the TFDS ArrayRecord dataset of a dataset folder (no TensorFlow, no download).
 
@@ -47,6 +51,8 @@ def build_tfds(
       data_dir_src: the dataset folder (the builder's manual directory).
       out_dir: TFDS ``data_dir``; the dataset goes to ``out_dir/osteo_hand_xray/1.0.0``.
       overwrite: rebuild even if ``out_dir`` holds a build of other data.
+      allow_outside_paths: accept paths leaving the source folder
+        (:mod:`osteo_jax.data.confine`).
 
     Returns:
       The prepared dataset directory (accepted by :func:`load_tfds` and
@@ -57,12 +63,12 @@ def build_tfds(
         build of different data and ``overwrite`` is false.
     """
     src, out_dir = Path(data_dir_src), Path(out_dir)
-    read_index(src)  # fail before TFDS creates anything
+    index = read_dataset(src, allow_outside_paths=allow_outside_paths)  # before any write
     path = _dataset_path(out_dir)
     mode = tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
     if (path / "dataset_info.json").exists():
         old = tfds.builder_from_directory(path).info.metadata or {}
-        if not overwrite and old.get("source_sha256") == source_fingerprint(src):
+        if not overwrite and old.get("source_sha256") == source_fingerprint(index):
             return path
         if not overwrite:
             raise DatasetError(
@@ -71,7 +77,10 @@ def build_tfds(
             )
         mode = tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS  # deletes, then rebuilds
     builder = OsteoHandXray(
-        annotators=annotators_of(src), data_dir=os.fspath(out_dir), file_format="array_record"
+        annotators=index.annotators,
+        allow_outside_paths=allow_outside_paths,
+        data_dir=os.fspath(out_dir),
+        file_format="array_record",
     )
     # Nothing is downloaded, but TFDS creates download folders: keep them out of out_dir.
     with tempfile.TemporaryDirectory(prefix="osteo-tfds-") as tmp:

@@ -1,38 +1,48 @@
-"""Read-only validation of a user's dataset folder (README.md, "Dataset folder format").
+"""The rules of a dataset folder (README.md, "Dataset folder format"), checked in one place.
 
-:func:`validate_folder` walks ``subjects.csv``, ``images.csv``, the images and the masks and
-raises :class:`~osteo_jax.data.errors.DatasetError` on the *first* problem, with a message that
-names the file, the row and the problem. Rows are given as ``data row N`` (1-based, the header
-not counted) and ``line M`` (the physical CSV line, the header being line 1), so either an
-editor's line number or a spreadsheet's row number finds it.
+:func:`check_dataset` reads ``subjects.csv``, ``images.csv``, the images and the masks, raises
+:class:`~osteo_jax.data.errors.DatasetError` on the *first* problem (the message names the
+file, the row where there is one, and the problem) and returns the checked
+:class:`DatasetIndex`. Every command that reads a dataset folder reaches it through
+:func:`osteo_jax.data.dataset.read_dataset` before it writes anything; ``osteo-jax validate``
+(:func:`validate_folder`) runs it with every image decoded. The CSV rules (UTF-8 with an
+optional byte-order mark, commas, row shapes) are :func:`osteo_jax.data.table.read_table`'s.
 
 Checks, in order:
 
 * ``dataset.json`` (optional) is valid JSON; its ``bits_stored`` is used to read 16-bit images.
-* ``subjects.csv``: present, a ``subject_id`` column and a ``label`` or ``t_score`` column;
-  per row a non-empty unique ``subject_id``, a label (``label`` 0/1, else derived from
-  ``t_score``), a numeric finite ``t_score`` when given, ``label`` agreeing with the WHO cut
-  (1 iff T <= -2.5) when both are given, a known ``split`` when given, and a safe
-  ``image_path`` when given.
-* ``images.csv``: present, columns ``image_id``, ``subject_id``, ``path``; per row a non-empty
-  unique ``image_id`` usable as a file name, a known ``subject_id``, a relative ``path`` that
-  stays inside the dataset root (lexically: no absolute paths, no ``..`` leaving the root;
-  symbolic links are followed, not judged), an existing file, and a known ``split`` when given
-  that agrees with the subject's split in ``subjects.csv`` and with the subject's other images.
-* with ``check_images``: every image is read by :func:`~osteo_jax.data.imageio.read_image`
-  (corrupt, truncated, RGB, multi-frame, non-finite, out-of-range files and images over the
-  pixel cap, judged from the header before decoding, fail) and must be 2-D
-  with both sides >= 2; every mask ``masks/<annotator>/<image_id>.png`` must be a single-channel
-  PNG of its image's shape with class ids ``0..len(CLASS_NAMES) - 1`` and at least one
-  non-background pixel.
+* ``subjects.csv``: a ``subject_id`` column and a ``label`` or ``t_score`` column; per row a
+  non-empty unique ``subject_id``; ``label`` 0/1 when given, a finite ``t_score`` when given,
+  the two agreeing with the WHO cut (1 iff T <= -2.5) when both are given; a known ``split``;
+  a positive ``pixel_spacing_mm`` when given; a confined ``image_path`` when given.
+* ``images.csv``: columns ``image_id``, ``subject_id``, ``path``; per row a non-empty unique
+  ``image_id`` usable as a file name (masks are named by it), a known ``subject_id``, a
+  confined ``path`` to an existing file, a positive ``pixel_spacing_mm`` when given, and a
+  known ``split`` agreeing with the subject's split and with its other images.
+* **Confinement.** A path must stay inside the dataset root: absolute paths, ``..`` leaving
+  the root, and paths (images or masks) whose symbolic links resolve outside the root are
+  refused, unless ``allow_outside_paths`` (CLI ``--allow-outside-paths``) is given.
+* **Images** (``images="header"``): the header of every image gives a 2-D grayscale
+  single-frame image of both sides >= 2 under the pixel cap, without decoding the pixels;
+  ``images="decode"`` (``validate``) decodes every image as well (corrupt, truncated,
+  non-finite and out-of-range data fail).
+* **Masks** (unless ``images="none"``): every ``masks/<annotator>/<image_id>.png`` is decoded
+  and must be a single-channel PNG of its image's shape with class ids
+  ``0..len(CLASS_NAMES) - 1`` and at least one bone pixel.
+* **Training** (:func:`check_training`): the annotators asked for exist and at least one image
+  has a mask from them.
 
 Decisions:
 
-* An **all-background mask is an error**: by the folder format a present mask file means the
-  annotator labelled the image, and every hand radiograph shows bones, so an empty mask is a
-  failed export that would teach a segmenter "no bone". Delete the file to mean "not annotated".
-* Warnings (no error): subjects without images, several image rows pointing at one file, mask
-  files whose name matches no ``image_id``, a ``split`` column whose values are all empty.
+* An **all-background mask is an error**: a present mask file means the annotator labelled
+  the image, and every hand radiograph shows bones, so an empty mask is a failed export that
+  would teach a segmenter "no bone". Delete the file to mean "not annotated". A folder whose
+  masks are all empty is therefore refused by every command, training included.
+* A subject with neither ``label`` nor ``t_score`` has an **unknown label** (-1): it is used
+  for segmentation and left out of classification, with a warning.
+* Warnings (no error): unknown labels, subjects without images, several image rows pointing at
+  one file, mask files whose name matches no ``image_id``, a ``split`` column whose values are
+  all empty.
 * Split values are ``train``, ``val``, ``test`` (case-sensitive); an empty cell means
   unassigned.
 
@@ -41,7 +51,6 @@ Nothing is ever written: files are only opened for reading.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import math
@@ -52,29 +61,41 @@ from pathlib import Path
 import numpy as np
 
 from osteo_jax.config import CLASS_NAMES
+from osteo_jax.data.confine import check_inside, confined, is_file
 from osteo_jax.data.errors import DatasetError
-from osteo_jax.data.folder import IMAGES_CSV, SUBJECTS_CSV, annotators_of, mask_relpath, read_png
-from osteo_jax.data.imageio import read_image
+from osteo_jax.data.folder import (
+    EXACT,
+    IMAGES_CSV,
+    SUBJECTS_CSV,
+    annotators_of,
+    mask_relpath,
+    read_png,
+)
+from osteo_jax.data.folder_index import DatasetIndex, ImageRow
+from osteo_jax.data.imageio import image_shape, read_image
 from osteo_jax.data.limits import MAX_IMAGE_PIXELS
+from osteo_jax.data.table import Row, read_table
 
-__all__ = ["SPLITS", "WHO_OSTEOPOROSIS_T", "ValidationReport", "validate_folder"]
+__all__ = [
+    "IMAGE_CHECKS",
+    "SPLITS",
+    "WHO_OSTEOPOROSIS_T",
+    "ValidationReport",
+    "check_dataset",
+    "check_training",
+    "validate_folder",
+]
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 WHO_OSTEOPOROSIS_T = -2.5  # T <= -2.5: osteoporosis (label 1)
+IMAGE_CHECKS = ("none", "header", "decode")
+"""How deeply :func:`check_dataset` reads images: not at all, the header, every pixel."""
+_MAX_ID = 200  # characters; a longer id is no usable file name
 
 
 @dataclasses.dataclass(frozen=True)
 class ValidationReport:
-    """Summary of a folder that passed :func:`validate_folder`.
-
-    Attributes:
-      root: the dataset folder.
-      n_subjects: rows of ``subjects.csv``.
-      n_images: rows of ``images.csv``.
-      annotators: annotator folders under ``masks/`` (``exact`` first).
-      masks: number of mask files per annotator that belong to a listed image.
-      warnings: problems that do not stop validation.
-    """
+    """Summary of a folder that passed :func:`validate_folder`."""
 
     root: str
     n_subjects: int
@@ -84,68 +105,22 @@ class ValidationReport:
     warnings: tuple[str, ...]
 
 
-class _Row:
-    """Location of one CSV data row, for messages."""
-
-    def __init__(self, file: Path, index: int, line: int):
-        self.file, self.index, self.line = file, index, line
-
-    def __str__(self) -> str:
-        return f"{self.file}: data row {self.index} (line {self.line})"
-
-    def fail(self, problem: str) -> DatasetError:
-        return DatasetError(f"{self}: {problem}")
-
-
-def _read_rows(path: Path, required: tuple[str, ...]) -> tuple[list[str], list[tuple[_Row, dict]]]:
-    if not path.is_file():
-        raise DatasetError(f"{path}: file not found (required)")
+def _number(rec: dict, column: str, row: Row, *, positive: bool = False) -> float:
+    text = rec.get(column, "")
+    if not text:
+        return math.nan
     try:
-        with open(path, newline="") as f:
-            reader = csv.DictReader(f)
-            header = reader.fieldnames
-            if not header:
-                raise DatasetError(f"{path}: empty file, no header line")
-            header = [h.strip() for h in header]
-            reader.fieldnames = header
-            if len(set(header)) != len(header):
-                dup = sorted({h for h in header if header.count(h) > 1})
-                raise DatasetError(f"{path}: line 1 (header): duplicate column(s) {dup}")
-            for col in required:
-                if col not in header:
-                    raise DatasetError(
-                        f"{path}: line 1 (header): missing required column {col!r} "
-                        f"(columns: {header})"
-                    )
-            rows = []
-            for i, rec in enumerate(reader, start=1):
-                row = _Row(path, i, reader.line_num)
-                if None in rec:
-                    raise row.fail(
-                        f"{len(header) + len(rec[None])} fields but the header has {len(header)}"
-                    )
-                rows.append((row, {k: (v or "").strip() for k, v in rec.items()}))
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DatasetError(f"{path}: unreadable CSV ({e})") from e
-    return header, rows
+        x = float(text)
+    except ValueError:
+        raise row.fail(f"{column} {text!r} is not a number") from None
+    if not math.isfinite(x) or (positive and x <= 0):
+        raise row.fail(f"{column} {text!r} is not a {'positive ' if positive else ''}finite number")
+    return x
 
 
-def _safe_relpath(root: Path, rel: str, row: _Row, column: str) -> Path:
-    """``root / rel`` after checking that ``rel`` is relative and stays inside ``root``."""
-    if not rel:
-        raise row.fail(f"empty {column!r}")
-    if rel.startswith(("/", "\\")) or os.path.isabs(rel) or (len(rel) > 1 and rel[1] == ":"):
-        raise row.fail(f"{column} {rel!r} is an absolute path; paths must be relative to {root}")
-    norm = posixpath.normpath(rel.replace("\\", "/"))
-    if norm == ".." or norm.startswith("../"):
-        raise row.fail(f"{column} {rel!r} escapes the dataset root {root}")
-    return root / rel
-
-
-def _parse_label(rec: dict, has_label: bool, has_t: bool, row: _Row) -> int:
-    label_s = rec.get("label", "") if has_label else ""
-    t_s = rec.get("t_score", "") if has_t else ""
-    label = t = None
+def _parse_label(rec: dict, row: Row) -> tuple[int, float]:
+    label_s = rec.get("label", "")
+    label = None
     if label_s:
         try:
             x = float(label_s)
@@ -154,25 +129,17 @@ def _parse_label(rec: dict, has_label: bool, has_t: bool, row: _Row) -> int:
         if x not in (0.0, 1.0):
             raise row.fail(f"label {label_s!r} out of range (expected 0 or 1)")
         label = int(x)
-    if t_s:
-        try:
-            t = float(t_s)
-        except ValueError:
-            raise row.fail(f"t_score {t_s!r} is not a number") from None
-        if not math.isfinite(t):
-            raise row.fail(f"t_score {t_s!r} is not finite")
-    if label is None and t is None:
-        raise row.fail("missing label: neither 'label' nor 't_score' is given")
-    who = None if t is None else int(t <= WHO_OSTEOPOROSIS_T)
+    t = _number(rec, "t_score", row)
+    who = None if math.isnan(t) else int(t <= WHO_OSTEOPOROSIS_T)
     if label is not None and who is not None and label != who:
         raise row.fail(
-            f"label {label} contradicts the WHO cut for t_score {t_s} (osteoporosis, label 1, "
-            f"iff T <= {WHO_OSTEOPOROSIS_T})"
+            f"label {label} contradicts the WHO cut for t_score {rec['t_score']} (osteoporosis, "
+            f"label 1, iff T <= {WHO_OSTEOPOROSIS_T})"
         )
-    return label if label is not None else who
+    return (label if label is not None else who if who is not None else -1), t
 
 
-def _check_split(value: str, row: _Row) -> str:
+def _check_split(value: str, row: Row) -> str:
     if value and value not in SPLITS:
         raise row.fail(f"unknown split {value!r} (expected one of {list(SPLITS)} or empty)")
     return value
@@ -183,7 +150,7 @@ def _bits_stored(root: Path) -> int | None:
     if not p.is_file():
         return None
     try:
-        meta = json.loads(p.read_text())
+        meta = json.loads(p.read_text(encoding="utf-8-sig"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
         raise DatasetError(f"{p}: unreadable JSON ({e})") from e
     bits = meta.get("bits_stored") if isinstance(meta, dict) else None
@@ -194,74 +161,70 @@ def _bits_stored(root: Path) -> int | None:
     return bits
 
 
-def validate_folder(
-    root: str | os.PathLike,
-    *,
-    check_images: bool = True,
-    max_pixels: int | None = MAX_IMAGE_PIXELS,
-) -> ValidationReport:
-    """Checks a dataset folder without writing anything; raises on the first problem.
-
-    Args:
-      root: the dataset folder.
-      check_images: also read every image and mask (slower); without it only the CSVs, the
-        paths and the existence of the image files are checked.
-      max_pixels: images and masks of more pixels are refused from their header, before
-        decoding (:mod:`osteo_jax.data.limits`; None: no cap).
-
-    Returns:
-      A :class:`ValidationReport` of a valid folder.
-
-    Raises:
-      DatasetError: the first problem found; the message names the file, the row (data row
-        and CSV line) where there is one, and the problem.
-    """
-    root = Path(root)
-    if not root.is_dir():
-        raise DatasetError(f"{root}: dataset folder not found")
-    warnings: list[str] = []
-    bits = _bits_stored(root)
-
-    # subjects.csv
-    s_header, s_rows = _read_rows(root / SUBJECTS_CSV, ("subject_id",))
-    has_label, has_t = "label" in s_header, "t_score" in s_header
-    if not (has_label or has_t):
+def _subjects(root: Path, allow: bool, warnings: list[str]) -> tuple[dict[str, dict], bool]:
+    """``subject_id -> fields`` of ``subjects.csv``, and whether it has a split column."""
+    table = read_table(root / SUBJECTS_CSV, ("subject_id",))
+    if not {"label", "t_score"} & set(table.header):
         raise DatasetError(
-            f"{root / SUBJECTS_CSV}: line 1 (header): missing required column 'label' or "
-            "'t_score' (at least one)"
+            f"{table.path}: line 1 (header): missing required column 'label' or 't_score' "
+            "(at least one)"
         )
-    subject_split: dict[str, str] = {}
-    for row, rec in s_rows:
+    if not table.rows:
+        raise DatasetError(f"{table.path}: no data rows")
+    subjects: dict[str, dict] = {}
+    unknown = []
+    for row, rec in table.rows:
         sid = rec["subject_id"]
         if not sid:
             raise row.fail("empty subject_id")
-        if sid in subject_split:
+        if sid in subjects:
             raise row.fail(f"duplicate subject_id {sid!r}")
-        _parse_label(rec, has_label, has_t, row)
-        subject_split[sid] = _check_split(rec.get("split", ""), row)
+        label, t = _parse_label(rec, row)
+        if label < 0:
+            unknown.append(sid)
         if rec.get("image_path"):
-            _safe_relpath(root, rec["image_path"], row, "image_path")
-    if not s_rows:
-        raise DatasetError(f"{root / SUBJECTS_CSV}: no data rows")
+            confined(root, rec["image_path"], row, "image_path", allow)
+        subjects[sid] = dict(
+            label=label,
+            t_score=t,
+            split=_check_split(rec.get("split", ""), row),
+            pixel_spacing_mm=_number(rec, "pixel_spacing_mm", row, positive=True),
+            laterality=rec.get("laterality", ""),
+        )
+    if unknown:
+        warnings.append(
+            f"{table.path}: {len(unknown)} subject(s) without label or t_score (unknown label: "
+            f"used for segmentation, left out of classification), e.g. {unknown[:5]}"
+        )
+    if "split" in table.header and not any(s["split"] for s in subjects.values()):
+        warnings.append(f"{table.path}: 'split' column present but empty in every row")
+    return subjects, "split" in table.header
 
-    # images.csv
-    i_header, i_rows = _read_rows(root / IMAGES_CSV, ("image_id", "subject_id", "path"))
-    seen_ids: set[str] = set()
+
+def _images(root: Path, subjects: dict, allow: bool, warnings: list[str]) -> list[tuple]:
+    """``[(row, ImageRow)]`` of ``images.csv``, tables and paths checked."""
+    table = read_table(root / IMAGES_CSV, ("image_id", "subject_id", "path"))
+    if not table.rows:
+        raise DatasetError(f"{table.path}: no data rows")
     seen_paths: dict[str, int] = {}
-    image_split: dict[str, tuple[str, _Row]] = {}  # subject -> (split, first row giving it)
-    images: list[tuple[_Row, str, Path]] = []
-    for row, rec in i_rows:
+    first_split: dict[str, tuple[str, Row]] = {}  # subject -> (split, first row giving it)
+    out: list[tuple[Row, ImageRow]] = []
+    ids: set[str] = set()
+    for row, rec in table.rows:
         iid, sid = rec["image_id"], rec["subject_id"]
         if not iid:
             raise row.fail("empty image_id")
-        if "/" in iid or "\\" in iid or iid in (".", ".."):
+        if (any(c in iid for c in "/\\:") or iid in (".", "..") or len(iid) > _MAX_ID) or any(
+            ord(c) < 32 for c in iid
+        ):
             raise row.fail(f"image_id {iid!r} is not usable as a file name (masks are named by it)")
-        if iid in seen_ids:
+        if iid in ids:
             raise row.fail(f"duplicate image_id {iid!r}")
-        seen_ids.add(iid)
-        if sid not in subject_split:
+        ids.add(iid)
+        if sid not in subjects:
             raise row.fail(f"unknown subject_id {sid!r} (not in {SUBJECTS_CSV})")
-        path = _safe_relpath(root, rec["path"], row, "path")
+        subj = subjects[sid]
+        path = confined(root, rec["path"], row, "path", allow)
         norm = posixpath.normpath(rec["path"].replace("\\", "/"))
         if norm in seen_paths:
             warnings.append(f"{row}: path {rec['path']!r} also used by data row {seen_paths[norm]}")
@@ -269,92 +232,216 @@ def validate_folder(
             seen_paths[norm] = row.index
         split = _check_split(rec.get("split", ""), row)
         if split:
-            if subject_split[sid] and subject_split[sid] != split:
+            if subj["split"] and subj["split"] != split:
                 raise row.fail(
                     f"subject {sid!r} assigned to two splits: {split!r} here, "
-                    f"{subject_split[sid]!r} in {SUBJECTS_CSV}"
+                    f"{subj['split']!r} in {SUBJECTS_CSV}"
                 )
-            if sid in image_split and image_split[sid][0] != split:
-                prev, prev_row = image_split[sid]
+            if sid in first_split and first_split[sid][0] != split:
+                prev, prev_row = first_split[sid]
                 raise row.fail(
                     f"subject {sid!r} assigned to two splits: {split!r} here, {prev!r} at "
                     f"data row {prev_row.index} (line {prev_row.line})"
                 )
-            image_split.setdefault(sid, (split, row))
-        if not path.is_file():
+            first_split.setdefault(sid, (split, row))
+        if not is_file(path, row, "path"):
             raise row.fail(f"image file {path} not found")
-        images.append((row, iid, path))
-    if not i_rows:
-        raise DatasetError(f"{root / IMAGES_CSV}: no data rows")
-    for name, header, rows in (
-        (SUBJECTS_CSV, s_header, s_rows),
-        (IMAGES_CSV, i_header, i_rows),
-    ):
-        if "split" in header and not any(rec["split"] for _, rec in rows):
-            warnings.append(f"{root / name}: 'split' column present but empty in every row")
-    with_images = {rec["subject_id"] for _, rec in i_rows}
-    without = [sid for sid in subject_split if sid not in with_images]
+        spacing = _number(rec, "pixel_spacing_mm", row, positive=True)
+        image = ImageRow(
+            index=len(out),
+            image_id=iid,
+            subject_id=sid,
+            path=rec["path"],
+            label=subj["label"],
+            t_score=subj["t_score"],
+            pixel_spacing_mm=subj["pixel_spacing_mm"] if math.isnan(spacing) else spacing,
+            laterality=rec.get("laterality", "") or subj["laterality"],
+            split=split or subj["split"],
+        )
+        out.append((row, image))
+    if "split" in table.header and not any(im.split for _, im in out):
+        warnings.append(f"{table.path}: 'split' column present but empty in every row")
+    return out
+
+
+def _check_mask(path: Path, row: Row, shape: tuple[int, int], max_pixels: int | None) -> None:
+    try:
+        mask = read_png(path, max_pixels=max_pixels)
+    except DatasetError as e:
+        raise DatasetError(f"{e} (mask of {IMAGES_CSV} data row {row.index})") from e
+    where = f"{path} (mask of {IMAGES_CSV} data row {row.index}, line {row.line})"
+    if mask.shape != shape:
+        raise DatasetError(f"{where}: mask shape {mask.shape} does not match its image {shape}")
+    n_classes = len(CLASS_NAMES)
+    top = int(mask.max()) if mask.size else 0
+    if top >= n_classes:
+        bad = sorted(int(v) for v in np.unique(mask[mask >= n_classes]))[:10]
+        raise DatasetError(f"{where}: unknown class id(s) {bad} (expected 0..{n_classes - 1})")
+    if top == 0:
+        raise DatasetError(
+            f"{where}: empty mask (all background); delete the file if the annotator did not "
+            "label this image"
+        )
+
+
+def check_dataset(
+    root: str | os.PathLike,
+    *,
+    images: str = "header",
+    max_pixels: int | None = MAX_IMAGE_PIXELS,
+    allow_outside_paths: bool = False,
+) -> DatasetIndex:
+    """Checks a dataset folder without writing anything; raises on the first problem.
+
+    Args:
+      root: the dataset folder.
+      images: one of :data:`IMAGE_CHECKS`: ``"none"`` (tables, paths and file existence
+        only), ``"header"`` (also every image's header and every mask decoded), ``"decode"``
+        (also every image decoded).
+      max_pixels: images and masks of more pixels are refused from their header
+        (:mod:`osteo_jax.data.limits`; None: no cap).
+      allow_outside_paths: accept paths that leave the dataset root (absolute, ``..``,
+        symbolic links resolving outside).
+
+    Returns:
+      The checked :class:`DatasetIndex`.
+
+    Raises:
+      DatasetError: the first problem found; the message names the file, the row (data row
+        and CSV line) where there is one, and the problem.
+    """
+    if images not in IMAGE_CHECKS:
+        raise ValueError(f"images must be one of {IMAGE_CHECKS}, got {images!r}")
+    root = Path(root)
+    if not root.is_dir():
+        raise DatasetError(f"{root}: dataset folder not found (not a directory)")
+    warnings: list[str] = []
+    bits = _bits_stored(root)
+    subjects, _ = _subjects(root, allow_outside_paths, warnings)
+    checked = _images(root, subjects, allow_outside_paths, warnings)
+    with_images = {im.subject_id for _, im in checked}
+    without = [sid for sid in subjects if sid not in with_images]
     if without:
         warnings.append(
             f"{root / SUBJECTS_CSV}: {len(without)} subject(s) without images, e.g. {without[:5]}"
         )
 
-    # masks
     annotators = annotators_of(root)
-    masks: dict[str, int] = {}
+    counts: dict[str, int] = {}
+    have: dict[str, list[str]] = {}
+    ids = {im.image_id for _, im in checked}
     for name in annotators:
         folder = root / "masks" / name
-        expected = {f"{iid}.png" for iid in seen_ids}
-        orphans = sorted(p.name for p in folder.iterdir() if p.name not in expected)
+        if not allow_outside_paths:
+            check_inside(root, folder, f"{folder}: mask folder")
+        orphans = sorted(p.name for p in folder.iterdir() if p.name[:-4] not in ids)
         if orphans:
             warnings.append(
                 f"{folder}: {len(orphans)} file(s) matching no image_id, e.g. {orphans[:5]}"
             )
-        masks[name] = sum((folder / n).is_file() for n in expected)
+        present = [iid for iid in ids if (folder / f"{iid}.png").is_file()]
+        counts[name] = len(present)
+        for iid in present:
+            have.setdefault(iid, []).append(name)
 
-    # pixels
-    if check_images:
-        n_classes = len(CLASS_NAMES)
-        for row, iid, path in images:
-            try:
-                image, _ = read_image(path, bits_stored=bits, max_pixels=max_pixels)
-            except DatasetError as e:
-                raise DatasetError(f"{row}: {e}") from e
-            if image.ndim != 2 or min(image.shape) < 2:
-                raise row.fail(
-                    f"{path}: wrong dimensionality, shape {image.shape} "
-                    "(expected a 2-D image with both sides >= 2)"
-                )
-            for name in annotators:
-                mpath = root / mask_relpath(name, iid)
-                if not mpath.is_file():
-                    continue
-                try:
-                    mask = read_png(mpath, max_pixels=max_pixels)
-                except DatasetError as e:
-                    raise DatasetError(f"{e} (mask of {IMAGES_CSV} data row {row.index})") from e
-                where = f"{mpath} (mask of {IMAGES_CSV} data row {row.index}, line {row.line})"
-                if mask.shape != image.shape:
-                    raise DatasetError(
-                        f"{where}: mask shape {mask.shape} does not match its image {image.shape}"
-                    )
-                top = int(mask.max()) if mask.size else 0
-                if top >= n_classes:
-                    bad = sorted(int(v) for v in np.unique(mask[mask >= n_classes]))[:10]
-                    raise DatasetError(
-                        f"{where}: unknown class id(s) {bad} (expected 0..{n_classes - 1})"
-                    )
-                if top == 0:
-                    raise DatasetError(
-                        f"{where}: empty mask (all background); delete the file if the "
-                        "annotator did not label this image"
-                    )
+    rows = []
+    for row, im in checked:
+        im = dataclasses.replace(
+            im, masks=tuple(a for a in annotators if a in have.get(im.image_id, ()))
+        )
+        rows.append(im)
+        if images == "none":
+            continue
+        path = root / im.path
+        try:
+            if images == "decode":
+                shape = read_image(path, bits_stored=bits, max_pixels=max_pixels)[0].shape
+            else:
+                shape = image_shape(path, max_pixels=max_pixels)
+        except DatasetError as e:
+            raise DatasetError(f"{row}: {e}") from e
+        if len(shape) != 2 or min(shape) < 2:
+            raise row.fail(
+                f"{path}: wrong dimensionality, shape {shape} (expected a 2-D image with both "
+                "sides >= 2)"
+            )
+        for name in im.masks:
+            mpath = root / mask_relpath(name, im.image_id)
+            if not allow_outside_paths:
+                check_inside(root, mpath, str(mpath))
+            _check_mask(mpath, row, tuple(shape), max_pixels)
 
-    return ValidationReport(
-        root=str(root),
-        n_subjects=len(s_rows),
-        n_images=len(i_rows),
+    return DatasetIndex(
+        root=root,
+        rows=tuple(rows),
+        n_subjects=len(subjects),
         annotators=tuple(annotators),
-        masks=masks,
+        masks=counts,
+        bits_stored=bits,
         warnings=tuple(warnings),
+    )
+
+
+def check_training(index: DatasetIndex, annotators: tuple[str, ...] | None) -> tuple[str, ...]:
+    """The annotators a segmenter trains on, after checking that there is something to learn.
+
+    Args:
+      index: a checked folder (its masks decoded: ``images`` not ``"none"``).
+      annotators: mask folders asked for; None: the human-like annotators, else ``exact``.
+
+    Returns:
+      The annotators, in the order given.
+
+    Raises:
+      DatasetError: no mask folder, an annotator that is not one, or no image with a mask
+        from the annotators (empty masks are refused by :func:`check_dataset`).
+    """
+    masks = index.root / "masks"
+    if not index.annotators:
+        raise DatasetError(f"{masks}: no mask folders found; a segmenter needs masks to train")
+    if annotators:
+        missing = [a for a in annotators if a not in index.annotators]
+        if missing:
+            raise DatasetError(
+                f"{masks}: no annotator folder {missing} (found {list(index.annotators)})"
+            )
+        chosen = tuple(annotators)
+    else:
+        human = tuple(a for a in index.annotators if a != EXACT)
+        chosen = human or (EXACT,)
+    if not any(set(chosen) & set(r.masks) for r in index.rows):
+        raise DatasetError(
+            f"{masks}: no image has a mask from annotators {list(chosen)}; nothing to train a "
+            "segmenter on"
+        )
+    return chosen
+
+
+def validate_folder(
+    root: str | os.PathLike,
+    *,
+    check_images: bool = True,
+    max_pixels: int | None = MAX_IMAGE_PIXELS,
+    allow_outside_paths: bool = False,
+) -> ValidationReport:
+    """Checks a dataset folder (``osteo-jax validate``); raises on the first problem.
+
+    :func:`check_dataset` with every image decoded (``check_images``) or the tables only.
+
+    Returns:
+      A :class:`ValidationReport` of a valid folder.
+    """
+    index = check_dataset(
+        root,
+        images="decode" if check_images else "none",
+        max_pixels=max_pixels,
+        allow_outside_paths=allow_outside_paths,
+    )
+    return ValidationReport(
+        root=str(index.root),
+        n_subjects=index.n_subjects,
+        n_images=len(index.rows),
+        annotators=index.annotators,
+        masks=index.masks,
+        warnings=index.warnings,
     )

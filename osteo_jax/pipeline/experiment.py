@@ -61,6 +61,7 @@ def run_experiment(
     workers: int | None = None,
     report: bool = True,
     overwrite: bool = False,
+    allow_outside_paths: bool = False,
 ) -> dict:
     """Runs (or resumes) the whole pipeline; returns the stage timings and headline figures.
 
@@ -74,6 +75,8 @@ def run_experiment(
       workers: processes for rendering the synthetic cohort (default: all cores).
       report: write ``report.md`` / ``report.html`` at the end.
       overwrite: start afresh, replacing only the files ``run`` writes (others stay).
+      allow_outside_paths: accept paths of ``data`` leaving its folder
+        (:mod:`osteo_jax.data.confine`).
 
     Returns:
       ``{"out", "data", "wall_s", "stages": {name: seconds}, "summary", "seg_val",
@@ -91,7 +94,10 @@ def run_experiment(
     if data is None and cfg.synth is None:
         raise ValueError("no dataset folder given and the config has no synthetic cohort")
     data = Path(out) / "data" if data is None else Path(data)
-    if data != Path(out) / "data":
+    if data != Path(out) / "data":  # the dataset's rules, before anything is written
+        from osteo_jax.data.dataset import training_annotators
+
+        training_annotators(data, cfg.seg.annotators, allow_outside_paths=allow_outside_paths)
         _check_covariates(data, cfg)  # fail now, not after hours of training
     try:
         claim = claim_run_dir(out, "run", cfg, str(data), overwrite=overwrite)
@@ -127,6 +133,7 @@ def run_experiment(
             t0=t0,
             progress=progress,
             report=report,
+            allow_outside_paths=allow_outside_paths,
         )
 
 
@@ -138,7 +145,9 @@ def _check_covariates(data: Path, cfg: ExperimentConfig) -> None:
         read_covariates(data, cfg.protocol.covariates)
 
 
-def _stages(cfg, out, data, claim, *, stage, stages, t0, progress, report) -> dict:
+def _stages(
+    cfg, out, data, claim, *, stage, stages, t0, progress, report, allow_outside_paths
+) -> dict:
     """The stages after the data of :func:`run_experiment`, each skipped or resumed if done."""
     from osteo_jax.eval.seg_eval import evaluate_segmenter
     from osteo_jax.pipeline.extract import extract_segments
@@ -147,7 +156,14 @@ def _stages(cfg, out, data, claim, *, stage, stages, t0, progress, report) -> di
 
     t = time.perf_counter()
     seg_run = out / "seg"
-    seg = train_segmenter(data, seg_run, cfg.seg, evaluate_fn=evaluate_segmenter, progress=progress)
+    seg = train_segmenter(
+        data,
+        seg_run,
+        cfg.seg,
+        evaluate_fn=evaluate_segmenter,
+        progress=progress,
+        allow_outside_paths=allow_outside_paths,
+    )
     stage("train-seg", t)
 
     t = time.perf_counter()
@@ -162,6 +178,7 @@ def _stages(cfg, out, data, claim, *, stage, stages, t0, progress, report) -> di
             cfg=cfg.segment,
             overwrite=True,
             batch_size=cfg.seg.batch_size,  # the validation compile is reused
+            allow_outside_paths=allow_outside_paths,
         )
     stage("segments", t)
 

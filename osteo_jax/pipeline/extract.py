@@ -14,6 +14,7 @@ into place, so a failure leaves nothing behind.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -24,13 +25,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from osteo_jax.config import ROI_REGIONS, SegmentConfig
+from osteo_jax.data.dataset import read_dataset
 from osteo_jax.data.errors import DatasetError
 from osteo_jax.data.folder import (
-    IMAGES_CSV,
-    SUBJECTS_CSV,
     annotators_of,
     mask_relpath,
-    read_csv,
     read_labels,
     rows_from,
     write_csv,
@@ -63,29 +62,18 @@ __all__ = [
 ]
 
 
-def subject_labels(root: str | os.PathLike) -> dict[str, tuple[int, float]]:
-    """``subject_id -> (label, t_score)`` from a dataset's subjects CSV (-1 / NaN if absent)."""
-    path = Path(root) / SUBJECTS_CSV
-    if not path.exists():
-        raise DatasetError(f"{path}: not found")
-    out = {}
-    for i, row in enumerate(read_csv(path), start=2):
-        label = row.get("label", "")
-        t = row.get("t_score", "")
-        try:
-            out[row["subject_id"]] = (
-                int(label) if label not in ("", None) else -1,
-                float(t) if t not in ("", None) else float("nan"),
-            )
-        except (KeyError, ValueError) as err:
-            raise DatasetError(f"{path}, row {i}: bad subject_id/label/t_score ({err})") from err
-    return out
+def subject_labels(
+    root: str | os.PathLike, *, allow_outside_paths: bool = False
+) -> dict[str, tuple[int, float]]:
+    """``subject_id -> (label, t_score)`` of a checked dataset's images (-1 / NaN unknown)."""
+    index = read_dataset(root, images="none", allow_outside_paths=allow_outside_paths)
+    return {r.subject_id: (r.label, r.t_score) for r in index.rows}
 
 
-def _spacing_of(row: dict[str, str]) -> float | None:
-    """The row's pixel spacing in mm, or None where ``images.csv`` does not give one."""
-    value = row.get("pixel_spacing_mm", "")
-    return float(value) if value not in ("", None) and float(value) > 0 else None
+def _spacing_of(row: dict) -> float | None:
+    """The row's pixel spacing in mm, or None where the dataset does not give one."""
+    value = float(row.get("pixel_spacing_mm", math.nan))
+    return value if value > 0 else None
 
 
 # A source cuts one chunk of images: (rows, full-resolution images) -> [(images [n, S, S],
@@ -228,6 +216,7 @@ def extract_segments(
     overwrite: bool = False,
     batch_size: int = 8,
     workers: int = 4,
+    allow_outside_paths: bool = False,
 ) -> Path:
     """Cuts the segments of every image of ``data`` into the folder ``out``.
 
@@ -242,23 +231,22 @@ def extract_segments(
       overwrite: replace the segment files of an existing ``out`` (other files stay).
       batch_size: images per segmenter call.
       workers: decoding / cutting threads.
+      allow_outside_paths: accept image paths leaving ``data``
+        (:mod:`osteo_jax.data.confine`).
 
     Returns:
       ``out``.
 
     Raises:
       OutputFolderError: ``out`` holds other files, or segments (without ``overwrite``).
+      DatasetError: ``data`` breaks a rule of :func:`~osteo_jax.data.dataset.read_dataset`
+        (checked before anything is written).
     """
     data, out = Path(data), check_dir(out, "segment", overwrite=overwrite)
     if not overwrite and (out / SEGMENTS_JSON).exists():
         raise OutputFolderError(f"{out}: holds segments; pass --overwrite to replace them")
-    rows = read_csv(data / IMAGES_CSV)
-    subjects = subject_labels(data)
-    for i, row in enumerate(rows, start=2):
-        if row["subject_id"] not in subjects:
-            raise DatasetError(
-                f"{data / IMAGES_CSV}, row {i}: subject {row['subject_id']!r} not in subjects.csv"
-            )
+    index = read_dataset(data, allow_outside_paths=allow_outside_paths)
+    rows = [dataclasses.asdict(r) for r in index.rows]
 
     def load(row):
         return normalise(read_image(data / row["path"])[0])
@@ -292,8 +280,8 @@ def extract_segments(
                 {
                     "image_id": [r["image_id"] for r in rows],
                     "subject_id": [r["subject_id"] for r in rows],
-                    "label": [subjects[r["subject_id"]][0] for r in rows],
-                    "t_score": [subjects[r["subject_id"]][1] for r in rows],
+                    "label": [r["label"] for r in rows],
+                    "t_score": [r["t_score"] for r in rows],
                 }
             ),
         )

@@ -42,7 +42,12 @@ def restore_segmenter(run: str | os.PathLike) -> tuple[Segmenter, dict, SegTrain
 
 
 def evaluate_run(
-    run: str | os.PathLike, data: str | os.PathLike, *, split: str = "val", n_figure: int = 4
+    run: str | os.PathLike,
+    data: str | os.PathLike,
+    *,
+    split: str = "val",
+    n_figure: int = 4,
+    allow_outside_paths: bool = False,
 ) -> dict:
     """Scores a run on ``split`` of ``data``; writes ``seg_metrics.json`` and ``seg_figure.png``.
 
@@ -51,7 +56,9 @@ def evaluate_run(
     """
     run = Path(run)
     model, params, cfg, step = restore_segmenter(run)
-    arrays = load_seg_arrays(data, cfg.model.image_size, cfg.annotators)
+    arrays = load_seg_arrays(
+        data, cfg.model.image_size, cfg.annotators, allow_outside_paths=allow_outside_paths
+    )
     if split != "all":
         subjects = set(json.loads((run / "split.json").read_text())[split])
         idx = np.flatnonzero([s in subjects for s in arrays.subject_ids])

@@ -52,6 +52,7 @@ def train_segmenter(
     stream: bool = False,
     workers: int = 0,
     overwrite: bool = False,
+    allow_outside_paths: bool = False,
 ) -> dict:
     """Trains the segmenter on a dataset folder; resumes from ``run_dir``'s latest checkpoint.
 
@@ -77,12 +78,27 @@ def train_segmenter(
         useful with ``stream`` or a TFDS build).
       overwrite: start afresh in a folder holding other files or an earlier run, deleting
         only train-seg's own files (:mod:`osteo_jax.data.outdir`).
+      allow_outside_paths: accept a folder's paths leaving its root
+        (:mod:`osteo_jax.data.confine`).
 
     Returns:
       Summary dict: steps, wall time, final training metrics and the last validation metrics.
     """
     check_dir(run_dir, "train-seg", overwrite=overwrite)  # refused before the data is read
-    source = seg_source(data, cfg.model.image_size, cfg.annotators, stream=stream)
+    # The folder is checked (read_dataset) and, unless streamed, loaded before anything is
+    # written: a bad folder leaves no run folder behind.
+    source = seg_source(
+        data,
+        cfg.model.image_size,
+        cfg.annotators,
+        stream=stream,
+        allow_outside_paths=allow_outside_paths,
+    )
+    if progress and getattr(source, "unlabelled", ()):
+        print(
+            f"note: {len(source.unlabelled)} image(s) without a mask from {source.annotators} "
+            f"are not used to train the segmenter, e.g. {list(source.unlabelled[:3])}"
+        )
     subject_ids = np.asarray(source.subject_ids)
     train_idx, val_idx = split_by_subject(subject_ids, cfg.val_fraction, cfg.seed)
     mesh = data_mesh(devices, batch_size=cfg.batch_size)
