@@ -55,7 +55,7 @@ from osteo_jax.data.dataset import read_dataset
 from osteo_jax.data.errors import DatasetError
 from osteo_jax.data.folder import mask_relpath, read_labels, read_png
 from osteo_jax.data.folder_index import ImageRow, source_fingerprint
-from osteo_jax.data.validate import SPLITS
+from osteo_jax.data.table_rules import SPLITS
 
 __all__ = ["MISSING_MASK", "OsteoHandXray"]
 
