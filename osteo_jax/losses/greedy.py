@@ -27,9 +27,10 @@ def greedy_plan(*, cost: jax.Array, gamma: float | jax.Array, beta: jax.Array) -
     annotation goes whole to its cheapest hypothesis (MoSE's ``gamma == 1`` branch). With
     uniform ``beta`` the plan is feasible for the capped problem; with non-uniform ``beta`` the
     caps hold in units of ``1 / M`` before step 3, so a row sum can exceed ``gamma``, as in
-    MoSE. The plan is a vertex, not the optimum: on the random family of
-    ``tests/test_ot_fidelity.py`` (N = 16, M = 3-4, uniform costs) it cost up to 26 % more than
-    the exact optimum at ``gamma = 0.25`` and 0 % more at ``gamma = 1``, where it is exact.
+    MoSE. The plan is a vertex, not always the optimum: on the random family of issue 17
+    (N = 16, M = 3-4, uniform costs, 200 problems; ``experiments/ot_fidelity.py``) it was exact
+    in the median but cost up to 146 % more than the optimum at ``gamma = 0.25`` and 57 % more
+    at ``gamma = 0.5``; at ``gamma = 1`` it is exact.
 
     Args:
       cost: ``[N, M]`` cost (no gradient flows through the plan).
