@@ -14,12 +14,13 @@ import numpy as np
 __all__ = ["calibration_bins", "mose_foreground_ece", "pixel_ece"]
 
 
-def _labels(x, num_classes: int, name: str) -> np.ndarray:
+def _label_map(x, num_classes: int, name: str) -> np.ndarray:
+    """``x`` as an array; TypeError unless integer, ValueError for labels outside ``0..C-1``."""
     x = np.asarray(x)
-    if not np.issubdtype(x.dtype, np.integer):
-        raise TypeError(f"{name} must be an integer label map, got dtype {x.dtype}")
-    if x.size and (x.min() < 0 or x.max() >= num_classes):
-        raise ValueError(f"{name} has labels outside 0..{num_classes - 1}")
+    kind = "integer" if np.issubdtype(x.dtype, np.integer) else None
+    if kind is None or (x.size and not 0 <= x.min() <= x.max() < num_classes):
+        error = ValueError if kind else TypeError
+        raise error(f"{name} must be an integer label map in 0..{num_classes - 1} ({x.dtype})")
     return x
 
 
@@ -67,7 +68,7 @@ def pixel_ece(probs_mean, target, n_bins: int = 10, foreground_only: bool = True
       ECE, a float in ``[0, 1]``; ``nan`` if no pixel is counted.
     """
     probs_mean = np.asarray(probs_mean, dtype=np.float64)
-    target = _labels(target, probs_mean.shape[-1], "target")
+    target = _label_map(target, probs_mean.shape[-1], "target")
     if probs_mean.shape[:-1] != target.shape:
         raise ValueError(f"probs {probs_mean.shape} do not match target {target.shape}")
     conf = probs_mean.max(-1).ravel()
@@ -106,7 +107,7 @@ def mose_foreground_ece(probs_mean, annots, n_bins: int = 10) -> float:
     """
     probs_mean = np.asarray(probs_mean, dtype=np.float64)
     num_classes = probs_mean.shape[-1]
-    annots = _labels(annots, num_classes, "annots")
+    annots = _label_map(annots, num_classes, "annots")
     if annots.shape[1:] != probs_mean.shape[:-1]:
         raise ValueError(f"probs {probs_mean.shape} do not match annots {annots.shape}")
     conf = probs_mean.max(-1).ravel()

@@ -210,14 +210,8 @@ def relaxed_ot_loss(
     if plan == "mose":
         target = greedy_plan(cost=cost, gamma=gamma, beta=_column_marginal(beta, cost.shape[1]))
     else:
-        target = capped_plan(
-            cost=cost,
-            gamma=gamma,
-            beta=beta,
-            epsilon=epsilon,
-            num_iters=num_iters,
-            epsilon_start=epsilon_start,
-        )
+        solver = dict(epsilon=epsilon, num_iters=num_iters, epsilon_start=epsilon_start)
+        target = capped_plan(cost=cost, gamma=gamma, beta=beta, **solver)
     transport = jnp.sum(target * cost)
     row_mass = jnp.sum(target, axis=1)
     p = row_mass / jnp.sum(row_mass)
