@@ -61,7 +61,8 @@ def get_config(
     deterministic decoder. ``mixture_gamma05``: MoSE's and the paper's gamma 0.5 -> 1, with
     which the router collapses onto one expert. ``mixture_iou``: MoSE's pure soft-IoU cost.
     ``mixture_accurate``: the plan annealed to epsilon 5e-4 (near-exact). ``mixture_mose``:
-    MoSE's greedy plan and KL scale. ``small``: the demo's narrow segmenter and gamma ramp.
+    MoSE's greedy plan and KL scale. ``mixture_kl_mean``: only MoSE's KL scale. ``small``: the
+    demo's narrow segmenter and gamma ramp.
     """
     model = SegConfig(image_size=size)
     ot = OTConfig()
@@ -88,6 +89,7 @@ def get_config(
         "mixture_iou": with_ot(ce_weight=0.0),
         "mixture_accurate": with_ot(epsilon=5e-4, epsilon_start=0.1, num_iters=300),
         "mixture_mose": with_ot(plan="mose", kl_reduction="mean"),
+        "mixture_kl_mean": with_ot(kl_reduction="mean"),
     }
 
 
@@ -164,13 +166,13 @@ def main() -> None:
         + ["ged", "hm_iou", "ece", "ece_mose"]
     )
     names = list(results)
-    print(f"{'metric (val subjects)':28s}" + "".join(f"{n:>12s}" for n in names))
+    width = {n: max(12, len(n) + 1) for n in names}
+    print(f"{'metric (val subjects)':28s}" + "".join(f"{n:>{width[n]}s}" for n in names))
     for r in rows:
-        print(
-            f"{r:28s}" + "".join(f"{results[n]['val'].get(r, float('nan')):12.4f}" for n in names)
-        )
+        values = (f"{results[n]['val'].get(r, float('nan')):{width[n]}.4f}" for n in names)
+        print(f"{r:28s}" + "".join(values))
     for r in ("experts_alive", "wall_s"):
-        print(f"{r:28s}" + "".join(f"{results[n].get(r, float('nan')):12}" for n in names))
+        print(f"{r:28s}" + "".join(f"{results[n].get(r, float('nan')):{width[n]}}" for n in names))
     summary = {
         "size": args.size,
         "n_val_images": results[names[0]]["val"].get("n_images"),
