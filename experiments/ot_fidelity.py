@@ -1,6 +1,7 @@
 """Accuracy, cost and time of the capped-plan options against the exact optimum (issue 17).
 
-Command (CPU, about 2 minutes; timings are of a jitted, vmapped batch of 8 problems)::
+Command (CPU, about 20 s on 2 idle cores; timings are of a jitted, vmapped batch of 8
+problems, forward only)::
 
     .venv/bin/python experiments/ot_fidelity.py --problems 200 --out runs/ot_fidelity.json
 
@@ -11,6 +12,14 @@ option: the worst and median relative excess cost ``sum T C / OPT - 1``, the wor
 excess over gamma and column-sum error, the share of annotations that put at least 90 % of
 their mass on their cheapest hypothesis at gamma = 1, the median L1 distance to the exact plan,
 whether the loss gradients are finite at identical hypotheses, and the time per batch.
+
+Result (200 problems per gamma, 2 idle cores): worst excess 26-28 % for the soft plan
+(epsilon 0.01, median 3 %), 1.6 % for epsilon 1e-3 however reached (200 or 1000 plain
+iterations, or annealed from 0.1; plain iterations leave rows up to 0.17 / 0.08 over gamma),
+0.45 % for the default (annealed 0.1 -> 5e-4, 300 iterations; 0.77 ms vs 0.50 ms for the soft
+plan), 146 % at gamma 0.25 for MoSE's greedy coupling (0 at gamma 1). Rounding (Altschuler et
+al. 2017) makes the marginals exact but never lowers the cost (up to 33 % above the optimum
+after rounding an unconverged plan). Gradients were finite for every option.
 """
 
 from __future__ import annotations
@@ -36,9 +45,9 @@ OPTIONS = {
     "eps 1e-3, 200 it": (1e-3, 200, None, False),
     "eps 1e-3, 1000 it": (1e-3, 1000, None, False),
     "eps 1e-3, 1000 it + rounding": (1e-3, 1000, None, True),
-    "anneal 0.1 -> 1e-3, 200 it (capped_plan default)": (1e-3, 200, 0.1, False),
+    "anneal 0.1 -> 1e-3, 200 it": (1e-3, 200, 0.1, False),
     "anneal 0.1 -> 1e-3, 200 it + rounding": (1e-3, 200, 0.1, True),
-    "anneal 0.1 -> 5e-4, 300 it": (5e-4, 300, 0.1, False),
+    "anneal 0.1 -> 5e-4, 300 it (capped_plan default)": (5e-4, 300, 0.1, False),
     "mose greedy": "mose",
 }
 

@@ -16,8 +16,8 @@ adds the paper's gamma 0.5 -> 1 (router collapse); ``--seed 1`` repeats with ano
 seed on the same cohort.
 
 The OT-fidelity rows (issue 17) at the demo's size (``--small``: the demo's narrow segmenter at
-96 px, 12 epochs, gamma ramp 60 + 100 steps; the demo's 512 px cohort; 228 steps, about 5
-minutes a row on 2 idle cores)::
+96 px, 12 epochs, gamma ramp 60 + 100 steps; the demo's 512 px cohort; 228 steps, 3 minutes a
+row on 2 idle cores, 5-6 beside other jobs)::
 
     .venv/bin/python experiments/seg_quality.py --small --size 96 --epochs 12 \
         --data runs/demo/data --out runs/seg_quality_ot \
