@@ -188,7 +188,8 @@ def test_capped_plan_tight_capacity_is_balanced(rng):
     plan = np.asarray(plan_fn(cost=cost, gamma=0.5))
     assert _finite(plan)
     np.testing.assert_allclose(plan.sum(axis=1), [0.5, 0.5], atol=1e-3)
-    np.testing.assert_allclose(plan.sum(axis=0), [1 / 3] * 3, atol=1e-5)
+    # Column sums hold to float32 rounding of C / epsilon: < 2e-5 at the default epsilon 5e-4.
+    np.testing.assert_allclose(plan.sum(axis=0), [1 / 3] * 3, atol=3e-5)
 
 
 def test_capped_plan_rejects_too_little_capacity():
