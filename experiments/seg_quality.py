@@ -14,6 +14,21 @@ GED(mixture) < GED(U-Net). Prints a table and writes ``OUT/seg_quality.json``.
 Runs resume from their checkpoints when re-launched. ``--models mixture,unet,mixture_gamma05``
 adds the paper's gamma 0.5 -> 1 (router collapse); ``--seed 1`` repeats with another training
 seed on the same cohort.
+
+The OT-fidelity rows (issue 17) at the demo's size (``--small``: the demo's narrow segmenter at
+96 px, 12 epochs, gamma ramp 60 + 100 steps; the demo's 512 px cohort; 228 steps, 3 minutes a
+row on 2 idle cores, 5-6 beside other jobs)::
+
+    .venv/bin/python experiments/seg_quality.py --small --size 96 --epochs 12 \
+        --data runs/demo/data --out runs/seg_quality_ot \
+        --models mixture,mixture_accurate,mixture_mose
+
+``mixture``: the defaults (soft plan, epsilon 0.01, KL summed over N); ``mixture_accurate``:
+the plan within 0.45 % of the exact optimum (epsilon 0.1 -> 5e-4, 300 iterations);
+``mixture_mose``: MoSE's greedy coupling and its KL scale (``plan="mose"``,
+``kl_reduction="mean"``). Each row also
+reports the mean router weight of every expert over the validation images and how many
+experts keep at least 5 % of it (``experts_alive``).
 """
 
 from __future__ import annotations
@@ -24,31 +39,73 @@ import json
 import time
 from pathlib import Path
 
-from osteo_jax.config import BONE_NAMES, SegConfig, SegTrainConfig, SynthConfig
+import jax
+import numpy as np
+
+from osteo_jax.config import BONE_NAMES, OTConfig, SegConfig, SegTrainConfig, SynthConfig
+from osteo_jax.data.inmemory import split_by_subject
 from osteo_jax.data.pipeline import load_seg_arrays
 from osteo_jax.data.synth.synthetic import write_dataset
-from osteo_jax.eval.seg_eval import evaluate_segmenter
+from osteo_jax.eval.seg_eval import evaluate_segmenter, predict_batches
 from osteo_jax.train.seg_loop import train_segmenter
 
+ALIVE_WEIGHT = 0.05
 
-def get_config(size: int = 128, epochs: int = 40, seed: int = 0) -> dict[str, SegTrainConfig]:
+
+def get_config(
+    size: int = 128, epochs: int = 40, seed: int = 0, small: bool = False
+) -> dict[str, SegTrainConfig]:
     """The segmenters compared.
 
     ``mixture``: the package defaults (gamma 1/N -> 1, IoU + 0.1 CE cost). ``unet``: the single
     deterministic decoder. ``mixture_gamma05``: MoSE's and the paper's gamma 0.5 -> 1, with
     which the router collapses onto one expert. ``mixture_iou``: MoSE's pure soft-IoU cost.
+    ``mixture_accurate``: the plan annealed to epsilon 5e-4 (near-exact). ``mixture_mose``:
+    MoSE's greedy plan and KL scale. ``mixture_kl_mean``: only MoSE's KL scale. ``small``: the
+    demo's narrow segmenter and gamma ramp.
     """
+    model = SegConfig(image_size=size)
+    ot = OTConfig()
+    if small:
+        model = dataclasses.replace(model, features=(8, 16, 32, 64), head_hidden=16)
+        ot = dataclasses.replace(ot, gamma_ramp_start=60, gamma_ramp_steps=100)
     base = SegTrainConfig(
-        model=SegConfig(image_size=size),
+        model=model,
+        ot=ot,
         batch_size=8,
         epochs=epochs,
+        warmup_steps=20 if small else 50,
         checkpoint_every=200,
         seed=seed,
     )
-    unet = dataclasses.replace(base, model=dataclasses.replace(base.model, form="unet"))
-    gamma05 = dataclasses.replace(base, ot=dataclasses.replace(base.ot, gamma_start=0.5))
-    iou = dataclasses.replace(base, ot=dataclasses.replace(base.ot, ce_weight=0.0))
-    return {"mixture": base, "unet": unet, "mixture_gamma05": gamma05, "mixture_iou": iou}
+
+    def with_ot(**changes) -> SegTrainConfig:
+        return dataclasses.replace(base, ot=dataclasses.replace(base.ot, **changes))
+
+    return {
+        "mixture": base,
+        "unet": dataclasses.replace(base, model=dataclasses.replace(base.model, form="unet")),
+        "mixture_gamma05": with_ot(gamma_start=0.5),
+        "mixture_iou": with_ot(ce_weight=0.0),
+        "mixture_accurate": with_ot(epsilon=5e-4, epsilon_start=0.1, num_iters=300),
+        "mixture_mose": with_ot(plan="mose", kl_reduction="mean"),
+        "mixture_kl_mean": with_ot(kl_reduction="mean"),
+    }
+
+
+def expert_weights(res: dict, arrays, cfg: SegTrainConfig) -> list[float]:
+    """Mean router weight of each expert over the run's validation images."""
+    _, val_idx = split_by_subject(arrays.subject_ids, cfg.val_fraction, cfg.seed)
+    images = arrays.images[val_idx]
+    params = jax.device_get(res["state"].params["segmenter"])
+    weights = [
+        w
+        for _, _, w in predict_batches(
+            res["model"], params, images, jax.random.key(0), cfg.batch_size
+        )
+    ]
+    per_hyp = np.concatenate(weights).mean(axis=0)  # [N], hypothesis n = k S + j
+    return per_hyp.reshape(cfg.model.num_experts, -1).sum(axis=1).round(4).tolist()
 
 
 def main() -> None:
@@ -59,6 +116,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=40)
     parser.add_argument("--models", default="mixture,unet")
     parser.add_argument("--seed", type=int, default=0, help="training seed (same cohort)")
+    parser.add_argument(
+        "--small", action="store_true", help="the demo's narrow segmenter and gamma ramp"
+    )
     parser.add_argument(
         "--ce-weight",
         type=float,
@@ -71,7 +131,7 @@ def main() -> None:
     if not (data / "images.csv").exists():
         write_dataset(SynthConfig(), data)
     arrays = load_seg_arrays(data, args.size)
-    configs = get_config(args.size, args.epochs, args.seed)
+    configs = get_config(args.size, args.epochs, args.seed, args.small)
     if args.ce_weight is not None:
         configs = {
             k: dataclasses.replace(c, ot=dataclasses.replace(c.ot, ce_weight=args.ce_weight))
@@ -87,8 +147,11 @@ def main() -> None:
         res = train_segmenter(
             arrays, out / name, configs[name], evaluate_fn=evaluate_segmenter, validate_every=10
         )
+        weights = expert_weights(res, arrays, configs[name])
         results[name] = {
             "alpha_max(train)": res["train"].get("alpha_max"),
+            "expert_weights(val)": weights,
+            "experts_alive": sum(w >= ALIVE_WEIGHT for w in weights),
             "wall_s": round(time.perf_counter() - t0, 1),
             "steps": res["steps"],
             "resumed_from": res["resumed_from"],
@@ -100,14 +163,16 @@ def main() -> None:
     rows = (
         ["dice/consensus/mean"]
         + [f"dice/consensus/{b}" for b in BONE_NAMES]
-        + ["ged", "hm_iou", "ece"]
+        + ["ged", "hm_iou", "ece", "ece_mose"]
     )
     names = list(results)
-    print(f"{'metric (val subjects)':28s}" + "".join(f"{n:>12s}" for n in names))
+    width = {n: max(12, len(n) + 1) for n in names}
+    print(f"{'metric (val subjects)':28s}" + "".join(f"{n:>{width[n]}s}" for n in names))
     for r in rows:
-        print(
-            f"{r:28s}" + "".join(f"{results[n]['val'].get(r, float('nan')):12.4f}" for n in names)
-        )
+        values = (f"{results[n]['val'].get(r, float('nan')):{width[n]}.4f}" for n in names)
+        print(f"{r:28s}" + "".join(values))
+    for r in ("experts_alive", "wall_s"):
+        print(f"{r:28s}" + "".join(f"{results[n].get(r, float('nan')):{width[n]}}" for n in names))
     summary = {
         "size": args.size,
         "n_val_images": results[names[0]]["val"].get("n_images"),

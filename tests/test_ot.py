@@ -188,7 +188,8 @@ def test_capped_plan_tight_capacity_is_balanced(rng):
     plan = np.asarray(plan_fn(cost=cost, gamma=0.5))
     assert _finite(plan)
     np.testing.assert_allclose(plan.sum(axis=1), [0.5, 0.5], atol=1e-3)
-    np.testing.assert_allclose(plan.sum(axis=0), [1 / 3] * 3, atol=1e-5)
+    # Column sums hold to float32 rounding of C / epsilon: < 2e-5 at the default epsilon 5e-4.
+    np.testing.assert_allclose(plan.sum(axis=0), [1 / 3] * 3, atol=3e-5)
 
 
 def test_capped_plan_rejects_too_little_capacity():
@@ -211,9 +212,11 @@ def test_relaxed_loss_identical_hypotheses(zero_alpha, rng):
     assert loss.dtype == jnp.float32 and _finite(loss, g_cost, g_alpha)
     # Identical hypotheses: the annotation mass spreads evenly, whatever the plan.
     np.testing.assert_allclose(aux["row_mass"], np.full(n, 1.0 / n), atol=1e-5)
-    np.testing.assert_allclose(aux["transport"], row.mean(), rtol=1e-5)
+    # At the default epsilon = 1e-3 the column sums hold to float32 rounding of C / epsilon,
+    # about 1e-5 relative.
+    np.testing.assert_allclose(aux["transport"], row.mean(), rtol=1e-4)
     if not zero_alpha:
-        np.testing.assert_allclose(loss, row.mean(), rtol=1e-5)
+        np.testing.assert_allclose(loss, row.mean(), rtol=1e-4)
 
 
 def test_relaxed_loss_kl_vanishes_at_plan_row_mass(rng):

@@ -7,6 +7,8 @@ import scipy.stats
 from sklearn.metrics import f1_score, jaccard_score
 
 from osteo_jax.config import BONE_NAMES
+from osteo_jax.eval.calibration import calibration_bins, mose_foreground_ece
+from osteo_jax.eval.cls_metrics import binary_ece, reliability_curve
 from osteo_jax.eval.seg_metrics import (
     dice_iou_per_class,
     ged,
@@ -287,6 +289,30 @@ def test_ece_foreground_only():
     assert np.isnan(pixel_ece(probs[2:], target[2:]))
 
 
+def test_one_binning_convention():
+    # Right-closed bins ((b-1)/B, b/B], 0 in the first: the same for every ECE of the package.
+    edges = np.array([0.0, 0.05, 0.1, 0.1000001, 0.5, 0.95, 1.0])
+    np.testing.assert_array_equal(calibration_bins(edges, 10), [0, 0, 0, 1, 4, 9, 9])
+    # p = 0.5 sits in bin (0.4, 0.5] with 0.45, not with 0.55: |1/2 - 0.475| + 0 (0.55 alone).
+    probs, labels = np.array([0.45, 0.5, 0.55]), np.array([1, 0, 1])
+    assert binary_ece(probs, labels) == pytest.approx((abs(1 - 0.95) + abs(1 - 0.55)) / 3)
+    np.testing.assert_array_equal(reliability_curve(probs, labels)["count"][[4, 5]], [2, 1])
+    with pytest.raises(ValueError, match="bins"):
+        calibration_bins(edges, 0)
+
+
+def test_mose_foreground_ece_hand_case():
+    # Four pixels: two predicted bone at 0.8 (annotators 2/2 and 1/2 agree), two predicted
+    # background (ignored by MoSE's convention but counted in the denominator).
+    probs = _one_hot_probs(np.array([1, 1, 0, 0]), 0.8)
+    annots = np.array([[1, 1, 2, 0], [1, 0, 2, 0]])
+    assert mose_foreground_ece(probs, annots) == pytest.approx(abs(0.75 - 0.8) * 2 / 4)
+    # No pixel predicted bone: 0, though annotators marked pixel 2 (ours would count it).
+    assert mose_foreground_ece(probs[2:], annots[:, 2:]) == 0.0
+    with pytest.raises(ValueError, match="match"):
+        mose_foreground_ece(probs, annots[:, :3])
+
+
 # ----------------------------------------------------------------------------- uncertainty
 
 
@@ -329,7 +355,7 @@ def test_seg_report(rng):
     probs = np.stack([_one_hot_probs(annots[0], 0.9), _one_hot_probs(annots[1], 0.6)])
     w = np.array([0.5, 0.5])
     report = seg_report(probs, w, annots)
-    assert len(report) == 2 * 3 * 8 + 3
+    assert len(report) == 2 * 3 * 8 + 4
     assert all(isinstance(v, float) for v in report.values())
 
     pred = np.tensordot(w, probs, axes=1).argmax(-1)
@@ -353,6 +379,11 @@ def test_seg_report(rng):
     only0 = (annots[0] > 0) & (annots[1] == 0)
     gap = agree.sum() * (1 - 0.75) + only0.sum() * (1 - (0.45 + 0.2 / 7))
     assert report["ece"] == pytest.approx(gap / (agree.sum() + only0.sum()))
+    # MoSE's convention: the same predicted-bone pixels, accuracy = share of annotators giving
+    # the predicted class (1 where both agree, 1/2 where annotator 1 says background), over all
+    # 64 pixels.
+    gap = agree.sum() * (1 - 0.75) + only0.sum() * abs(0.5 - (0.45 + 0.2 / 7))
+    assert report["ece_mose"] == pytest.approx(gap / 64)
 
 
 def test_hm_iou_ot_with_collapsed_router_weights(rng):

@@ -1,5 +1,6 @@
 """Evaluation: figures and metrics."""
 
+from osteo_jax.eval.calibration import calibration_bins, mose_foreground_ece, pixel_ece
 from osteo_jax.eval.preview import dataset_preview
 from osteo_jax.eval.radiogrammetry.hypotheses import (
     measure_hypotheses,
@@ -14,12 +15,12 @@ from osteo_jax.eval.seg_metrics import (
     majority_consensus,
     multiclass_iou,
     pairwise_iou,
-    pixel_ece,
     seg_report,
     uncertainty_maps,
 )
 
 __all__ = [
+    "calibration_bins",
     "dataset_preview",
     "dice_iou_per_class",
     "ged",
@@ -29,6 +30,7 @@ __all__ = [
     "measure_hypotheses",
     "measure_prediction",
     "measure_radiograph",
+    "mose_foreground_ece",
     "multiclass_iou",
     "pairwise_iou",
     "pixel_ece",

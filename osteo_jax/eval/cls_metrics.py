@@ -17,6 +17,7 @@ import numpy as np
 
 from osteo_jax.data.segments import SegmentSet
 from osteo_jax.data.synth.cohort import roc_auc
+from osteo_jax.eval.calibration import calibration_bins
 
 __all__ = [
     "METRICS",
@@ -156,7 +157,7 @@ def _f1(tp: float, fp: float, fn: float) -> float:
 
 def _ece(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> float:
     # sum_b n_b / n |mean(y)_b - mean(p)_b| = sum_b |sum(y)_b - sum(p)_b| / n.
-    idx = np.clip((probs * bins).astype(np.int64), 0, bins - 1)
+    idx = calibration_bins(probs, bins)
     gap = np.bincount(idx, weights=labels - probs, minlength=bins)
     return float(np.abs(gap).sum() / len(probs))
 
@@ -205,10 +206,10 @@ def binary_ece(probs: np.ndarray, labels: np.ndarray, bins: int = 10) -> float:
     Each subject is one prediction: its probability ``p`` of the positive class is compared with
     the frequency of positive labels among subjects of similar ``p`` (not the top-label
     confidence). With ``B = bins`` equal-width bins of ``p``,
-    ``ECE = sum_b n_b / n |mean(y)_b - mean(p)_b|``. Bins are left-closed, ``[b/B, (b+1)/B)``
-    for ``b = 0 .. B-1``: a probability of exactly ``b/B`` falls in bin ``b``, and ``p = 1`` in
-    the last bin, ``[(B-1)/B, 1]``. The segmenter's per-pixel ECE is
-    :func:`osteo_jax.eval.seg_metrics.pixel_ece` (top label, right-closed bins).
+    ``ECE = sum_b n_b / n |mean(y)_b - mean(p)_b|``. Bins are the package's one convention,
+    :func:`osteo_jax.eval.calibration.calibration_bins`: right-closed, ``((b-1)/B, b/B]``, a
+    probability of exactly ``b/B`` in bin ``b`` and ``p = 0`` in the first. The segmenter's
+    per-pixel ECEs are in :mod:`osteo_jax.eval.calibration` (top label, same bins).
 
     Args:
       probs: ``[n]`` probabilities in ``[0, 1]``.
@@ -272,7 +273,7 @@ def roc_curve(probs: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.nda
 def reliability_curve(
     probs: np.ndarray, labels: np.ndarray, bins: int = 10
 ) -> dict[str, np.ndarray]:
-    """Per equal-width bin: mean probability, observed frequency and count.
+    """Per equal-width bin (right-closed, as :func:`binary_ece`): mean p, frequency, count.
 
     Args:
       probs: ``[n]`` probabilities in ``[0, 1]``.
@@ -283,7 +284,7 @@ def reliability_curve(
       ``{"confidence", "frequency", "count"}``, each ``[bins]`` (0 in an empty bin).
     """
     probs, labels = check_probabilities(probs, labels)
-    idx = np.clip((probs * bins).astype(int), 0, bins - 1)
+    idx = calibration_bins(probs, bins)
     count = np.bincount(idx, minlength=bins).astype(np.float64)
     conf = np.bincount(idx, weights=probs, minlength=bins) / np.maximum(count, 1)
     freq = np.bincount(idx, weights=labels, minlength=bins) / np.maximum(count, 1)

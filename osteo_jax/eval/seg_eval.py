@@ -9,7 +9,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from osteo_jax.eval.seg_metrics import majority_consensus, pixel_ece, seg_report
+from osteo_jax.eval.calibration import mose_foreground_ece, pixel_ece
+from osteo_jax.eval.seg_metrics import majority_consensus, seg_report
 from osteo_jax.models.mixture import Segmenter
 
 
@@ -67,7 +68,8 @@ def evaluate_segmenter(
 ) -> dict[str, float]:
     """Dataset-level segmentation metrics (means of the per-image :func:`seg_report`).
 
-    ECE is pooled over all pixels of all images (not a mean of per-image ECEs).
+    Both ECEs (``ece``, ``ece_mose``) are pooled over all pixels of all images (not means of
+    per-image ECEs).
 
     Args:
       model: the segmenter.
@@ -80,10 +82,11 @@ def evaluate_segmenter(
       predict_fn: a jitted function from :func:`make_predict_fn` to reuse.
 
     Returns:
-      Flat dict: ``dice/consensus/mean``, per-bone Dice and IoU, ``ged``, ``hm_iou``, ``ece``.
+      Flat dict: ``dice/consensus/mean``, per-bone Dice and IoU, ``ged``, ``hm_iou``, ``ece``,
+      ``ece_mose``.
     """
     reports = []
-    conf_probs, conf_targets = [], []
+    conf_probs, conf_targets, conf_annots = [], [], []
     for start, probs, weights in predict_batches(
         model, params, images, key, batch_size, predict_fn
     ):
@@ -93,9 +96,12 @@ def evaluate_segmenter(
             reports.append(seg_report(probs[i], w, annots, probs.shape[-1]))
             conf_probs.append(np.tensordot(w, probs[i], axes=1).astype(np.float32))
             conf_targets.append(majority_consensus(annots, probs.shape[-1]))
+            conf_annots.append(annots)
     keys = reports[0].keys()
     out = {k: float(np.nanmean([r[k] for r in reports])) for k in keys}
     out["ece"] = pixel_ece(np.stack(conf_probs), np.stack(conf_targets))
+    # [n, M, H, W] -> [M, n, H, W]: the annotator axis first, as mose_foreground_ece takes it.
+    out["ece_mose"] = mose_foreground_ece(np.stack(conf_probs), np.stack(conf_annots, axis=1))
     if annotator_names:
         for m, name in enumerate(annotator_names):
             out = {k.replace(f"/annotator_{m}/", f"/{name}/"): v for k, v in out.items()}

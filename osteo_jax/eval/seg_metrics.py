@@ -16,7 +16,7 @@ Conventions shared by every function here:
 
 Reference: Gao et al., "MoSE: Modeling Multimodal Segmentation Uncertainty with Mixture of
 Stochastic Experts", ICLR 2023 (GED, HM-IoU); Guo et al., "On Calibration of Modern Neural
-Networks", ICML 2017 (ECE).
+Networks", ICML 2017 (ECE, in :mod:`osteo_jax.eval.calibration`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import numpy as np
 import scipy.optimize
 
 from osteo_jax.config import BONE_NAMES
+from osteo_jax.eval.calibration import mose_foreground_ece, pixel_ece
 
 _PROB_FLOOR = 1e-12
 _WEIGHT_TOL = 1e-6
@@ -269,47 +270,6 @@ def majority_consensus(annots, num_classes: int = 8) -> np.ndarray:
     return votes.argmax(0).astype(annots.dtype)
 
 
-def pixel_ece(probs_mean, target, n_bins: int = 10, foreground_only: bool = True) -> float:
-    """Top-label expected calibration error over the pixels of a segmentation (Guo et al. 2017).
-
-    Each pixel is one prediction: its confidence is the top class probability and it is correct
-    when its argmax class equals the target's. With ``B = n_bins`` equal-width confidence bins,
-    ``acc_b`` the fraction of correct pixels in bin ``b`` and ``conf_b`` their mean confidence,
-    ``ECE = Σ_b (n_b / n) |acc_b - conf_b|``. Bins are right-closed, ``((b-1)/B, b/B]`` for
-    ``b = 1 .. B``: a confidence of exactly ``b/B`` falls in bin ``b``, and 0 in the first bin.
-    By default only foreground pixels count (see ``foreground_only``); the classifier's ECE of
-    binary probabilities is :func:`osteo_jax.eval.cls_metrics.binary_ece`.
-
-    Args:
-      probs_mean: ``[H, W, C]`` (or ``[..., C]``) class probabilities, e.g. the mixture mean.
-      target: ``[H, W]`` integer label map (e.g. the annotators' consensus).
-      n_bins: number of equal-width bins on ``[0, 1]``.
-      foreground_only: count only pixels where the prediction or the target is foreground;
-        otherwise the easy background pixels, most of a radiograph, swamp the score.
-
-    Returns:
-      ECE, a float in ``[0, 1]``; ``nan`` if no pixel is counted.
-    """
-    probs_mean = np.asarray(probs_mean, dtype=np.float64)
-    target = _labels(target, probs_mean.shape[-1], "target")
-    if probs_mean.shape[:-1] != target.shape:
-        raise ValueError(f"probs {probs_mean.shape} do not match target {target.shape}")
-    conf = probs_mean.max(-1).ravel()
-    pred = probs_mean.argmax(-1).ravel()
-    target = target.ravel()
-    keep = (pred != 0) | (target != 0) if foreground_only else np.ones_like(pred, dtype=bool)
-    if not keep.any():
-        return float("nan")
-    conf, correct = conf[keep], (pred[keep] == target[keep]).astype(np.float64)
-    bins = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
-    count = np.bincount(bins, minlength=n_bins)
-    gap = np.bincount(bins, weights=correct, minlength=n_bins) - np.bincount(
-        bins, weights=conf, minlength=n_bins
-    )
-    # Σ_b (n_b/n)|acc_b - conf_b| = Σ_b |Σ_{i∈b}(correct_i - conf_i)| / n.
-    return float(np.abs(gap).sum() / count.sum())
-
-
 def _entropy(p: np.ndarray) -> np.ndarray:
     """Entropy in nats over the last axis, probabilities clipped below at 1e-12."""
     return -(p * np.log(np.clip(p, _PROB_FLOOR, None))).sum(-1)
@@ -353,8 +313,9 @@ def seg_report(
       each annotator; ``nan`` for a bone absent from both maps.
     - ``"{dice,iou}/{target}/mean"``: ``nanmean`` over the bones of that target.
     - ``"ged"`` and ``"hm_iou"``: hypotheses are the argmax of each hypothesis.
-    - ``"ece"``: :func:`pixel_ece` of the mixture mean against the consensus,
-      foreground pixels only.
+    - ``"ece"``: :func:`~osteo_jax.eval.calibration.pixel_ece` of the mixture mean against the
+      consensus, foreground pixels only; ``"ece_mose"``: MoSE's convention,
+      :func:`~osteo_jax.eval.calibration.mose_foreground_ece` against the annotators.
 
     Dataset numbers are the mean of these dicts over images (``nanmean`` for the per-bone keys).
 
@@ -394,4 +355,5 @@ def seg_report(
     out["ged"] = ged(hyps, w, annots, annot_weights, num_classes=num_classes)
     out["hm_iou"] = hm_iou(hyps, w, annots, annot_weights, num_classes=num_classes)
     out["ece"] = pixel_ece(mean_probs, consensus)
+    out["ece_mose"] = mose_foreground_ece(mean_probs, annots)
     return out

@@ -98,7 +98,13 @@ def seg_loss(
     else:
         loss, terms = jax.vmap(
             lambda c, la: relaxed_ot_loss(
-                cost=c, log_alpha=la, gamma=gamma, kl_weight=ot.kl_weight, **solver
+                cost=c,
+                log_alpha=la,
+                gamma=gamma,
+                kl_weight=ot.kl_weight,
+                kl_reduction=ot.kl_reduction,
+                plan=ot.plan,
+                **solver,
             )
         )(cost, aux["log_alpha"])
     metrics = {
