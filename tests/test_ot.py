@@ -23,10 +23,17 @@ cross_entropy = jax.jit(cross_entropy_cost)
 plan_fn = jax.jit(capped_plan, static_argnames=_SOLVER)
 
 
-@functools.partial(jax.jit, static_argnames=("kl_weight",))
-def relaxed_value_and_grads(cost, alpha, gamma, kl_weight=1.0):
+# The plan OTConfig trains with (soft, epsilon 0.01, no annealing): the tests below that were
+# written for it keep checking it at their original tolerances; the accurate default plan has
+# its own tolerances in tests/test_ot_fidelity.py.
+SOFT = {"epsilon": 0.01, "num_iters": 200, "epsilon_start": None}
+
+
+@functools.partial(jax.jit, static_argnames=("kl_weight", "soft"))
+def relaxed_value_and_grads(cost, alpha, gamma, kl_weight=1.0, soft=False):
     def loss(c, a):
-        return relaxed_ot_loss(cost=c, alpha=a, gamma=gamma, kl_weight=kl_weight)
+        solver = SOFT if soft else {}
+        return relaxed_ot_loss(cost=c, alpha=a, gamma=gamma, kl_weight=kl_weight, **solver)
 
     return jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(cost, alpha)
 
@@ -185,11 +192,10 @@ def test_capped_plan_full_capacity_goes_to_cheapest(rng):
 def test_capped_plan_tight_capacity_is_balanced(rng):
     # N gamma = 1: no spare capacity, every hypothesis carries exactly gamma.
     cost = rng.uniform(size=(2, 3)).astype(np.float32)
-    plan = np.asarray(plan_fn(cost=cost, gamma=0.5))
+    plan = np.asarray(plan_fn(cost=cost, gamma=0.5, **SOFT))
     assert _finite(plan)
     np.testing.assert_allclose(plan.sum(axis=1), [0.5, 0.5], atol=1e-3)
-    # Column sums hold to float32 rounding of C / epsilon: < 2e-5 at the default epsilon 5e-4.
-    np.testing.assert_allclose(plan.sum(axis=0), [1 / 3] * 3, atol=3e-5)
+    np.testing.assert_allclose(plan.sum(axis=0), [1 / 3] * 3, atol=1e-5)
 
 
 def test_capped_plan_rejects_too_little_capacity():
@@ -208,15 +214,13 @@ def test_relaxed_loss_identical_hypotheses(zero_alpha, rng):
     alpha = np.full(n, 1.0 / n, np.float32)
     if zero_alpha:
         alpha = np.array([0.0, 0.5, 0.25, 0.25], np.float32)
-    (loss, aux), (g_cost, g_alpha) = relaxed_value_and_grads(cost, alpha, 0.5)
+    (loss, aux), (g_cost, g_alpha) = relaxed_value_and_grads(cost, alpha, 0.5, soft=True)
     assert loss.dtype == jnp.float32 and _finite(loss, g_cost, g_alpha)
     # Identical hypotheses: the annotation mass spreads evenly, whatever the plan.
     np.testing.assert_allclose(aux["row_mass"], np.full(n, 1.0 / n), atol=1e-5)
-    # At the default epsilon = 1e-3 the column sums hold to float32 rounding of C / epsilon,
-    # about 1e-5 relative.
-    np.testing.assert_allclose(aux["transport"], row.mean(), rtol=1e-4)
+    np.testing.assert_allclose(aux["transport"], row.mean(), rtol=1e-5)
     if not zero_alpha:
-        np.testing.assert_allclose(loss, row.mean(), rtol=1e-4)
+        np.testing.assert_allclose(loss, row.mean(), rtol=1e-5)
 
 
 def test_relaxed_loss_kl_vanishes_at_plan_row_mass(rng):
