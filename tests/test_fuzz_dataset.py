@@ -8,7 +8,10 @@ never a traceback; nothing outside the output folder changes, and a refused ``tr
 leaves no output folder. Whatever ``validate`` refuses, ``train-seg`` refuses too (one set of
 rules). A training step costs ~10 s of compilation on CPU, so at most ``_TRAIN_BUDGET``
 examples that pass ``validate`` are trained; the others go as far as the loader (everything
-``train-seg`` reads before its first step). Run by ``make e2e``; about a minute.
+``train-seg`` reads before its first step). ``predict`` (with a tiny finished ``run``, trained
+once per module) reads the mutated radiographs of the first ``_PREDICT_BUDGET`` examples whose
+images were touched (bytes, truncation, links, deletion), under the same property. Run by
+``make e2e``; about two minutes.
 """
 
 import contextlib
@@ -57,6 +60,8 @@ TINY = (
     '"val_fraction": 0.0, "warmup_steps": 1}'
 )
 _TRAIN_BUDGET = [2]  # examples that run a real training step
+_PREDICT_BUDGET = [10]  # examples whose touched images go through predict
+_PREDICT_CODES: list[int] = []  # predict's exit codes, checked by the test after the property
 
 
 @pytest.fixture(scope="module")
@@ -68,6 +73,18 @@ def valid_dir(tmp_path_factory) -> Path:
     cfg = SynthConfig(cohort=CohortConfig(n_subjects=4), physics=PhysicsConfig(size=32))
     write_dataset(cfg, out, workers=1, progress=False)
     (out.parent / "config.json").write_text(TINY)
+    return out
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory) -> Path:
+    """A finished tiny ``run`` folder (the experiment tests' config) for ``predict``."""
+    from test_experiment import TINY
+
+    from osteo_jax.pipeline.experiment import run_experiment
+
+    out = tmp_path_factory.mktemp("fuzz_run") / "run"
+    run_experiment(TINY, out, workers=1, progress=False)
     return out
 
 
@@ -230,7 +247,7 @@ def _check_refusal(command: str, rc: int, err: str, ws: Path) -> None:
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
 )
 @given(mutations=st.lists(mutation, min_size=1, max_size=3))
-def test_mutated_folder_is_read_or_refused_in_one_line(valid_dir, mutations):
+def test_mutated_folder_is_read_or_refused_in_one_line(valid_dir, trained_run, mutations):
     from osteo_jax.data.pipeline import load_seg_arrays
 
     with tempfile.TemporaryDirectory(prefix="fuzz-") as tmp:
@@ -246,6 +263,17 @@ def test_mutated_folder_is_read_or_refused_in_one_line(valid_dir, mutations):
         _check_refusal("validate", rc_v, err_v, ws)
         assert _tree(ws, out) == before
 
+        touched = [m for m in mutations if m[0] in ("bytes", "truncate", "link", "delete")]
+        images = sorted({m[1] for m in touched if m[1].startswith("images/")})
+        if images and _PREDICT_BUDGET[0] > 0:
+            _PREDICT_BUDGET[0] -= 1
+            rc_p, err_p = _run(
+                ["predict", *[str(ds / i) for i in images], "--run", str(trained_run)]
+            )
+            _check_refusal("predict", rc_p, err_p, ws)
+            _PREDICT_CODES.append(rc_p)
+            assert _tree(ws, out) == before, "predict changed files"
+
         if rc_v == 0 and _TRAIN_BUDGET[0] <= 0:
             load_seg_arrays(ds, 16, workers=1)  # what train-seg reads before training
             return
@@ -259,3 +287,9 @@ def test_mutated_folder_is_read_or_refused_in_one_line(valid_dir, mutations):
             assert rc_t == 2, f"validate refused ({err_v}) but train-seg ran"
         if rc_t == 2:
             assert not out.exists(), "a refused train-seg left an output folder"
+
+
+def test_predict_was_exercised():
+    """The property above ran predict on mutated radiographs (runs after it, same module)."""
+    assert _PREDICT_CODES, "no example touched an image"
+    print(f"predict exit codes: {_PREDICT_CODES}")
