@@ -79,12 +79,18 @@ def valid_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory) -> Path:
     """A finished tiny ``run`` folder (the experiment tests' config) for ``predict``."""
+    import dataclasses
+
     from test_experiment import TINY
 
     from osteo_jax.pipeline.experiment import run_experiment
 
+    proto = TINY.protocol  # one classifier seed and no report: all that predict needs
+    cfg = dataclasses.replace(
+        TINY, protocol=dataclasses.replace(proto, cls=dataclasses.replace(proto.cls, seeds=(0,)))
+    )
     out = tmp_path_factory.mktemp("fuzz_run") / "run"
-    run_experiment(TINY, out, workers=1, progress=False)
+    run_experiment(cfg, out, workers=1, progress=False, report=False)
     return out
 
 
