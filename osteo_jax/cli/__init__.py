@@ -111,7 +111,7 @@ def _write_traceback(args: argparse.Namespace) -> str:
             path.write_text(text)
             return str(path)
         except OSError:
-            pass
+            pass  # the run folder is not writable: the traceback goes to a temp file below
     fd, name = tempfile.mkstemp(prefix=f"osteo-jax-{args.command}-", suffix=".traceback.txt")
     with open(fd, "w") as f:
         f.write(text)
