@@ -271,3 +271,22 @@ def test_segments_from_prediction_hypotheses_differ(radiograph, predicted):
     b = BONE_NAMES.index("MC2")
     assert per[0].valid[b] and not per[1].valid[b]
     np.testing.assert_array_equal(per[0].images[b + 1], per[1].images[b + 1])
+
+
+def test_segment_intensity_stored_keeps_the_detector_scale():
+    from osteo_jax.data.segments import segment_intensity
+
+    rng = np.random.default_rng(0)
+    image = (0.2 + 0.4 * rng.random((40, 30))).astype(np.float32)  # values in [0.2, 0.6]
+    stored = segment_intensity(image, SegmentConfig(intensity="stored"))
+    np.testing.assert_array_equal(stored, image)
+    lo, hi = np.percentile(image, [0.5, 99.5])
+    stretched = segment_intensity(image, SegmentConfig(intensity="percentile"))
+    np.testing.assert_allclose(stretched, np.clip((image - lo) / (hi - lo), 0, 1), atol=1e-6)
+    # Two exposures of one bone differ only in "stored": a brighter copy stays brighter.
+    brighter = segment_intensity(image + 0.2, SegmentConfig(intensity="stored"))
+    np.testing.assert_allclose(brighter - stored, 0.2, atol=1e-6)
+    again = segment_intensity(image + 0.2, SegmentConfig(intensity="percentile"))
+    np.testing.assert_allclose(again, stretched, atol=1e-5)
+    with pytest.raises(ValueError, match="intensity"):
+        SegmentConfig(intensity="raw")

@@ -193,6 +193,9 @@ def test_train_seg_and_eval_seg_cli_resume(tmp_path):
     metrics = json.loads((run / "seg_metrics.json").read_text())
     assert metrics["step"] == 3 and 0.0 <= metrics["dice/consensus/mean"] <= 1.0
     assert (run / "seg_figure.png").stat().st_size > 10_000
+    assert metrics["experts_alive"] >= 1 and sum(metrics[f"alpha/expert_{k}"] for k in (0, 1)) == (
+        pytest.approx(1.0)
+    )
 
 
 def test_ce_weight_adds_the_cross_entropy_cost(setup):
@@ -221,3 +224,19 @@ def test_ce_weight_adds_the_cross_entropy_cost(setup):
         )
         expected = jnp.mean(jnp.min(iou + w * ce, axis=1))
         np.testing.assert_allclose(float(m["cost_min"]), float(expected), rtol=1e-5)
+
+
+def test_expert_weights_in_the_validation_metrics(setup):
+    from osteo_jax.eval.seg_eval import ALIVE_ALPHA, evaluate_segmenter
+
+    model, _, _, state = setup
+    p = state.params["segmenter"]
+    batch = _batch(3, b=3)
+    images, masks = np.asarray(batch["image"]), np.asarray(batch["masks"])
+    m = evaluate_segmenter(model, p, images, masks, jax.random.key(4), batch_size=2)
+    # Reference: the router's softmax over experts, averaged over the images.
+    _, aux = model.apply({"params": p}, batch["image"], rngs={"sample": jax.random.key(4)})
+    pi = np.asarray(jax.nn.softmax(aux["router_logits"], axis=-1)).mean(axis=0)
+    got = np.array([m[f"alpha/expert_{k}"] for k in range(TINY.model.num_experts)])
+    np.testing.assert_allclose(got, pi, atol=1e-6)
+    assert m["experts_alive"] == float((pi >= ALIVE_ALPHA).sum())

@@ -78,7 +78,10 @@ def cmd_eval_seg(args: argparse.Namespace) -> int:
     print(
         f"{m['n_images']:.0f} images ({args.split}): Dice vs consensus "
         f"{m['dice/consensus/mean']:.3f}, GED {m['ged']:.3f}, HM-IoU {m['hm_iou']:.3f}, "
-        f"ECE {m['ece']:.3f}\nmetrics: {res['json']}\nfigure:  {res['figure']}"
+        f"ECE {m['ece']:.3f}"
+        + (f", experts alive {m['experts_alive']:.0f}" if "experts_alive" in m else "")
+        + f"\nmetrics: {res['json']}"
+        + (f"\nfigure:  {res['figure']}" if res["figure"] else "")
     )
     return 0
 
@@ -337,7 +340,9 @@ def add_eval_seg(sub) -> None:
     p.add_argument("--run", required=True, help="run folder written by train-seg")
     p.add_argument("--data", required=True, help="dataset folder")
     p.add_argument("--split", default="val", choices=("val", "train", "all"))
-    p.add_argument("--figure-images", type=int, default=4)
+    p.add_argument(
+        "--figure-images", type=int, default=4, help="images in the figure (0: no figure)"
+    )
     add_allow_outside_paths(p)
     p.set_defaults(func=cmd_eval_seg)
 

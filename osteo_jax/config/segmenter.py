@@ -13,6 +13,7 @@ from osteo_jax.config.choices import (
     SEG_FORMS,
     SEGMENT_BACKGROUNDS,
     SEGMENT_FRAMES,
+    SEGMENT_INTENSITIES,
     check_choice,
     check_positive,
 )
@@ -185,6 +186,13 @@ class SegmentConfig:
         segments); ``"keep"``: a plain crop of the radiograph, background and neighbouring
         bones kept (every pixel inside the image is then > 0, so the custom multi-crop rule
         no longer measures bone).
+      intensity: the grey levels the segments are cut from: ``"percentile"`` stretches each
+        radiograph between its own 0.5 and 99.5 percentiles (contrast alike across exposures,
+        absolute density lost); ``"stored"`` keeps the file's values on the detector's fixed
+        scale (``read_image``: stored value / (2^bits - 1), or the DICOM VOI window), so a
+        segment's brightness still measures attenuation (cortical porosity, trabecular
+        density) where every image comes from one calibrated detector, as in the synthetic
+        cohort.
     """
 
     size: int = 128
@@ -194,9 +202,11 @@ class SegmentConfig:
     min_area_mm2: float = 20.0
     roi: str = "bones"
     background: str = "zero"
+    intensity: str = "percentile"
 
     def __post_init__(self):
         check_choice(self, "frame", SEGMENT_FRAMES)
+        check_choice(self, "intensity", SEGMENT_INTENSITIES)
         check_choice(self, "roi", ROI_REGIONS)
         check_choice(self, "background", SEGMENT_BACKGROUNDS)
         check_positive(self, "size")

@@ -45,6 +45,7 @@ from scipy import ndimage
 from osteo_jax.config import CLASS_NAMES, ROI_REGIONS, SegmentConfig
 from osteo_jax.data.errors import DatasetError
 from osteo_jax.data.folder import read_csv
+from osteo_jax.data.inmemory import normalise
 
 __all__ = [
     "SEGMENTS_CSV",
@@ -57,6 +58,7 @@ __all__ = [
     "labels_from_probs",
     "segment_masks",
     "segments_from_prediction",
+    "segment_intensity",
 ]
 
 SEGMENTS_NPZ = "segments.npz"
@@ -144,6 +146,22 @@ def _sample(image: np.ndarray, affine: np.ndarray, size: int, order: int) -> np.
     )
     fine = ndimage.map_coordinates(image, coords, order=order, mode="constant", cval=0.0)
     return fine.reshape(size, nu, size, nv).mean(axis=(1, 3))
+
+
+def segment_intensity(image: np.ndarray, cfg: SegmentConfig = SegmentConfig()) -> np.ndarray:
+    """The grey levels segments are cut from (``cfg.intensity``), float32 in [0, 1].
+
+    Args:
+      image: ``[H, W]`` radiograph as :func:`~osteo_jax.data.imageio.read_image` returns it.
+      cfg: segment settings: ``"percentile"`` applies :func:`~osteo_jax.data.inmemory.normalise`
+        (each image's 0.5 / 99.5 percentiles to 0 / 1), ``"stored"`` keeps the values.
+
+    Returns:
+      ``[H, W]`` float32.
+    """
+    if cfg.intensity == "percentile":
+        return normalise(image)
+    return np.clip(np.asarray(image, np.float32), 0.0, 1.0)
 
 
 def cut_segments(

@@ -13,6 +13,9 @@ from osteo_jax.eval.calibration import mose_foreground_ece, pixel_ece
 from osteo_jax.eval.seg_metrics import majority_consensus, seg_report
 from osteo_jax.models.mixture import Segmenter
 
+# An expert counts as alive when its mean router weight over the images is at least this.
+ALIVE_ALPHA = 0.05
+
 
 @functools.lru_cache(maxsize=8)
 def make_predict_fn(model: Segmenter):
@@ -83,9 +86,11 @@ def evaluate_segmenter(
 
     Returns:
       Flat dict: ``dice/consensus/mean``, per-bone Dice and IoU, ``ged``, ``hm_iou``, ``ece``,
-      ``ece_mose``.
+      ``ece_mose``, and for a mixture ``alpha/expert_<k>`` (expert k's weight, the sum of its
+      S hypotheses' weights, averaged over the images) and ``experts_alive`` (how many have
+      a mean weight of at least :data:`ALIVE_ALPHA`).
     """
-    reports = []
+    reports, expert_weights = [], []
     conf_probs, conf_targets, conf_annots = [], [], []
     for start, probs, weights in predict_batches(
         model, params, images, key, batch_size, predict_fn
@@ -97,6 +102,7 @@ def evaluate_segmenter(
             conf_probs.append(np.tensordot(w, probs[i], axes=1).astype(np.float32))
             conf_targets.append(majority_consensus(annots, probs.shape[-1]))
             conf_annots.append(annots)
+        expert_weights.append(weights / weights.sum(axis=1, keepdims=True))
     keys = reports[0].keys()
     out = {k: float(np.nanmean([r[k] for r in reports])) for k in keys}
     out["ece"] = pixel_ece(np.stack(conf_probs), np.stack(conf_targets))
@@ -105,5 +111,10 @@ def evaluate_segmenter(
     if annotator_names:
         for m, name in enumerate(annotator_names):
             out = {k.replace(f"/annotator_{m}/", f"/{name}/"): v for k, v in out.items()}
+    if model.form != "unet":
+        alpha = np.concatenate(expert_weights).reshape(len(reports), model.num_experts, -1)
+        alpha = alpha.sum(axis=2).mean(axis=0)
+        out |= {f"alpha/expert_{k}": float(a) for k, a in enumerate(alpha)}
+        out["experts_alive"] = float((alpha >= ALIVE_ALPHA).sum())
     out["n_images"] = float(len(reports))
     return out

@@ -36,7 +36,7 @@ from osteo_jax.data.folder import (
     write_json,
 )
 from osteo_jax.data.imageio import read_image
-from osteo_jax.data.inmemory import normalise, resize_image
+from osteo_jax.data.inmemory import resize_image
 from osteo_jax.data.outdir import (
     OutputFolderError,
     check_dir,
@@ -49,6 +49,7 @@ from osteo_jax.data.segments import (
     SEGMENTS_JSON,
     SEGMENTS_NPZ,
     cut_segments,
+    segment_intensity,
     segments_from_prediction,
 )
 
@@ -249,7 +250,7 @@ def extract_segments(
     rows = [dataclasses.asdict(r) for r in index.rows]
 
     def load(row):
-        return normalise(read_image(data / row["path"])[0])
+        return segment_intensity(read_image(data / row["path"])[0], cfg)
 
     n = len(rows)
     with ThreadPoolExecutor(workers) as pool:

@@ -175,8 +175,7 @@ def predict_images(
         message names the file.
     """
     from osteo_jax.data.imageio import isotropic_spacing, read_image
-    from osteo_jax.data.inmemory import normalise
-    from osteo_jax.data.segments import segments_from_prediction
+    from osteo_jax.data.segments import segment_intensity, segments_from_prediction
     from osteo_jax.eval.radiogrammetry.hypotheses import measure_prediction
 
     images = []
@@ -185,7 +184,7 @@ def predict_images(
         if not p.is_file():
             raise DatasetError(f"{p}: file not found")
         image, meta = read_image(p, max_pixels=max_pixels)  # DatasetError naming the file
-        images.append((p, normalise(image), meta))
+        images.append((p, image, meta))
     model = run if isinstance(run, PredictModel) else PredictModel(run)
     lo_q, hi_q = (1 - interval) / 2, (1 + interval) / 2
     results, panels = [], []
@@ -195,9 +194,10 @@ def predict_images(
         probs, weights = model.segment(image)
         w = weights / weights.sum()
         cfg = model.cfg.segment
-        mean_seg = segments_from_prediction(image, probs, w, spacing_mm=spacing, cfg=cfg)
+        grey = segment_intensity(image, cfg)
+        mean_seg = segments_from_prediction(grey, probs, w, spacing_mm=spacing, cfg=cfg)
         hyp_segs = segments_from_prediction(
-            image, probs, w, spacing_mm=spacing, cfg=cfg, per_hypothesis=True
+            grey, probs, w, spacing_mm=spacing, cfg=cfg, per_hypothesis=True
         )
         p_all = model.classify([mean_seg, *hyp_segs])  # [1 + N, models]
         p_mean_models = p_all[0]

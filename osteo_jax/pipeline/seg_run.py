@@ -52,8 +52,10 @@ def evaluate_run(
     """Scores a run on ``split`` of ``data``; writes ``seg_metrics.json`` and ``seg_figure.png``.
 
     Returns:
-      ``{"metrics": ..., "json": path, "figure": path}``.
+      ``{"metrics": ..., "json": path, "figure": path}`` (figure None when ``n_figure`` is 0).
     """
+    if n_figure < 0:
+        raise ValueError(f"n_figure must be >= 0, got {n_figure}")
     run = Path(run)
     model, params, cfg, step = restore_segmenter(run)
     arrays = load_seg_arrays(
@@ -80,6 +82,8 @@ def evaluate_run(
     metrics = {"step": step, "split": split, **metrics}
     out_json = run / "seg_metrics.json"
     out_json.write_text(dumps_json(metrics, indent=1) + "\n")
+    if n_figure == 0:
+        return {"metrics": metrics, "json": out_json, "figure": None}
     rows = []
     n_fig = min(n_figure, len(arrays))
     for start, probs, weights in predict_batches(
