@@ -85,7 +85,7 @@ def _per_seed():
 def test_summarise_seeds_with_thresholds_matches_sklearn():
     per_seed, ts = _per_seed(), [0.3, 0.55, 0.7]
     out = summarise_seeds(per_seed, n_boot=20, thresholds=ts)
-    for k, ((p, y), t) in enumerate(zip(per_seed, ts)):
+    for k, ((p, y), t) in enumerate(zip(per_seed, ts, strict=True)):
         pred = (p >= t).astype(int)
         assert out["accuracy"]["per_seed"][k] == pytest.approx(accuracy_score(y, pred))
         assert out["sensitivity"]["per_seed"][k] == pytest.approx(recall_score(y, pred))
@@ -99,7 +99,7 @@ def test_summarise_folds_pools_each_folds_decisions():
     per_fold, ts = _per_seed(), [0.3, 0.55, 0.7]
     out = summarise_folds(per_fold, n_boot=20, thresholds=ts)
     y = np.concatenate([y for _, y in per_fold])
-    pred = np.concatenate([(p >= t).astype(int) for (p, _), t in zip(per_fold, ts)])
+    pred = np.concatenate([(p >= t).astype(int) for (p, _), t in zip(per_fold, ts, strict=True)])
     assert out["accuracy"]["mean"] == pytest.approx(accuracy_score(y, pred))
     assert out["f1_macro"]["mean"] == pytest.approx(f1_score(y, pred, average="macro"))
     assert out["sensitivity"]["mean"] == pytest.approx(recall_score(y, pred))

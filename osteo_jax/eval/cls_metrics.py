@@ -188,8 +188,10 @@ def _confusion_metrics(
 def _binary_metrics(
     probs: np.ndarray, labels: np.ndarray, threshold: float | np.ndarray = 0.5
 ) -> dict:
-    """:func:`binary_metrics` of checked inputs (the bootstrap's inner loop); ``threshold`` a
-    scalar or ``[n]`` per subject."""
+    """:func:`binary_metrics` of checked inputs (the bootstrap's inner loop).
+
+    ``threshold`` is a scalar or ``[n]`` per subject (pooled folds).
+    """
     out = _confusion_metrics(probs, labels, threshold)
     out["auc"], out["ece"] = _auc(probs, labels), _ece(probs, labels)
     return {k: out[k] for k in METRICS}

@@ -251,7 +251,9 @@ def summarise_folds(
     if thresholds is None:
         pooled_cut: float | np.ndarray = 0.5
     else:  # each subject its fold's threshold
-        pooled_cut = np.concatenate([np.full(len(y), t) for (_, y), t in zip(per_fold, cut)])
+        pooled_cut = np.concatenate(
+            [np.full(len(y), t) for (_, y), t in zip(per_fold, cut, strict=True)]
+        )
     point = _binary_metrics(*pooled, pooled_cut)
     values = [_binary_metrics(p, y, t) for (p, y), t in zip(per_fold, cut, strict=True)]
     ci = (
