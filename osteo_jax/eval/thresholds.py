@@ -24,7 +24,13 @@ import numpy as np
 from osteo_jax.config.choices import THRESHOLD_RULES
 from osteo_jax.eval.cls_metrics import check_probabilities
 
-__all__ = ["DEFAULT_THRESHOLD", "THRESHOLD_RULES", "candidate_thresholds", "choose_threshold"]
+__all__ = [
+    "DEFAULT_THRESHOLD",
+    "THRESHOLD_RULES",
+    "candidate_thresholds",
+    "choose_threshold",
+    "threshold_words",
+]
 
 DEFAULT_THRESHOLD = 0.5  # the "fixed" rule, and the fallback of a one-class validation part
 
@@ -96,3 +102,26 @@ def choose_threshold(probs: np.ndarray, labels: np.ndarray, rule: str = "fixed")
     macro = (f1_pos + f1_neg) / 2
     # Equal F1s of different counts can differ in the last bit; compare to 1e-12.
     return _pick(np.where(macro >= macro.max() - 1e-12, 1.0, 0.0), t)
+
+
+def threshold_words(rule: str) -> str:
+    """How F1, accuracy, sensitivity and specificity were thresholded: a table footer sentence.
+
+    Args:
+      rule: one of :data:`THRESHOLD_RULES`.
+
+    Returns:
+      E.g. ``"Threshold 0.5 for F1, accuracy, sensitivity and specificity"`` (no full stop).
+
+    Raises:
+      ValueError: an unknown rule.
+    """
+    if rule not in THRESHOLD_RULES:
+        raise ValueError(f"unknown threshold rule {rule!r}; one of {THRESHOLD_RULES}")
+    if rule == "fixed":
+        return f"Threshold {DEFAULT_THRESHOLD} for F1, accuracy, sensitivity and specificity"
+    what = {"youden": "Youden's J", "f1": "macro-F1"}[rule]
+    return (
+        f"Threshold for F1, accuracy, sensitivity and specificity: the maximum {what} on each "
+        f"part's validation subjects ({DEFAULT_THRESHOLD} where they hold one class)"
+    )

@@ -35,6 +35,7 @@ from osteo_jax.data.splits import stratified_subject_folds, stratified_subject_s
 from osteo_jax.eval.cls_figure import reliability_figure, roc_figure
 from osteo_jax.eval.cls_metrics import binary_metrics, paper_table, subject_metrics, subject_scores
 from osteo_jax.eval.cls_stats import CI_METHOD, FOLD_CI_METHOD, summarise_folds, summarise_seeds
+from osteo_jax.eval.thresholds import DEFAULT_THRESHOLD, choose_threshold, threshold_words
 from osteo_jax.train.cls_loop import predict_segments, train_classifier
 from osteo_jax.train.ssl_loop import train_ssl
 
@@ -115,6 +116,17 @@ def protocol_parts(
     ]
 
 
+def _part_threshold(rule: str, probs: np.ndarray, labels: np.ndarray, part: str) -> float:
+    """:func:`choose_threshold` on a part's validation subjects; 0.5 when they hold one class."""
+    if rule != "fixed" and len(np.unique(labels)) < 2:
+        print(
+            f"protocol: {part} validation subjects hold one class only; threshold "
+            f"{DEFAULT_THRESHOLD} instead of the {rule!r} rule"
+        )
+        return DEFAULT_THRESHOLD
+    return choose_threshold(probs, labels, rule)
+
+
 def _protocol_words(cls: ClsConfig, n_parts: int) -> str:
     if cls.folds:
         return f"{cls.folds}-fold cross-validation over subjects (each tested once)"
@@ -172,7 +184,7 @@ def run_protocol(
     seg = seg.take(labelled)
     out = claim_dir(out, "evaluate", overwrite=overwrite).path
     backbone = backbone or (ssl.backbone if ssl is not None else BackboneConfig())
-    per_seed, seed_rows = [], []
+    per_seed, seed_rows, thresholds = [], [], []
     for part, seed, (tr, va, te) in protocol_parts(seg.subject_ids, seg.labels, cls):
         folder = out / part
         folder.mkdir(exist_ok=True)
@@ -201,15 +213,18 @@ def run_protocol(
             seed=seed,
             progress=progress,
         )
+        scores = {}
         for file, idx in ((VAL_PREDICTIONS, va), (TEST_PREDICTIONS, te)):
             part_set = seg.take(idx)
             probs = predict_segments(res["params"], backbone, part_set)
             p, y = subject_scores(probs, part_set)
+            scores[file] = (np.round(p, 6), y)  # the threshold is chosen on what is written
             subjects = np.unique(part_set.subject_ids)
             write_csv(
                 folder / file,
-                rows_from({"subject_id": subjects, "label": y, "probability": np.round(p, 6)}),
+                rows_from({"subject_id": subjects, "label": y, "probability": scores[file][0]}),
             )
+        threshold = _part_threshold(cls.threshold, *scores[VAL_PREDICTIONS], part)
         test = part_set  # the test part, written last
         img, bone = np.nonzero(test.valid)
         write_csv(
@@ -226,20 +241,22 @@ def run_protocol(
         )
         save_model(folder / MODEL_FILE, res["params"])
         per_seed.append((p, y))
+        thresholds.append(threshold)
         seed_rows.append(
             {
                 "dir": part,
                 "seed": seed,
                 "best_epoch": res["best_epoch"],
                 "val": res["val"],
-                "test": binary_metrics(p, y),
+                "test": binary_metrics(p, y, threshold),
+                "threshold": threshold,
                 "n_test_subjects": len(y),
             }
         )
-    if cls.folds:
-        summary, ci_method = summarise_folds(per_seed, n_boot=cls.bootstrap), FOLD_CI_METHOD
-    else:
-        summary, ci_method = summarise_seeds(per_seed, n_boot=cls.bootstrap), CI_METHOD
+    summarise, ci_method = (
+        (summarise_folds, FOLD_CI_METHOD) if cls.folds else (summarise_seeds, CI_METHOD)
+    )
+    summary = summarise(per_seed, n_boot=cls.bootstrap, thresholds=thresholds)
     row = {
         "model": name or (ssl.method if ssl is not None else "no SSL"),
         "roi": roi or seg.meta.get("source", ""),
@@ -248,11 +265,14 @@ def run_protocol(
         "image_ceiling_auc": ceiling_auc,
     }
     table = (
-        paper_table([row]) + f"\n{_protocol_words(cls, len(seed_rows))}; 95 % CI: {ci_method}.\n"
+        paper_table([row])
+        + f"\n{_protocol_words(cls, len(seed_rows))}; 95 % CI: {ci_method}. "
+        + f"{threshold_words(cls.threshold)}.\n"
     )
     result = {
         "summary": summary,
         "ci_method": ci_method,
+        "threshold_rule": cls.threshold,
         "per_seed": seed_rows,
         "table_row": {k: v for k, v in row.items() if k != "summary"},
         "config": {
