@@ -92,6 +92,7 @@ def _val_predictions(cls_dir: Path, part: dict, segments) -> dict[str, tuple[int
 
     from osteo_jax.config import BackboneConfig, from_dict
     from osteo_jax.data.segments import load_segments
+    from osteo_jax.eval.aggregate import AGGREGATE_FILE, aggregate_subjects, load_head
     from osteo_jax.eval.cls_metrics import subject_scores
     from osteo_jax.pipeline.protocol import MODEL_FILE
     from osteo_jax.train.cls_loop import predict_segments
@@ -102,7 +103,11 @@ def _val_predictions(cls_dir: Path, part: dict, segments) -> dict[str, tuple[int
     val = set(json.loads((cls_dir / part["dir"] / "split.json").read_text())["val"])
     subset = seg.take(np.flatnonzero(np.isin(seg.subject_ids, sorted(val))))
     params = flax.serialization.msgpack_restore((cls_dir / part["dir"] / MODEL_FILE).read_bytes())
-    p, y = subject_scores(predict_segments(params, backbone, subset), subset)
+    probs = predict_segments(params, backbone, subset)
+    _, y = subject_scores(probs, subset)
+    head_file = cls_dir / part["dir"] / AGGREGATE_FILE  # the protocol's head, if it fitted one
+    head = load_head(head_file) if head_file.exists() else None
+    _, p = aggregate_subjects(probs, subset.valid, subset.subject_ids, head)
     subjects = np.unique(subset.subject_ids)
     write_csv(path, rows_from({"subject_id": subjects, "label": y, "probability": np.round(p, 6)}))
     return _read_predictions(path)

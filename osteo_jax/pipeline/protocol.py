@@ -11,7 +11,14 @@ sampling), the paper-format table, a ROC and a reliability figure are written to
 folder::
 
     OUT/seed<k>/ (or fold<i>/) {split.json, ssl/, cls/, val_predictions.csv,
-                 test_predictions.csv, test_segments.csv, model.msgpack}
+                 test_predictions.csv, test_segments.csv, model.msgpack,
+                 aggregate.json (with ClsConfig.aggregate="logistic")}
+
+A subject's probability is the mean of its segments' or, with ``ClsConfig.aggregate =
+"logistic"``, a per-bone logistic head fitted on the part's training subjects
+(:mod:`osteo_jax.eval.aggregate`). F1, accuracy, sensitivity and specificity threshold it at 0.5
+or at a threshold chosen on the part's validation subjects (``ClsConfig.threshold``,
+:mod:`osteo_jax.eval.thresholds`).
     OUT/cls_metrics.json  OUT/table.md  OUT/roc.png  OUT/reliability.png
 """
 
@@ -32,6 +39,13 @@ from osteo_jax.data.folder import rows_from, write_csv, write_json
 from osteo_jax.data.outdir import check_dir, claim_dir
 from osteo_jax.data.segments import SegmentSet, load_segments
 from osteo_jax.data.splits import stratified_subject_folds, stratified_subject_split
+from osteo_jax.eval.aggregate import (
+    AGGREGATE_FILE,
+    LogisticHead,
+    aggregate_subjects,
+    fit_logistic_head,
+    load_head,
+)
 from osteo_jax.eval.cls_figure import reliability_figure, roc_figure
 from osteo_jax.eval.cls_metrics import binary_metrics, paper_table, subject_metrics, subject_scores
 from osteo_jax.eval.cls_stats import CI_METHOD, FOLD_CI_METHOD, summarise_folds, summarise_seeds
@@ -43,6 +57,7 @@ __all__ = [
     "MODEL_FILE",
     "TEST_PREDICTIONS",
     "VAL_PREDICTIONS",
+    "load_heads",
     "load_models",
     "protocol_parts",
     "run_protocol",
@@ -92,6 +107,30 @@ def load_models(out: str | Path) -> tuple[list[dict], BackboneConfig, tuple[str,
             raise ValueError(f"{file}: missing (re-run the protocol to write it)")
         models.append(flax.serialization.msgpack_restore(file.read_bytes()))
     return models, backbone, bones, metrics
+
+
+def load_heads(out: str | Path, metrics: dict) -> list[LogisticHead | None]:
+    """Per part of a finished protocol folder, its saved aggregation head or None (the mean).
+
+    Args:
+      out: the protocol folder.
+      metrics: its ``cls_metrics.json`` (:func:`load_models` returns it).
+
+    Returns:
+      One entry per part, in the order of :func:`load_models`' models.
+
+    Raises:
+      ValueError: the run used ``aggregate="logistic"`` and a part's head is missing.
+    """
+    out = Path(out)
+    logistic = metrics["config"]["cls"].get("aggregate", "mean") == "logistic"
+    heads = []
+    for row in metrics["per_seed"]:
+        file = out / row.get("dir", f"seed{row['seed']}") / AGGREGATE_FILE
+        if logistic and not file.exists():
+            raise ValueError(f"{file}: missing (re-run the protocol to write it)")
+        heads.append(load_head(file) if logistic else None)
+    return heads
 
 
 def protocol_parts(
@@ -213,11 +252,24 @@ def run_protocol(
             seed=seed,
             progress=progress,
         )
+        head = None
+        if cls.aggregate == "logistic":  # fitted on the training subjects' segments
+            train_set = seg.take(tr)
+            train_probs = predict_segments(res["params"], backbone, train_set)
+            head = fit_logistic_head(
+                train_probs,
+                train_set.valid,
+                train_set.subject_ids,
+                train_set.labels,
+                tuple(seg.bones),
+            )
+            head.save(folder / AGGREGATE_FILE)
         scores = {}
         for file, idx in ((VAL_PREDICTIONS, va), (TEST_PREDICTIONS, te)):
             part_set = seg.take(idx)
             probs = predict_segments(res["params"], backbone, part_set)
-            p, y = subject_scores(probs, part_set)
+            _, y = subject_scores(probs, part_set)
+            _, p = aggregate_subjects(probs, part_set.valid, part_set.subject_ids, head)
             scores[file] = (np.round(p, 6), y)  # the threshold is chosen on what is written
             subjects = np.unique(part_set.subject_ids)
             write_csv(
