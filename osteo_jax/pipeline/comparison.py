@@ -178,7 +178,6 @@ def compare_rows(
         test = _read_predictions(cls_dir / part["dir"] / "test_predictions.csv")
         val = _val_predictions(cls_dir, part, segments)
         fitted = []
-
         add(IMAGE_ROW, test_ids, [test[s][1] for s in test_ids], {s: val[s][1] for s in val_ids})
         image_scores = {s: p for s, (_, p) in {**val, **test}.items()}
         fusion_name = f"fusion (image + {', '.join(covariates)})" if cov else "image, recalibrated"
