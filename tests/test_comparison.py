@@ -6,13 +6,14 @@ import json
 import numpy as np
 import pytest
 from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import accuracy_score, roc_auc_score
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from osteo_jax.config import ClsConfig
 from osteo_jax.data.folder import rows_from, write_csv, write_json
 from osteo_jax.eval.headline import headline_table
+from osteo_jax.eval.thresholds import choose_threshold
 from osteo_jax.pipeline.comparison import compare_rows
 from osteo_jax.pipeline.protocol import protocol_parts
 
@@ -121,6 +122,43 @@ def test_baseline_predictions_do_not_depend_on_test_labels(tmp_path):
         assert a["subject_id"] == b["subject_id"]
         assert a["probability"] == b["probability"], name  # the fits never read a test label
         assert a["label"] != b["label"]  # while the scoring did use the (flipped) labels
+
+
+@pytest.mark.parametrize("folds", [0, 3])
+def test_rows_use_the_threshold_rule_on_their_validation_scores(tmp_path, folds):
+    data, ids, label, score = _dataset(tmp_path)
+    cls = ClsConfig(folds=folds, seeds=(0, 1), split=(0.6, 0.2, 0.2))
+    out = _protocol_folder(tmp_path, ids, label, score, cls)
+    metrics = json.loads((out / "cls_metrics.json").read_text())
+    metrics["config"]["cls"]["threshold"] = "youden"
+    write_json(out / "cls_metrics.json", metrics)
+    res = compare_rows(out, data, n_boot=50)
+    index = {s: i for i, s in enumerate(ids)}
+    fusion = "fusion (image + age, sex)"
+    decisions, truth = [], []
+    for k, part in enumerate(metrics["per_seed"]):
+        split = json.loads((out / part["dir"] / "split.json").read_text())
+        va = [index[s] for s in sorted(split["val"])]
+        te = [index[s] for s in sorted(split["test"])]
+        t = choose_threshold(score[va], label[va], "youden")
+        assert t != 0.5
+        assert res["rows"]["image model"]["per_part"][k]["threshold"] == t
+        assert res["rows"][fusion]["per_part"][k]["threshold"] == 0.5
+        clinical = res["rows"]["clinical (age, sex)"]["per_part"][k]["threshold"]
+        assert clinical != 0.5 and clinical != t  # its own validation scores
+        decisions.append(score[te] >= t)
+        truth.append(label[te])
+        if not folds:
+            acc = res["rows"]["image model"]["summary"]["accuracy"]["per_seed"][k]
+            assert acc == pytest.approx(accuracy_score(label[te], score[te] >= t))
+    if folds:  # pooled decisions, each fold at its own threshold
+        acc = res["rows"]["image model"]["summary"]["accuracy"]["mean"]
+        want = accuracy_score(np.concatenate(truth), np.concatenate(decisions))
+        assert acc == pytest.approx(want)
+    assert res["threshold_rule"] == "youden" and res["fixed_threshold_rows"] == [fusion]
+    table = headline_table(res)
+    assert "Threshold 0.5 for" not in table and "maximum Youden's J" in table
+    assert f"threshold 0.5 for {fusion}" in table
 
 
 def _rows(data):

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 from osteo_jax.cli.data import add_allow_outside_paths, add_overwrite, reader_options
+from osteo_jax.config.choices import AGGREGATES, THRESHOLD_RULES
 from osteo_jax.data.outdir import check_dir
 
 
@@ -150,6 +151,9 @@ def _protocol_config(args: argparse.Namespace):
         cls_over["seeds"] = tuple(int(x) for x in args.seeds.split(","))
     if getattr(args, "folds", None) is not None:
         cls_over["folds"] = args.folds
+    for key in ("threshold", "aggregate"):
+        if getattr(args, key, None) is not None:
+            cls_over[key] = getattr(args, key)
     cls = dataclasses.replace(cls, **cls_over)
     return dataclasses.replace(cfg, ssl=ssl, cls=cls, backbone=backbone)
 
@@ -404,6 +408,18 @@ def add_evaluate(sub) -> None:
     p.add_argument("--seeds", default=None, help="comma-separated seeds (default 0,1,2)")
     p.add_argument(
         "--folds", type=int, default=None, help="k-fold cross-validation over subjects instead"
+    )
+    p.add_argument(
+        "--threshold",
+        default=None,
+        choices=THRESHOLD_RULES,
+        help="decision threshold of F1/accuracy: fixed 0.5 or chosen on validation",
+    )
+    p.add_argument(
+        "--aggregate",
+        default=None,
+        choices=AGGREGATES,
+        help="subject score: mean of segments or a per-bone logistic head",
     )
     add_allow_outside_paths(p)
     p.set_defaults(func=cmd_evaluate)

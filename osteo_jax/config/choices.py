@@ -27,6 +27,8 @@ RESNET_STEMS = ("imagenet", "small")
 NORMS = ("group", "none")
 CLS_MODES = ("probe", "finetune")
 CLASS_WEIGHTS = (None, "balanced")
+THRESHOLD_RULES = ("fixed", "youden", "f1")
+AGGREGATES = ("mean", "logistic")
 
 
 def check_choice(config: Any, field: str, allowed: Collection) -> None:

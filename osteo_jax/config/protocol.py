@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from osteo_jax.config.choices import (
+    AGGREGATES,
     BACKBONE_ARCHS,
     CLASS_WEIGHTS,
     CLS_MODES,
@@ -12,6 +13,7 @@ from osteo_jax.config.choices import (
     NORMS,
     RESNET_STEMS,
     SSL_METHODS,
+    THRESHOLD_RULES,
     check_choice,
     check_positive,
 )
@@ -162,6 +164,13 @@ class ClsConfig:
         stratified ``split[1] / (split[0] + split[1])`` of the rest; fold assignment from
         ``seeds[0]``): lower-variance estimates on small cohorts.
       bootstrap: bootstrap resamples for the 95 % confidence intervals.
+      threshold: decision threshold of F1, accuracy, sensitivity and specificity:
+        ``"fixed"`` (0.5), or chosen per seed / fold on its validation subjects by
+        ``"youden"`` (max sensitivity + specificity - 1) or ``"f1"`` (max macro-F1)
+        (``eval/thresholds.py``); AUC and ECE do not depend on it.
+      aggregate: subject score from its segment probabilities: ``"mean"`` (of the valid
+        segments) or ``"logistic"`` (a logistic regression over the per-bone logits, fitted
+        per seed / fold on the training subjects; ``eval/aggregate.py``).
     """
 
     mode: str = "probe"
@@ -176,10 +185,14 @@ class ClsConfig:
     seeds: tuple[int, ...] = (0, 1, 2)
     folds: int = 0
     bootstrap: int = 1000
+    threshold: str = "fixed"
+    aggregate: str = "mean"
 
     def __post_init__(self):
         check_choice(self, "mode", CLS_MODES)
         check_choice(self, "class_weight", CLASS_WEIGHTS)
+        check_choice(self, "threshold", THRESHOLD_RULES)
+        check_choice(self, "aggregate", AGGREGATES)
         check_positive(self, "epochs", "batch_size", "learning_rate")
         if not self.seeds:
             raise ValueError("ClsConfig.seeds must name at least one seed")

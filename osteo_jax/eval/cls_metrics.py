@@ -167,7 +167,10 @@ def _auc(probs: np.ndarray, labels: np.ndarray) -> float:
     return roc_auc(probs, labels) if both else float("nan")
 
 
-def _confusion_metrics(probs: np.ndarray, labels: np.ndarray, threshold: float) -> dict:
+def _confusion_metrics(
+    probs: np.ndarray, labels: np.ndarray, threshold: float | np.ndarray
+) -> dict:
+    # threshold: a scalar, or [n] per subject (pooled folds, each with its own threshold).
     pred = probs >= threshold
     pos = labels == 1
     tp, fp = float(np.sum(pred & pos)), float(np.sum(pred & ~pos))
@@ -182,8 +185,13 @@ def _confusion_metrics(probs: np.ndarray, labels: np.ndarray, threshold: float) 
     }
 
 
-def _binary_metrics(probs: np.ndarray, labels: np.ndarray, threshold: float = 0.5) -> dict:
-    """:func:`binary_metrics` of already checked inputs (the bootstrap's inner loop)."""
+def _binary_metrics(
+    probs: np.ndarray, labels: np.ndarray, threshold: float | np.ndarray = 0.5
+) -> dict:
+    """:func:`binary_metrics` of checked inputs (the bootstrap's inner loop).
+
+    ``threshold`` is a scalar or ``[n]`` per subject (pooled folds).
+    """
     out = _confusion_metrics(probs, labels, threshold)
     out["auc"], out["ece"] = _auc(probs, labels), _ece(probs, labels)
     return {k: out[k] for k in METRICS}

@@ -80,6 +80,47 @@ def _interval(draws: Sequence[float]) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
+def _check_thresholds(thresholds: Sequence[float] | None, n: int, unit: str) -> list[float]:
+    """``thresholds`` as ``n`` floats in ``[0, 1]`` (0.5 each when None)."""
+    if thresholds is None:
+        return [0.5] * n
+    t = [float(x) for x in thresholds]
+    if len(t) != n:
+        raise ValueError(f"{len(t)} thresholds for {n} {unit}s; need one per {unit}")
+    bad = [x for x in t if not 0 <= x <= 1]  # NaN fails too
+    if bad:
+        raise ValueError(f"thresholds must be in [0, 1], got {bad[0]!r}")
+    return t
+
+
+def _bootstrap(
+    per_seed: list[tuple[np.ndarray, np.ndarray]],
+    cut: list[float | np.ndarray],
+    n_boot: int,
+    seed: int,
+    fn: Callable,
+    resample_seeds: bool,
+    with_threshold: bool,
+) -> dict[str, tuple[float, float]]:
+    """:func:`bootstrap_ci` of checked inputs; ``cut[s]`` a scalar or per-subject thresholds."""
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {}
+    for sample in _resamples([len(y) for _, y in per_seed], n_boot, rng, resample_seeds):
+        accum: dict[str, list[float]] = {}
+        for s, idx in sample:
+            probs, labels = per_seed[s]
+            if with_threshold:
+                t = cut[s] if np.ndim(cut[s]) == 0 else cut[s][idx]
+                values = fn(probs[idx], labels[idx], t)
+            else:
+                values = fn(probs[idx], labels[idx])
+            for k, v in values.items():
+                accum.setdefault(k, []).append(v)
+        for k, vs in accum.items():
+            draws.setdefault(k, []).append(float(np.mean(vs)))
+    return {k: _interval(vs) for k, vs in draws.items()}
+
+
 def bootstrap_ci(
     per_seed: Sequence[tuple[np.ndarray, np.ndarray]],
     *,
@@ -87,6 +128,7 @@ def bootstrap_ci(
     seed: int = 0,
     metric_fn: Callable[[np.ndarray, np.ndarray], dict] = binary_metrics,
     resample_seeds: bool = True,
+    thresholds: Sequence[float] | None = None,
 ) -> dict[str, tuple[float, float]]:
     """95 % hierarchical bootstrap interval of the seed-mean of every metric (:data:`CI_METHOD`).
 
@@ -103,24 +145,25 @@ def bootstrap_ci(
       metric_fn: ``(probs, labels) -> dict`` of metrics.
       resample_seeds: False keeps every seed once per resample and resamples only subjects
         (the within-seed bootstrap, which ignores the spread between seeds).
+      thresholds: ``[S]`` decision threshold of each seed (chosen on its validation
+        subjects, :mod:`osteo_jax.eval.thresholds`), kept fixed within the resamples of that
+        seed; None: 0.5 each. Only with the default ``metric_fn``.
 
     Returns:
       ``{metric: (low, high)}``: 2.5 and 97.5 percentiles; a resample where a metric is NaN
       (e.g. AUC of a resample with one class only) is dropped for that metric.
+
+    Raises:
+      ValueError: invalid inputs, or ``thresholds`` of the wrong length, outside ``[0, 1]`` or
+        given with a custom ``metric_fn``.
     """
     per_seed = _check_all(per_seed, "seed")
-    fn = _binary_metrics if metric_fn is binary_metrics else metric_fn
-    rng = np.random.default_rng(seed)
-    draws: dict[str, list[float]] = {}
-    for sample in _resamples([len(y) for _, y in per_seed], n_boot, rng, resample_seeds):
-        accum: dict[str, list[float]] = {}
-        for s, idx in sample:
-            probs, labels = per_seed[s]
-            for k, v in fn(probs[idx], labels[idx]).items():
-                accum.setdefault(k, []).append(v)
-        for k, vs in accum.items():
-            draws.setdefault(k, []).append(float(np.mean(vs)))
-    return {k: _interval(vs) for k, vs in draws.items()}
+    default = metric_fn is binary_metrics
+    if thresholds is not None and not default:
+        raise ValueError("thresholds apply to the default metric_fn (binary_metrics) only")
+    cut = _check_thresholds(thresholds, len(per_seed), "seed")
+    fn = _binary_metrics if default else metric_fn
+    return _bootstrap(per_seed, cut, n_boot, seed, fn, resample_seeds, default)
 
 
 def _nan_stat(fn: Callable[[np.ndarray], float], v: np.ndarray) -> float:
@@ -128,7 +171,11 @@ def _nan_stat(fn: Callable[[np.ndarray], float], v: np.ndarray) -> float:
 
 
 def summarise_seeds(
-    per_seed: Sequence[tuple[np.ndarray, np.ndarray]], *, n_boot: int = 1000, seed: int = 0
+    per_seed: Sequence[tuple[np.ndarray, np.ndarray]],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    thresholds: Sequence[float] | None = None,
 ) -> dict[str, dict]:
     """Summary of the repeated-split protocol over seeds.
 
@@ -136,16 +183,22 @@ def summarise_seeds(
       per_seed: ``(probs [n_s], labels [n_s])`` of each seed's test subjects.
       n_boot: bootstrap resamples of the interval (0: no interval, NaN).
       seed: resampling seed.
+      thresholds: ``[S]`` decision threshold of each seed for F1, accuracy, sensitivity and
+        specificity (chosen on that seed's validation subjects); None: 0.5 each.
 
     Returns:
       ``{metric: {"mean", "std", "ci95": [lo, hi], "per_seed": [...]}}`` for each of
       :data:`METRICS`: mean and (population) std over seeds, NaN seeds ignored, and the
       hierarchical bootstrap interval of the seed-mean (:func:`bootstrap_ci`, described by
       :data:`CI_METHOD`).
+
+    Raises:
+      ValueError: invalid inputs or thresholds.
     """
     per_seed = _check_all(per_seed, "seed")
-    values = [_binary_metrics(p, y) for p, y in per_seed]
-    ci = bootstrap_ci(per_seed, n_boot=n_boot, seed=seed) if n_boot else {}
+    cut = _check_thresholds(thresholds, len(per_seed), "seed")
+    values = [_binary_metrics(p, y, t) for (p, y), t in zip(per_seed, cut, strict=True)]
+    ci = _bootstrap(per_seed, cut, n_boot, seed, _binary_metrics, True, True) if n_boot else {}
     out = {}
     for k in METRICS:
         v = np.array([d[k] for d in values], np.float64)
@@ -159,7 +212,11 @@ def summarise_seeds(
 
 
 def summarise_folds(
-    per_fold: Sequence[tuple[np.ndarray, np.ndarray]], *, n_boot: int = 1000, seed: int = 0
+    per_fold: Sequence[tuple[np.ndarray, np.ndarray]],
+    *,
+    n_boot: int = 1000,
+    seed: int = 0,
+    thresholds: Sequence[float] | None = None,
 ) -> dict[str, dict]:
     """Summary of a k-fold protocol, in the format of :func:`summarise_seeds`.
 
@@ -167,22 +224,43 @@ def summarise_folds(
     :func:`osteo_jax.data.splits.stratified_subject_folds`), so their union is one prediction
     per subject.
 
+    With per-fold ``thresholds`` each fold's subjects are classified by that fold's own
+    threshold and the confusion counts pooled: the pooled F1, accuracy, sensitivity and
+    specificity are those of the union of the folds' decisions (a subject keeps its fold's
+    threshold in the bootstrap too). AUC and ECE pool the probabilities as without thresholds.
+
     Args:
       per_fold: ``(probs [n_f], labels [n_f])`` of each fold's test subjects.
       n_boot: bootstrap resamples of the interval (0: no interval, NaN).
       seed: resampling seed.
+      thresholds: ``[k]`` decision threshold of each fold (chosen on its validation
+        subjects); None: 0.5 each.
 
     Returns:
       ``{metric: {"mean", "std", "ci95": [lo, hi], "per_seed": [...]}}``: ``mean`` is the
       metric of the pooled test predictions, ``std`` the (population) std over folds, ``ci95``
       a subject bootstrap of the pooled set (:data:`FOLD_CI_METHOD`) and ``per_seed`` the
       per-fold values.
+
+    Raises:
+      ValueError: invalid inputs or thresholds.
     """
     per_fold = _check_all(per_fold, "fold")
+    cut = _check_thresholds(thresholds, len(per_fold), "fold")
     pooled = (np.concatenate([p for p, _ in per_fold]), np.concatenate([y for _, y in per_fold]))
-    point = _binary_metrics(*pooled)
-    values = [_binary_metrics(p, y) for p, y in per_fold]
-    ci = bootstrap_ci([pooled], n_boot=n_boot, seed=seed) if n_boot else {}
+    if thresholds is None:
+        pooled_cut: float | np.ndarray = 0.5
+    else:  # each subject its fold's threshold
+        pooled_cut = np.concatenate(
+            [np.full(len(y), t) for (_, y), t in zip(per_fold, cut, strict=True)]
+        )
+    point = _binary_metrics(*pooled, pooled_cut)
+    values = [_binary_metrics(p, y, t) for (p, y), t in zip(per_fold, cut, strict=True)]
+    ci = (
+        _bootstrap([pooled], [pooled_cut], n_boot, seed, _binary_metrics, True, True)
+        if n_boot
+        else {}
+    )
     out = {}
     for k in METRICS:
         v = np.array([d[k] for d in values], np.float64)

@@ -6,6 +6,8 @@ Pure formatting of :func:`osteo_jax.pipeline.comparison.compare_rows` output
 
 from __future__ import annotations
 
+from osteo_jax.eval.thresholds import DEFAULT_THRESHOLD, threshold_words
+
 __all__ = [
     "CLINICAL_ROW",
     "COMPARISON_JSON",
@@ -94,7 +96,7 @@ def rows_table(
     footer = (
         f"All rows on the same test subjects ({how}). 95 % CI: {comparison['ci_method']}. "
         f"Δ: paired difference on the same subjects ({comparison['paired_method']}); * = the "
-        "interval excludes 0. Threshold 0.5 for F1, accuracy, sensitivity and specificity. "
+        f"interval excludes 0. {_threshold_sentence(comparison)} "
         "Baselines are logistic regressions fitted on the training subjects (fusion: on the "
         "validation subjects), never on a test subject. Bayes posterior rows: the generator's "
         "exact posteriors on the same test subjects (the ceilings, measured like any row)."
@@ -102,6 +104,18 @@ def rows_table(
     for name, why in comparison.get("skipped", {}).items():
         footer += f" No {name} row: {why}."
     return header, rows, footer
+
+
+def _threshold_sentence(comparison: dict) -> str:
+    """The threshold rule of the rows, and the rows that keep 0.5 (no validation scores)."""
+    words = threshold_words(comparison.get("threshold_rule", "fixed"))
+    fixed = comparison.get("fixed_threshold_rows") or []
+    if fixed:
+        words += (
+            f"; threshold {DEFAULT_THRESHOLD} for {', '.join(fixed)} (fitted on the validation "
+            "subjects: no out-of-sample validation scores)"
+        )
+    return words + "."
 
 
 def _markdown(header: list[str], rows: list[list[str]]) -> list[str]:

@@ -12,6 +12,13 @@ scores on exactly the same test subjects of every part:
 * ``Bayes posterior (...)``: on a synthetic cohort, the generator's exact posteriors
   (``ceiling.csv``): the ceilings evaluated on the same test subjects.
 
+The threshold of F1, accuracy, sensitivity and specificity follows the protocol's
+``ClsConfig.threshold`` rule, chosen per part and row on that row's validation-subject scores:
+the image model's ``val_predictions.csv``, the train-fitted baselines' validation predictions,
+the posteriors of the validation subjects. Fusion is fitted on the validation subjects, so it
+has no out-of-sample validation scores: it keeps 0.5 (listed in ``fixed_threshold_rows`` and
+said under the table). A part whose validation subjects hold one class uses 0.5.
+
 Each row is summarised like the protocol (mean ± std over seeds with the hierarchical
 bootstrap interval, or the pooled folds), and compared with the clinical row and with the image
 model by a paired bootstrap on the same subjects (``paired_difference``). Writes
@@ -28,7 +35,12 @@ import numpy as np
 
 from osteo_jax.data.folder import read_csv, rows_from, write_csv, write_json
 from osteo_jax.data.synth.ceiling import read_ceilings, read_posteriors
-from osteo_jax.eval.baselines import clinical_scores, fusion_scores, radiogrammetry_scores
+from osteo_jax.eval.baselines import (
+    BaselineScores,
+    clinical_scores,
+    fusion_scores,
+    radiogrammetry_scores,
+)
 from osteo_jax.eval.cls_stats import (
     CI_METHOD,
     FOLD_CI_METHOD,
@@ -50,12 +62,18 @@ from osteo_jax.eval.subject_features import (
     read_covariates,
     read_labels,
 )
+from osteo_jax.eval.thresholds import DEFAULT_THRESHOLD, choose_threshold
 
 __all__ = ["compare_rows"]
 
 
 def _read_predictions(path: Path) -> dict[str, tuple[int, float]]:
     return {r["subject_id"]: (int(r["label"]), float(r["probability"])) for r in read_csv(path)}
+
+
+def _scores_of(baseline: BaselineScores, ids: list[str]) -> dict[str, float]:
+    """``{subject: probability}`` of a baseline fitted on train for (validation) ``ids``."""
+    return dict(zip(ids, baseline.probability(ids).tolist(), strict=True))
 
 
 def _val_predictions(cls_dir: Path, part: dict, segments) -> dict[str, tuple[int, float]]:
@@ -74,6 +92,7 @@ def _val_predictions(cls_dir: Path, part: dict, segments) -> dict[str, tuple[int
 
     from osteo_jax.config import BackboneConfig, from_dict
     from osteo_jax.data.segments import load_segments
+    from osteo_jax.eval.aggregate import AGGREGATE_FILE, aggregate_subjects, load_head
     from osteo_jax.eval.cls_metrics import subject_scores
     from osteo_jax.pipeline.protocol import MODEL_FILE
     from osteo_jax.train.cls_loop import predict_segments
@@ -84,7 +103,11 @@ def _val_predictions(cls_dir: Path, part: dict, segments) -> dict[str, tuple[int
     val = set(json.loads((cls_dir / part["dir"] / "split.json").read_text())["val"])
     subset = seg.take(np.flatnonzero(np.isin(seg.subject_ids, sorted(val))))
     params = flax.serialization.msgpack_restore((cls_dir / part["dir"] / MODEL_FILE).read_bytes())
-    p, y = subject_scores(predict_segments(params, backbone, subset), subset)
+    probs = predict_segments(params, backbone, subset)
+    _, y = subject_scores(probs, subset)
+    head_file = cls_dir / part["dir"] / AGGREGATE_FILE  # the protocol's head, if it fitted one
+    head = load_head(head_file) if head_file.exists() else None
+    _, p = aggregate_subjects(probs, subset.valid, subset.subject_ids, head)
     subjects = np.unique(subset.subject_ids)
     write_csv(path, rows_from({"subject_id": subjects, "label": y, "probability": np.round(p, 6)}))
     return _read_predictions(path)
@@ -116,9 +139,10 @@ def compare_rows(
     Returns:
       ``{"rows": {name: {"summary", "per_part"}}, "vs_clinical": {name: paired},
       "vs_image": {name: paired}, "ceilings", "ci_method", "paired_method", "folds",
-      "skipped": {row: why}}`` (fusion is skipped where a validation part has fewer than 2
-      subjects of a class), also
-      written to ``cls_dir/comparison.json``; the headline table to ``comparison.md``.
+      "skipped": {row: why}, "threshold_rule", "fixed_threshold_rows"}`` (fusion is skipped
+      where a validation part has fewer than 2 subjects of a class; each ``per_part`` entry
+      holds its ``threshold``), also written to ``cls_dir/comparison.json``; the headline
+      table to ``comparison.md``.
 
     Raises:
       DatasetError: a covariate column is missing from ``subjects.csv`` (named).
@@ -130,21 +154,31 @@ def compare_rows(
     cov = read_covariates(data, tuple(covariates)) if covariates else None
     radio = radiogrammetry_features(radiogrammetry) if radiogrammetry else None
     posteriors = read_posteriors(data)
-    rows: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+    rule = metrics["config"]["cls"].get("threshold", "fixed")
+    rows: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray, float]]] = {}
     skipped: dict[str, str] = {}  # rows that cannot be fitted on some part, and why
+    fixed_rows: set[str] = set()  # rows without out-of-sample validation scores: 0.5
 
-    def add(name: str, ids: list[str], probs: np.ndarray) -> None:
+    def add(name: str, ids: list[str], probs: np.ndarray, val: dict | None = None) -> None:
+        """Adds a part of a row; its threshold by ``rule`` on ``val`` ({subject: p}), if any."""
         y = np.array([labels[s] for s in ids])
-        rows.setdefault(name, []).append((np.asarray(ids), np.asarray(probs, np.float64), y))
+        t = DEFAULT_THRESHOLD
+        if val is None:
+            fixed_rows.add(name)
+        else:
+            val_y = np.array([labels[s] for s in val])
+            if len(np.unique(val_y)) == 2:  # one class: 0.5, as in the protocol
+                t = choose_threshold(np.array(list(val.values())), val_y, rule)
+        rows.setdefault(name, []).append((np.asarray(ids), np.asarray(probs, np.float64), y, t))
 
     for part in metrics["per_seed"]:
         part.setdefault("dir", f"seed{part['seed']}")
         split = json.loads((cls_dir / part["dir"] / "split.json").read_text())
-        test_ids = sorted(split["test"])
+        test_ids, val_ids = sorted(split["test"]), sorted(split["val"])
         test = _read_predictions(cls_dir / part["dir"] / "test_predictions.csv")
         val = _val_predictions(cls_dir, part, segments)
         fitted = []
-        add(IMAGE_ROW, test_ids, [test[s][1] for s in test_ids])
+        add(IMAGE_ROW, test_ids, [test[s][1] for s in test_ids], {s: val[s][1] for s in val_ids})
         image_scores = {s: p for s, (_, p) in {**val, **test}.items()}
         fusion_name = f"fusion (image + {', '.join(covariates)})" if cov else "image, recalibrated"
         try:
@@ -152,7 +186,7 @@ def compare_rows(
         except ValueError as err:  # e.g. a tiny validation part with one subject of a class
             skipped[fusion_name] = f"{part['dir']}: {err}"
         else:
-            fitted.append(fusion)
+            fitted.append(fusion)  # fitted on val: no out-of-sample validation scores
             add(fusion_name, test_ids, fusion.probability(test_ids))
         if cov is not None:
             clinical = clinical_scores(split, labels, cov)
@@ -161,11 +195,17 @@ def compare_rows(
                 f"{CLINICAL_ROW} ({', '.join(covariates)})",
                 test_ids,
                 clinical.probability(test_ids),
+                _scores_of(clinical, val_ids),
             )
         if radio is not None:
             r_only = radiogrammetry_scores(split, labels, radio)
             fitted.append(r_only)
-            add("radiogrammetry (measured CI)", test_ids, r_only.probability(test_ids))
+            add(
+                "radiogrammetry (measured CI)",
+                test_ids,
+                r_only.probability(test_ids),
+                _scores_of(r_only, val_ids),
+            )
             if cov is not None:
                 r_cov = radiogrammetry_scores(split, labels, radio, cov)
                 fitted.append(r_cov)
@@ -173,6 +213,7 @@ def compare_rows(
                     f"radiogrammetry + {', '.join(covariates)}",
                     test_ids,
                     r_cov.probability(test_ids),
+                    _scores_of(r_cov, val_ids),
                 )
         for b in fitted:  # the test subjects are never fitted on (also tested)
             seen = set(b.fit_subjects) & set(test_ids)
@@ -184,7 +225,9 @@ def compare_rows(
                 ("clinical", "Bayes posterior: age, sex"),
                 ("image_clinical", "Bayes posterior: image + age, sex"),
             ):
-                add(words, test_ids, [posteriors[key][s] for s in test_ids])
+                post = posteriors[key]
+                val_post = {s: post[s] for s in val_ids} if set(val_ids) <= set(post) else None
+                add(words, test_ids, [post[s] for s in test_ids], val_post)
 
     for name, why in skipped.items():
         rows.pop(name, None)
@@ -200,18 +243,31 @@ def compare_rows(
         "folds": folds,
         "covariates": list(covariates),
         "skipped": skipped,
+        "threshold_rule": rule,
+        "fixed_threshold_rows": sorted(n for n in fixed_rows if n in rows)
+        if rule != "fixed"
+        else [],
     }
     for name, parts in rows.items():
         out["rows"][name] = {
-            "summary": summarise([(p, y) for _, p, y in parts], n_boot=n_boot),
+            "summary": summarise(
+                [(p, y) for _, p, y, _ in parts], n_boot=n_boot, thresholds=[t for *_, t in parts]
+            ),
             "per_part": [
-                {"subject_id": ids.tolist(), "probability": p.tolist(), "label": y.tolist()}
-                for ids, p, y in parts
+                {
+                    "subject_id": ids.tolist(),
+                    "probability": p.tolist(),
+                    "label": y.tolist(),
+                    "threshold": t,
+                }
+                for ids, p, y, t in parts
             ],
         }
 
     def paired(a: str, b: str) -> dict:
-        pairs = [(pa, pb, ya) for (_, pa, ya), (_, pb, _) in zip(rows[a], rows[b], strict=True)]
+        pairs = [
+            (pa, pb, ya) for (_, pa, ya, _), (_, pb, _, _) in zip(rows[a], rows[b], strict=True)
+        ]
         if folds:  # each subject once: one pooled test set
             pairs = [tuple(np.concatenate(x) for x in zip(*pairs, strict=True))]
         return paired_difference(pairs, n_boot=max(n_boot, 1000))

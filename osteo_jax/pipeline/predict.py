@@ -41,7 +41,7 @@ class PredictModel:
 
         from osteo_jax.config import ExperimentConfig, from_dict
         from osteo_jax.eval.seg_eval import make_predict_fn
-        from osteo_jax.pipeline.protocol import load_models
+        from osteo_jax.pipeline.protocol import load_heads, load_models
         from osteo_jax.pipeline.seg_run import restore_segmenter
 
         self.run = Path(run)
@@ -51,7 +51,9 @@ class PredictModel:
         self.cfg = from_dict(ExperimentConfig, json.loads(cfg_path.read_text())["config"])
         model, self.seg_params, self.seg_cfg, self.seg_step = restore_segmenter(self.run / "seg")
         self._predict = make_predict_fn(model)
-        self.models, self.backbone, self.bones, _ = load_models(self.run / "cls")
+        self.models, self.backbone, self.bones, metrics = load_models(self.run / "cls")
+        # Per seed model: its subject aggregation head (None: the mean of the valid segments).
+        self.heads = load_heads(self.run / "cls", metrics)
         self.key = jax.random.fold_in(jax.random.key(self.seg_cfg.seed), 17)
 
     def segment(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -67,8 +69,13 @@ class PredictModel:
         return np.asarray(probs[0]), np.asarray(weights[0], np.float64)
 
     def classify(self, segments: list) -> np.ndarray:
-        """``[len(segments), n_models]`` subject probability of each segment set and model."""
+        """``[len(segments), n_models]`` subject probability of each segment set and model.
+
+        Each model combines its segments as the protocol did: the mean of the valid segments,
+        or the part's saved logistic head (``aggregate.json``); NaN without a valid segment.
+        """
         from osteo_jax.data.segments import SegmentSet
+        from osteo_jax.eval.aggregate import aggregate_subjects
         from osteo_jax.train.cls_loop import predict_segments
 
         n = len(segments)
@@ -84,9 +91,13 @@ class PredictModel:
             meta={},
         ).select_bones(self.bones)
         out = np.full((n, len(self.models)), np.nan)
-        for m, params in enumerate(self.models):
+        valid = sset.valid
+        for m, (params, head) in enumerate(zip(self.models, self.heads, strict=True)):
             probs = predict_segments(params, self.backbone, sset)  # [n, B], 0.5 where invalid
-            valid = sset.valid
+            if head is not None:  # the protocol's logistic head, each segment set one subject
+                _, p = aggregate_subjects(probs, valid, np.arange(n), head)
+                out[:, m] = np.where(valid.any(1), p, np.nan)
+                continue
             with np.errstate(invalid="ignore"):
                 out[:, m] = np.where(
                     valid.any(1), (probs * valid).sum(1) / np.maximum(valid.sum(1), 1), np.nan

@@ -11,7 +11,14 @@ sampling), the paper-format table, a ROC and a reliability figure are written to
 folder::
 
     OUT/seed<k>/ (or fold<i>/) {split.json, ssl/, cls/, val_predictions.csv,
-                 test_predictions.csv, test_segments.csv, model.msgpack}
+                 test_predictions.csv, test_segments.csv, model.msgpack,
+                 aggregate.json (with ClsConfig.aggregate="logistic")}
+
+A subject's probability is the mean of its segments' or, with ``ClsConfig.aggregate =
+"logistic"``, a per-bone logistic head fitted on the part's training subjects
+(:mod:`osteo_jax.eval.aggregate`). F1, accuracy, sensitivity and specificity threshold it at 0.5
+or at a threshold chosen on the part's validation subjects (``ClsConfig.threshold``,
+:mod:`osteo_jax.eval.thresholds`).
     OUT/cls_metrics.json  OUT/table.md  OUT/roc.png  OUT/reliability.png
 """
 
@@ -32,9 +39,17 @@ from osteo_jax.data.folder import rows_from, write_csv, write_json
 from osteo_jax.data.outdir import check_dir, claim_dir
 from osteo_jax.data.segments import SegmentSet, load_segments
 from osteo_jax.data.splits import stratified_subject_folds, stratified_subject_split
+from osteo_jax.eval.aggregate import (
+    AGGREGATE_FILE,
+    LogisticHead,
+    aggregate_subjects,
+    fit_logistic_head,
+    load_head,
+)
 from osteo_jax.eval.cls_figure import reliability_figure, roc_figure
 from osteo_jax.eval.cls_metrics import binary_metrics, paper_table, subject_metrics, subject_scores
 from osteo_jax.eval.cls_stats import CI_METHOD, FOLD_CI_METHOD, summarise_folds, summarise_seeds
+from osteo_jax.eval.thresholds import DEFAULT_THRESHOLD, choose_threshold, threshold_words
 from osteo_jax.train.cls_loop import predict_segments, train_classifier
 from osteo_jax.train.ssl_loop import train_ssl
 
@@ -42,6 +57,7 @@ __all__ = [
     "MODEL_FILE",
     "TEST_PREDICTIONS",
     "VAL_PREDICTIONS",
+    "load_heads",
     "load_models",
     "protocol_parts",
     "run_protocol",
@@ -93,6 +109,30 @@ def load_models(out: str | Path) -> tuple[list[dict], BackboneConfig, tuple[str,
     return models, backbone, bones, metrics
 
 
+def load_heads(out: str | Path, metrics: dict) -> list[LogisticHead | None]:
+    """Per part of a finished protocol folder, its saved aggregation head or None (the mean).
+
+    Args:
+      out: the protocol folder.
+      metrics: its ``cls_metrics.json`` (:func:`load_models` returns it).
+
+    Returns:
+      One entry per part, in the order of :func:`load_models`' models.
+
+    Raises:
+      ValueError: the run used ``aggregate="logistic"`` and a part's head is missing.
+    """
+    out = Path(out)
+    logistic = metrics["config"]["cls"].get("aggregate", "mean") == "logistic"
+    heads = []
+    for row in metrics["per_seed"]:
+        file = out / row.get("dir", f"seed{row['seed']}") / AGGREGATE_FILE
+        if logistic and not file.exists():
+            raise ValueError(f"{file}: missing (re-run the protocol to write it)")
+        heads.append(load_head(file) if logistic else None)
+    return heads
+
+
 def protocol_parts(
     subject_ids: np.ndarray, labels: np.ndarray, cls: ClsConfig
 ) -> list[tuple[str, int, tuple[np.ndarray, np.ndarray, np.ndarray]]]:
@@ -113,6 +153,17 @@ def protocol_parts(
         (f"seed{seed}", seed, stratified_subject_split(subject_ids, labels, tuple(cls.split), seed))
         for seed in cls.seeds
     ]
+
+
+def _part_threshold(rule: str, probs: np.ndarray, labels: np.ndarray, part: str) -> float:
+    """:func:`choose_threshold` on a part's validation subjects; 0.5 when they hold one class."""
+    if rule != "fixed" and len(np.unique(labels)) < 2:
+        print(
+            f"protocol: {part} validation subjects hold one class only; threshold "
+            f"{DEFAULT_THRESHOLD} instead of the {rule!r} rule"
+        )
+        return DEFAULT_THRESHOLD
+    return choose_threshold(probs, labels, rule)
 
 
 def _protocol_words(cls: ClsConfig, n_parts: int) -> str:
@@ -172,7 +223,7 @@ def run_protocol(
     seg = seg.take(labelled)
     out = claim_dir(out, "evaluate", overwrite=overwrite).path
     backbone = backbone or (ssl.backbone if ssl is not None else BackboneConfig())
-    per_seed, seed_rows = [], []
+    per_seed, seed_rows, thresholds = [], [], []
     for part, seed, (tr, va, te) in protocol_parts(seg.subject_ids, seg.labels, cls):
         folder = out / part
         folder.mkdir(exist_ok=True)
@@ -201,15 +252,31 @@ def run_protocol(
             seed=seed,
             progress=progress,
         )
+        head = None
+        if cls.aggregate == "logistic":  # fitted on the training subjects' segments
+            train_set = seg.take(tr)
+            train_probs = predict_segments(res["params"], backbone, train_set)
+            head = fit_logistic_head(
+                train_probs,
+                train_set.valid,
+                train_set.subject_ids,
+                train_set.labels,
+                tuple(seg.bones),
+            )
+            head.save(folder / AGGREGATE_FILE)
+        scores = {}
         for file, idx in ((VAL_PREDICTIONS, va), (TEST_PREDICTIONS, te)):
             part_set = seg.take(idx)
             probs = predict_segments(res["params"], backbone, part_set)
-            p, y = subject_scores(probs, part_set)
+            _, y = subject_scores(probs, part_set)
+            _, p = aggregate_subjects(probs, part_set.valid, part_set.subject_ids, head)
+            scores[file] = (np.round(p, 6), y)  # the threshold is chosen on what is written
             subjects = np.unique(part_set.subject_ids)
             write_csv(
                 folder / file,
-                rows_from({"subject_id": subjects, "label": y, "probability": np.round(p, 6)}),
+                rows_from({"subject_id": subjects, "label": y, "probability": scores[file][0]}),
             )
+        threshold = _part_threshold(cls.threshold, *scores[VAL_PREDICTIONS], part)
         test = part_set  # the test part, written last
         img, bone = np.nonzero(test.valid)
         write_csv(
@@ -226,20 +293,22 @@ def run_protocol(
         )
         save_model(folder / MODEL_FILE, res["params"])
         per_seed.append((p, y))
+        thresholds.append(threshold)
         seed_rows.append(
             {
                 "dir": part,
                 "seed": seed,
                 "best_epoch": res["best_epoch"],
                 "val": res["val"],
-                "test": binary_metrics(p, y),
+                "test": binary_metrics(p, y, threshold),
+                "threshold": threshold,
                 "n_test_subjects": len(y),
             }
         )
-    if cls.folds:
-        summary, ci_method = summarise_folds(per_seed, n_boot=cls.bootstrap), FOLD_CI_METHOD
-    else:
-        summary, ci_method = summarise_seeds(per_seed, n_boot=cls.bootstrap), CI_METHOD
+    summarise, ci_method = (
+        (summarise_folds, FOLD_CI_METHOD) if cls.folds else (summarise_seeds, CI_METHOD)
+    )
+    summary = summarise(per_seed, n_boot=cls.bootstrap, thresholds=thresholds)
     row = {
         "model": name or (ssl.method if ssl is not None else "no SSL"),
         "roi": roi or seg.meta.get("source", ""),
@@ -248,11 +317,14 @@ def run_protocol(
         "image_ceiling_auc": ceiling_auc,
     }
     table = (
-        paper_table([row]) + f"\n{_protocol_words(cls, len(seed_rows))}; 95 % CI: {ci_method}.\n"
+        paper_table([row])
+        + f"\n{_protocol_words(cls, len(seed_rows))}; 95 % CI: {ci_method}. "
+        + f"{threshold_words(cls.threshold)}.\n"
     )
     result = {
         "summary": summary,
         "ci_method": ci_method,
+        "threshold_rule": cls.threshold,
         "per_seed": seed_rows,
         "table_row": {k: v for k, v in row.items() if k != "summary"},
         "config": {
