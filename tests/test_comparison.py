@@ -183,3 +183,35 @@ def test_run_refuses_data_without_a_covariate_before_training(tmp_path):
     with pytest.raises(DatasetError, match="age"):
         run_experiment(ExperimentConfig(), tmp_path / "run", data=data, progress=False)
     assert not (tmp_path / "run" / "config.json").exists()
+
+
+def test_stacked_row_is_image_and_radiogrammetry_weighed_on_validation(tmp_path):
+    data, ids, label, score = _dataset(tmp_path)
+    rng = np.random.default_rng(3)
+    ci = 0.6 - 0.08 * label + rng.normal(0, 0.06, N)  # a measured index that knows the label
+    ci[5] = np.nan  # a failed measurement: the train median stands in
+    radio = {"per_image": [
+        {"subject_id": s, "MC2_ci": c, "MC3_ci": c + 0.01, "MC4_ci": c, "radius_ci": c - 0.1}
+        for s, c in zip(ids, ci, strict=True)
+    ]}  # fmt: skip
+    write_json(tmp_path / "radio.json", radio)
+    cls = ClsConfig(seeds=(0,), split=(0.6, 0.2, 0.2))
+    out = _protocol_folder(tmp_path, ids, label, score, cls)
+    res = compare_rows(out, data, radiogrammetry=tmp_path / "radio.json", covariates=(), n_boot=50)
+    split = json.loads((out / "seed0" / "split.json").read_text())
+    index = {s: i for i, s in enumerate(ids)}
+    tr, va = [index[s] for s in split["train"]], [index[s] for s in split["val"]]
+    te = [index[s] for s in sorted(split["test"])]
+    # Reference: radiogrammetry fitted on train (median-imputed), then [logit image, logit
+    # radiogrammetry] fitted on validation, both standardised L2 logistic regressions.
+    x = np.column_stack([ci, ci + 0.01, ci, ci - 0.1])
+    x = np.where(np.isnan(x), np.nanmedian(x[tr], axis=0), x)
+    radiogrammetry = make_pipeline(StandardScaler(), LogisticRegression(tol=1e-10, max_iter=10_000))
+    p_r = radiogrammetry.fit(x[tr], label[tr]).predict_proba(x)[:, 1]
+    logit = lambda p: np.log(p / (1 - p))  # noqa: E731
+    z = np.column_stack([logit(score), logit(p_r)])
+    stack = make_pipeline(StandardScaler(), LogisticRegression(tol=1e-10, max_iter=10_000))
+    want = stack.fit(z[va], label[va]).predict_proba(z[te])[:, 1]
+    row = res["rows"]["image model + radiogrammetry (stacked)"]["per_part"][0]
+    np.testing.assert_allclose(row["probability"], want, atol=1e-6)
+    assert row["threshold"] == 0.5  # fitted on validation: no out-of-sample validation scores

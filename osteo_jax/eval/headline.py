@@ -13,6 +13,7 @@ __all__ = [
     "COMPARISON_JSON",
     "COMPARISON_MD",
     "IMAGE_ROW",
+    "STACKED_ROW",
     "ceiling_table",
     "delta_cell",
     "headline_table",
@@ -24,6 +25,8 @@ COMPARISON_JSON = "comparison.json"
 COMPARISON_MD = "comparison.md"
 IMAGE_ROW = "image model"
 CLINICAL_ROW = "clinical"
+# Image only: the image model's score and the radiogrammetry baseline's, stacked on validation.
+STACKED_ROW = "image model + radiogrammetry (stacked)"
 
 _CEILINGS = (
     ("image_ceiling_auc", "image (every label-bearing quantity the image shows)"),
@@ -97,8 +100,10 @@ def rows_table(
         f"All rows on the same test subjects ({how}). 95 % CI: {comparison['ci_method']}. "
         f"Δ: paired difference on the same subjects ({comparison['paired_method']}); * = the "
         f"interval excludes 0. {_threshold_sentence(comparison)} "
-        "Baselines are logistic regressions fitted on the training subjects (fusion: on the "
-        "validation subjects), never on a test subject. Bayes posterior rows: the generator's "
+        "Baselines are logistic regressions fitted on the training subjects (fusion and the "
+        "stacked image model + radiogrammetry, which weighs the image model's score against the "
+        "radiogrammetry baseline's: on the validation subjects), never on a test subject. "
+        "Bayes posterior rows: the generator's "
         "exact posteriors on the same test subjects (the ceilings, measured like any row)."
     )
     for name, why in comparison.get("skipped", {}).items():

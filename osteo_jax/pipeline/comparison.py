@@ -36,6 +36,7 @@ import numpy as np
 from osteo_jax.data.folder import read_csv, rows_from, write_csv, write_json
 from osteo_jax.data.synth.ceiling import read_ceilings, read_posteriors
 from osteo_jax.eval.baselines import (
+    SCORE_EPS,
     BaselineScores,
     clinical_scores,
     fusion_scores,
@@ -54,10 +55,12 @@ from osteo_jax.eval.headline import (
     COMPARISON_JSON,
     COMPARISON_MD,
     IMAGE_ROW,
+    STACKED_ROW,
     headline_table,
 )
 from osteo_jax.eval.subject_features import (
     DEFAULT_COVARIATES,
+    SubjectFeatures,
     radiogrammetry_features,
     read_covariates,
     read_labels,
@@ -69,6 +72,11 @@ __all__ = ["compare_rows"]
 
 def _read_predictions(path: Path) -> dict[str, tuple[int, float]]:
     return {r["subject_id"]: (int(r["label"]), float(r["probability"])) for r in read_csv(path)}
+
+
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, np.float64), SCORE_EPS, 1 - SCORE_EPS)
+    return np.log(p / (1 - p))
 
 
 def _scores_of(baseline: BaselineScores, ids: list[str]) -> dict[str, float]:
@@ -206,6 +214,22 @@ def compare_rows(
                 r_only.probability(test_ids),
                 _scores_of(r_only, val_ids),
             )
+            # Image-only stacking: the image model's score and the radiogrammetry baseline's
+            # (out-of-sample on val and test: it was fitted on train), weighed on val.
+            r_ids = val_ids + test_ids
+            r_logit = _logit(r_only.probability(r_ids))[:, None]
+            try:
+                stacked = fusion_scores(
+                    split,
+                    labels,
+                    image_scores,
+                    SubjectFeatures(np.asarray(r_ids), r_logit, ("radiogrammetry_logit",)),
+                )
+            except ValueError as err:
+                skipped[STACKED_ROW] = f"{part['dir']}: {err}"
+            else:
+                fitted.append(stacked)
+                add(STACKED_ROW, test_ids, stacked.probability(test_ids))
             if cov is not None:
                 r_cov = radiogrammetry_scores(split, labels, radio, cov)
                 fitted.append(r_cov)
