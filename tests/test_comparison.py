@@ -185,33 +185,66 @@ def test_run_refuses_data_without_a_covariate_before_training(tmp_path):
     assert not (tmp_path / "run" / "config.json").exists()
 
 
-def test_stacked_row_is_image_and_radiogrammetry_weighed_on_validation(tmp_path):
+@pytest.mark.parametrize("grey", [False, True])
+def test_stacked_row_is_image_and_measurements_weighed_on_validation(tmp_path, grey):
+    from osteo_jax.eval.radiogrammetry.absorptiometry import ABSORPTIOMETRY_KEYS
+
     data, ids, label, score = _dataset(tmp_path)
     rng = np.random.default_rng(3)
     ci = 0.6 - 0.08 * label + rng.normal(0, 0.06, N)  # a measured index that knows the label
     ci[5] = np.nan  # a failed measurement: the train median stands in
-    radio = {"per_image": [
-        {"subject_id": s, "MC2_ci": c, "MC3_ci": c + 0.01, "MC4_ci": c, "radius_ci": c - 0.1}
-        for s, c in zip(ids, ci, strict=True)
-    ]}  # fmt: skip
-    write_json(tmp_path / "radio.json", radio)
+    absorb = 0.5 - 0.05 * label[:, None] + rng.normal(0, 0.05, (N, len(ABSORPTIOMETRY_KEYS)))
+    records = []
+    for i, s in enumerate(ids):
+        rec = {"subject_id": s, "MC2_ci": ci[i], "MC3_ci": ci[i] + 0.01, "MC4_ci": ci[i]}
+        rec["radius_ci"] = ci[i] - 0.1
+        if grey:  # a file with the absorptiometry keys
+            rec |= dict(zip(ABSORPTIOMETRY_KEYS, absorb[i].tolist(), strict=True))
+        records.append(rec)
+    write_json(tmp_path / "radio.json", {"per_image": records})
     cls = ClsConfig(seeds=(0,), split=(0.6, 0.2, 0.2))
     out = _protocol_folder(tmp_path, ids, label, score, cls)
     res = compare_rows(out, data, radiogrammetry=tmp_path / "radio.json", covariates=(), n_boot=50)
+    absorption_row = "radiogrammetry + absorptiometry (CI, grey levels, areas)"
+    image_age_row = "radiogrammetry + image age (CI; age regressed on grey levels)"
+    assert (absorption_row in res["rows"]) == grey
+    assert (absorption_row in res["skipped"]) == (not grey)  # an older file: said, not hidden
     split = json.loads((out / "seed0" / "split.json").read_text())
     index = {s: i for i, s in enumerate(ids)}
     tr, va = [index[s] for s in split["train"]], [index[s] for s in split["val"]]
     te = [index[s] for s in sorted(split["test"])]
-    # Reference: radiogrammetry fitted on train (median-imputed), then [logit image, logit
-    # radiogrammetry] fitted on validation, both standardised L2 logistic regressions.
-    x = np.column_stack([ci, ci + 0.01, ci, ci - 0.1])
+    # Reference: the measurements fitted on train (median-imputed), then [logit image, logit
+    # measurements] fitted on validation, both standardised L2 logistic regressions.
+    x = np.column_stack([ci, ci + 0.01, ci, ci - 0.1] + ([absorb] if grey else []))
     x = np.where(np.isnan(x), np.nanmedian(x[tr], axis=0), x)
-    radiogrammetry = make_pipeline(StandardScaler(), LogisticRegression(tol=1e-10, max_iter=10_000))
-    p_r = radiogrammetry.fit(x[tr], label[tr]).predict_proba(x)[:, 1]
+    measured = make_pipeline(StandardScaler(), LogisticRegression(tol=1e-10, max_iter=10_000))
+    p_r = measured.fit(x[tr], label[tr]).predict_proba(x)[:, 1]
+    if grey:
+        got = res["rows"][absorption_row]["per_part"][0]["probability"]
+        np.testing.assert_allclose(got, p_r[te], atol=1e-6)
+        # The richest measurement row then: CI + an image age regressed on the grey levels.
+        p_r = _image_age_reference(x[:, :4], x[:, 4:], _col(data, "age").astype(float), label, tr)
+        got = res["rows"][image_age_row]["per_part"][0]["probability"]
+        np.testing.assert_allclose(got, p_r[te], atol=1e-6)
     logit = lambda p: np.log(p / (1 - p))  # noqa: E731
     z = np.column_stack([logit(score), logit(p_r)])
     stack = make_pipeline(StandardScaler(), LogisticRegression(tol=1e-10, max_iter=10_000))
     want = stack.fit(z[va], label[va]).predict_proba(z[te])[:, 1]
-    row = res["rows"]["image model + radiogrammetry (stacked)"]["per_part"][0]
+    row = res["rows"]["image model + measurements (stacked)"]["per_part"][0]
     np.testing.assert_allclose(row["probability"], want, atol=1e-6)
     assert row["threshold"] == 0.5  # fitted on validation: no out-of-sample validation scores
+
+
+def _image_age_reference(direct, grey, age, label, tr):
+    """Ridge of age on the grey levels (out-of-fold on train), then logistic with ``direct``."""
+    from sklearn.linear_model import RidgeCV
+    from sklearn.model_selection import KFold, cross_val_predict
+
+    ridge = make_pipeline(StandardScaler(), RidgeCV(alphas=np.logspace(-2, 4, 25)))
+    folds = KFold(5, shuffle=True, random_state=0)
+    age_tr = cross_val_predict(ridge, grey[tr], age[tr], cv=folds)
+    age_all = ridge.fit(grey[tr], age[tr]).predict(grey)
+    age_all[tr] = age_tr
+    z = np.column_stack([direct, age_all])
+    model = make_pipeline(StandardScaler(), LogisticRegression(tol=1e-10, max_iter=10_000))
+    return model.fit(z[tr], label[tr]).predict_proba(z)[:, 1]

@@ -9,10 +9,13 @@ from __future__ import annotations
 from osteo_jax.eval.thresholds import DEFAULT_THRESHOLD, threshold_words
 
 __all__ = [
+    "ABSORPTIOMETRY_ROW",
     "CLINICAL_ROW",
+    "IMAGE_AGE_ROW",
     "COMPARISON_JSON",
     "COMPARISON_MD",
     "IMAGE_ROW",
+    "RADIO_ROW",
     "STACKED_ROW",
     "ceiling_table",
     "delta_cell",
@@ -25,8 +28,11 @@ COMPARISON_JSON = "comparison.json"
 COMPARISON_MD = "comparison.md"
 IMAGE_ROW = "image model"
 CLINICAL_ROW = "clinical"
-# Image only: the image model's score and the radiogrammetry baseline's, stacked on validation.
-STACKED_ROW = "image model + radiogrammetry (stacked)"
+RADIO_ROW = "radiogrammetry (measured CI)"
+ABSORPTIOMETRY_ROW = "radiogrammetry + absorptiometry (CI, grey levels, areas)"
+IMAGE_AGE_ROW = "radiogrammetry + image age (CI; age regressed on grey levels)"
+# Image only: the image model's score and the richest measurement baseline's, stacked on val.
+STACKED_ROW = "image model + measurements (stacked)"
 
 _CEILINGS = (
     ("image_ceiling_auc", "image (every label-bearing quantity the image shows)"),
@@ -101,8 +107,8 @@ def rows_table(
         f"Δ: paired difference on the same subjects ({comparison['paired_method']}); * = the "
         f"interval excludes 0. {_threshold_sentence(comparison)} "
         "Baselines are logistic regressions fitted on the training subjects (fusion and the "
-        "stacked image model + radiogrammetry, which weighs the image model's score against the "
-        "radiogrammetry baseline's: on the validation subjects), never on a test subject. "
+        "stacked image model + measurements, which weighs the image model's score against the "
+        "measurement baseline's: on the validation subjects), never on a test subject. "
         "Bayes posterior rows: the generator's "
         "exact posteriors on the same test subjects (the ceilings, measured like any row)."
     )

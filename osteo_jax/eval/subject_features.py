@@ -24,6 +24,7 @@ import numpy as np
 
 from osteo_jax.data.errors import DatasetError
 from osteo_jax.data.folder import SUBJECTS_CSV, nulls_to_nan, read_csv
+from osteo_jax.eval.radiogrammetry.absorptiometry import ABSORPTIOMETRY_KEYS
 
 __all__ = [
     "DEFAULT_COVARIATES",
@@ -178,7 +179,10 @@ def read_labels(data_dir: str | os.PathLike) -> dict[str, int]:
 
 
 def radiogrammetry_features(
-    radio: str | os.PathLike | Mapping, bones: Sequence[str] = RADIOGRAMMETRY_BONES
+    radio: str | os.PathLike | Mapping,
+    bones: Sequence[str] = RADIOGRAMMETRY_BONES,
+    *,
+    absorptiometry: bool = False,
 ) -> SubjectFeatures:
     """Per-subject cortical indices from a ``radiogrammetry.json`` (or its loaded content).
 
@@ -186,22 +190,27 @@ def radiogrammetry_features(
       radio: the file :func:`osteo_jax.pipeline.radiogrammetry_run.radiogrammetry_of_run` writes,
         or its dict (``per_image`` records with ``subject_id`` and ``<bone>_ci``).
       bones: bones whose ``<bone>_ci`` are read.
+      absorptiometry: also read the grey levels, areas and soft-tissue level
+        (:data:`~osteo_jax.eval.radiogrammetry.absorptiometry.ABSORPTIOMETRY_KEYS`).
 
     Returns:
-      ``SubjectFeatures(subject_ids [n] sorted, values [n, len(bones)], names)``: per subject
-      the mean over its images of the finite values, NaN where no image has one.
+      ``SubjectFeatures(subject_ids [n] sorted, values [n, d], names)``: per subject the mean
+      over its images of the finite values, NaN where no image has one.
 
     Raises:
-      ValueError: a record without ``subject_id`` or one of the ``<bone>_ci`` keys.
+      ValueError: a record without ``subject_id`` or one of the keys read (a file written
+        before absorptiometry was measured has none of its keys).
     """
     if not isinstance(radio, Mapping):
         radio = nulls_to_nan(json.loads(Path(radio).read_text()))  # NaN is null in JSON
-    names = tuple(f"{b}_ci" for b in bones)
+    names = tuple(f"{b}_ci" for b in bones) + (ABSORPTIOMETRY_KEYS if absorptiometry else ())
     records = radio.get("per_image", [])
     for k, r in enumerate(records):
         absent = [n for n in ("subject_id", *names) if n not in r]
         if absent:
-            raise ValueError(f"radiogrammetry record {k} has no {absent}")
+            raise ValueError(
+                f"radiogrammetry record {k} has no {absent[:3]}{'...' * (len(absent) > 3)}"
+            )
     subjects = sorted({r["subject_id"] for r in records})
     index = {s: i for i, s in enumerate(subjects)}
     total = np.zeros((len(subjects), len(names)))

@@ -8,7 +8,13 @@ scores on exactly the same test subjects of every part:
 * ``fusion``: the image score plus the covariates, stacked on the validation subjects;
 * ``clinical``: logistic regression on the covariates (default age and sex), fitted on train;
 * ``radiogrammetry``: on the cortical indices measured from the predicted masks (when a
-  ``radiogrammetry.json`` over all subjects is given), alone and with the covariates;
+  ``radiogrammetry.json`` over all subjects is given), alone and with the covariates; where
+  the file has them, also with the absorptiometry grey levels and areas
+  (:mod:`osteo_jax.eval.radiogrammetry.absorptiometry`), alone and with the covariates, and
+  with an "image age" regressed from the grey levels on the train subjects' recorded ages
+  (:func:`~osteo_jax.eval.baselines.image_age_scores`: image only at prediction);
+* ``image model + measurements (stacked)``: image only, the image model's score and the
+  richest measurement baseline's (both out-of-sample there) weighed on the validation subjects;
 * ``Bayes posterior (...)``: on a synthetic cohort, the generator's exact posteriors
   (``ceiling.csv``): the ceilings evaluated on the same test subjects.
 
@@ -33,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from osteo_jax.data.errors import DatasetError
 from osteo_jax.data.folder import read_csv, rows_from, write_csv, write_json
 from osteo_jax.data.synth.ceiling import read_ceilings, read_posteriors
 from osteo_jax.eval.baselines import (
@@ -40,6 +47,7 @@ from osteo_jax.eval.baselines import (
     BaselineScores,
     clinical_scores,
     fusion_scores,
+    image_age_scores,
     radiogrammetry_scores,
 )
 from osteo_jax.eval.cls_stats import (
@@ -51,13 +59,17 @@ from osteo_jax.eval.cls_stats import (
     summarise_seeds,
 )
 from osteo_jax.eval.headline import (
+    ABSORPTIOMETRY_ROW,
     CLINICAL_ROW,
     COMPARISON_JSON,
     COMPARISON_MD,
+    IMAGE_AGE_ROW,
     IMAGE_ROW,
+    RADIO_ROW,
     STACKED_ROW,
     headline_table,
 )
+from osteo_jax.eval.radiogrammetry.absorptiometry import ABSORPTIOMETRY_KEYS
 from osteo_jax.eval.subject_features import (
     DEFAULT_COVARIATES,
     SubjectFeatures,
@@ -165,6 +177,18 @@ def compare_rows(
     rule = metrics["config"]["cls"].get("threshold", "fixed")
     rows: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray, float]]] = {}
     skipped: dict[str, str] = {}  # rows that cannot be fitted on some part, and why
+    radio_abs = None
+    if radiogrammetry:
+        try:
+            radio_abs = radiogrammetry_features(radiogrammetry, absorptiometry=True)
+        except ValueError as err:  # a file measured before absorptiometry existed
+            skipped[ABSORPTIOMETRY_ROW] = str(err)
+    ages = None
+    if radio_abs is not None:
+        try:
+            ages = read_covariates(data, ("age",))
+        except DatasetError as err:  # no recorded age to train the image-age regression on
+            skipped[IMAGE_AGE_ROW] = str(err)
     fixed_rows: set[str] = set()  # rows without out-of-sample validation scores: 0.5
 
     def add(name: str, ids: list[str], probs: np.ndarray, val: dict | None = None) -> None:
@@ -205,40 +229,52 @@ def compare_rows(
                 clinical.probability(test_ids),
                 _scores_of(clinical, val_ids),
             )
-        if radio is not None:
-            r_only = radiogrammetry_scores(split, labels, radio)
-            fitted.append(r_only)
-            add(
-                "radiogrammetry (measured CI)",
-                test_ids,
-                r_only.probability(test_ids),
-                _scores_of(r_only, val_ids),
+        measured = None  # the richest image-only measurement baseline, for the stacked row
+        for feats, row in ((radio, RADIO_ROW), (radio_abs, ABSORPTIOMETRY_ROW)):
+            if feats is None:
+                continue
+            alone = radiogrammetry_scores(split, labels, feats)
+            fitted.append(alone)
+            add(row, test_ids, alone.probability(test_ids), _scores_of(alone, val_ids))
+            measured = alone
+            if cov is not None:
+                with_cov = radiogrammetry_scores(split, labels, feats, cov)
+                fitted.append(with_cov)
+                add(
+                    f"{row.split(' (')[0]} + {', '.join(covariates)}",
+                    test_ids,
+                    with_cov.probability(test_ids),
+                    _scores_of(with_cov, val_ids),
+                )
+        if radio_abs is not None and ages is not None:
+            image_age = image_age_scores(
+                split, labels, radio_abs, ages, age_features=ABSORPTIOMETRY_KEYS
             )
-            # Image-only stacking: the image model's score and the radiogrammetry baseline's
+            fitted.append(image_age)
+            add(
+                IMAGE_AGE_ROW,
+                test_ids,
+                image_age.probability(test_ids),
+                _scores_of(image_age, val_ids),
+            )
+            measured = image_age
+        if measured is not None:
+            # Image-only stacking: the image model's score and the measurement baseline's
             # (out-of-sample on val and test: it was fitted on train), weighed on val.
             r_ids = val_ids + test_ids
-            r_logit = _logit(r_only.probability(r_ids))[:, None]
+            r_logit = _logit(measured.probability(r_ids))[:, None]
             try:
                 stacked = fusion_scores(
                     split,
                     labels,
                     image_scores,
-                    SubjectFeatures(np.asarray(r_ids), r_logit, ("radiogrammetry_logit",)),
+                    SubjectFeatures(np.asarray(r_ids), r_logit, ("measurements_logit",)),
                 )
             except ValueError as err:
                 skipped[STACKED_ROW] = f"{part['dir']}: {err}"
             else:
                 fitted.append(stacked)
                 add(STACKED_ROW, test_ids, stacked.probability(test_ids))
-            if cov is not None:
-                r_cov = radiogrammetry_scores(split, labels, radio, cov)
-                fitted.append(r_cov)
-                add(
-                    f"radiogrammetry + {', '.join(covariates)}",
-                    test_ids,
-                    r_cov.probability(test_ids),
-                    _scores_of(r_cov, val_ids),
-                )
         for b in fitted:  # the test subjects are never fitted on (also tested)
             seen = set(b.fit_subjects) & set(test_ids)
             if seen:

@@ -16,8 +16,12 @@ The result (``out_json``)::
                  "MC2_mean_hypothesis_sd", and with split "all" the same agreement keys with
                  the suffix "_all"},
      "per_image": [{"image_id", "subject_id", "split", "MC2_ci", "MC3_ci", "MC4_ci",
-                    "radius_ci", "MC2_ci_sd", "MC2_ci_lo", "MC2_ci_hi", "true_MC2_ci"
+                    "radius_ci", "MC2_ci_sd", "MC2_ci_lo", "MC2_ci_hi", "<bone>_grey",
+                    "<bone>_area_mm2" (the 7 bones), "soft_grey", "true_MC2_ci"
                     (with bones.csv), "t_score"}]}
+
+The ``_grey`` and ``_area_mm2`` keys are radiographic absorptiometry of the same mixture-mean
+segmentation on the stored grey scale (:mod:`osteo_jax.eval.radiogrammetry.absorptiometry`).
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ import numpy as np
 
 from osteo_jax.data.folder import IMAGES_CSV, SUBJECTS_CSV, read_csv, write_json
 from osteo_jax.data.segments import labels_from_probs
+from osteo_jax.eval.radiogrammetry.absorptiometry import absorptiometry
 from osteo_jax.eval.radiogrammetry.hypotheses import measure_hypotheses
 from osteo_jax.eval.radiogrammetry.measure import DEFAULT_BONES, measure_radiograph
 
@@ -129,6 +134,7 @@ def radiogrammetry_of_run(
             rec = {"image_id": row["image_id"], "subject_id": row["subject_id"], "split": part}
             rec |= _measure_image(
                 images[j],
+                full[j][0],
                 np.asarray(probs[j]),
                 np.asarray(weights[j], np.float64),
                 float(spacing),
@@ -175,6 +181,7 @@ def _subject_split(parts: dict[str, list[str]]) -> dict[str, str]:
 
 def _measure_image(
     image: np.ndarray,
+    stored: np.ndarray,
     probs: np.ndarray,
     weights: np.ndarray,
     spacing_mm: float,
@@ -186,6 +193,7 @@ def _measure_image(
 
     Args:
       image: ``[H, W]`` radiograph, bone bright.
+      stored: the same radiograph on its stored scale (``read_image``), for absorptiometry.
       probs: ``[N, h, h, C]`` class probabilities of the N hypotheses at the model's size.
       weights: ``[N]`` hypothesis weights.
       spacing_mm: pixel spacing (mm).
@@ -193,14 +201,15 @@ def _measure_image(
       spread: measure the 2MCI's spread (else its fields are NaN).
 
     Returns:
-      ``{"<bone>_ci"}`` for ``DEFAULT_BONES`` on the mixture-mean segmentation and
-      ``{"MC2_ci_sd", "MC2_ci_lo", "MC2_ci_hi"}``.
+      ``{"<bone>_ci"}`` for ``DEFAULT_BONES`` on the mixture-mean segmentation,
+      ``{"MC2_ci_sd", "MC2_ci_lo", "MC2_ci_hi"}`` and the absorptiometry keys.
     """
     w = weights / weights.sum()
     labels = labels_from_probs(np.tensordot(w.astype(np.float32), probs, axes=1), image.shape)
     mean = measure_radiograph(image, labels, spacing_mm=spacing_mm, bones=DEFAULT_BONES)
     rec = {f"{b}_ci": float(mean[b].cortical_index) for b in DEFAULT_BONES}
     rec |= {f"MC2_ci_{k}": float("nan") for k in _SPREAD}
+    rec |= absorptiometry(stored, labels, spacing_mm=spacing_mm)
     if spread:
         # Each hypothesis costs a profile fit: only the heaviest, and only the 2MCI.
         top = np.argsort(-weights, kind="stable")[: hypotheses or len(weights)]
