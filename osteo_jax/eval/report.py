@@ -121,6 +121,18 @@ def _pm(s: dict) -> str:
 # ------------------------------------------------------------------------------ figures
 
 
+def _experts_words(val: dict) -> str:
+    """The experts' mean weights and how many are alive, for a mixture's validation metrics."""
+    keys = [k for k in val if k.startswith("alpha/expert_")]
+    alphas = [val[k] for k in sorted(keys, key=lambda k: int(k.rsplit("_", 1)[1]))]
+    if not alphas:
+        return ""
+    return (
+        f" Mean expert weights {', '.join(f'{a:.2f}' for a in alphas)}: "
+        f"{int(val['experts_alive'])} of {len(alphas)} experts alive (mean weight >= 0.05)."
+    )
+
+
 def _dice_figure(val: dict, path: Path) -> list[list[str]]:
     rows, values = [], []
     for b in BONE_NAMES:
@@ -290,7 +302,7 @@ def write_report(
         doc.p(
             f"Validation subjects of the segmenter: Dice vs consensus "
             f"{val.get('dice/consensus/mean', float('nan')):.3f}, GED {val['ged']:.3f}, "
-            f"HM-IoU {val['hm_iou']:.3f}, ECE {val['ece']:.3f}."
+            f"HM-IoU {val['hm_iou']:.3f}, ECE {val['ece']:.3f}." + _experts_words(val)
         )
         doc.table(["bone", "Dice", "IoU"], dice_rows)
         doc.img(f"{FIGURES}/dice_per_bone.png", "Dice per bone against the annotators' consensus")
