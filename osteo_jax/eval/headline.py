@@ -31,7 +31,7 @@ CLINICAL_ROW = "clinical"
 RADIO_ROW = "radiogrammetry (measured CI)"
 ABSORPTIOMETRY_ROW = "radiogrammetry + absorptiometry (CI, grey levels, areas)"
 IMAGE_AGE_ROW = "radiogrammetry + image age (CI; age regressed on grey levels)"
-# Image only: the image model's score and the richest measurement baseline's, stacked on val.
+# Image only: the image model's score and the measurement baseline best on val, stacked on val.
 STACKED_ROW = "image model + measurements (stacked)"
 
 _CEILINGS = (

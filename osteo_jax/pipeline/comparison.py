@@ -13,8 +13,9 @@ scores on exactly the same test subjects of every part:
   (:mod:`osteo_jax.eval.radiogrammetry.absorptiometry`), alone and with the covariates, and
   with an "image age" regressed from the grey levels on the train subjects' recorded ages
   (:func:`~osteo_jax.eval.baselines.image_age_scores`: image only at prediction);
-* ``image model + measurements (stacked)``: image only, the image model's score and the
-  richest measurement baseline's (both out-of-sample there) weighed on the validation subjects;
+* ``image model + measurements (stacked)``: image only, the image model's score and that of
+  the measurement baseline with the highest validation AUC (both out-of-sample there), weighed
+  on the validation subjects;
 * ``Bayes posterior (...)``: on a synthetic cohort, the generator's exact posteriors
   (``ceiling.csv``): the ceilings evaluated on the same test subjects.
 
@@ -38,6 +39,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+from sklearn.metrics import roc_auc_score
 
 from osteo_jax.data.errors import DatasetError
 from osteo_jax.data.folder import read_csv, rows_from, write_csv, write_json
@@ -89,6 +91,20 @@ def _read_predictions(path: Path) -> dict[str, tuple[int, float]]:
 def _logit(p: np.ndarray) -> np.ndarray:
     p = np.clip(np.asarray(p, np.float64), SCORE_EPS, 1 - SCORE_EPS)
     return np.log(p / (1 - p))
+
+
+def _best_on_validation(
+    candidates: list[BaselineScores], val_ids: list[str], labels: dict[str, int]
+) -> BaselineScores:
+    """The candidate with the highest validation AUC (the last of equals).
+
+    With a single class among the validation subjects, the last candidate.
+    """
+    y = np.array([labels[s] for s in val_ids])
+    if len(np.unique(y)) < 2:
+        return candidates[-1]
+    aucs = [roc_auc_score(y, c.probability(val_ids)) for c in candidates]
+    return candidates[len(aucs) - 1 - int(np.argmax(aucs[::-1]))]
 
 
 def _scores_of(baseline: BaselineScores, ids: list[str]) -> dict[str, float]:
@@ -229,14 +245,14 @@ def compare_rows(
                 clinical.probability(test_ids),
                 _scores_of(clinical, val_ids),
             )
-        measured = None  # the richest image-only measurement baseline, for the stacked row
+        measured = []  # image-only measurement baselines, candidates of the stacked row
         for feats, row in ((radio, RADIO_ROW), (radio_abs, ABSORPTIOMETRY_ROW)):
             if feats is None:
                 continue
             alone = radiogrammetry_scores(split, labels, feats)
             fitted.append(alone)
             add(row, test_ids, alone.probability(test_ids), _scores_of(alone, val_ids))
-            measured = alone
+            measured.append(alone)
             if cov is not None:
                 with_cov = radiogrammetry_scores(split, labels, feats, cov)
                 fitted.append(with_cov)
@@ -257,12 +273,13 @@ def compare_rows(
                 image_age.probability(test_ids),
                 _scores_of(image_age, val_ids),
             )
-            measured = image_age
-        if measured is not None:
+            measured.append(image_age)
+        if measured:
+            best = _best_on_validation(measured, val_ids, labels)
             # Image-only stacking: the image model's score and the measurement baseline's
             # (out-of-sample on val and test: it was fitted on train), weighed on val.
             r_ids = val_ids + test_ids
-            r_logit = _logit(measured.probability(r_ids))[:, None]
+            r_logit = _logit(best.probability(r_ids))[:, None]
             try:
                 stacked = fusion_scores(
                     split,
