@@ -79,7 +79,7 @@ import numpy as np
 
 from osteo_jax.config import ClsConfig, SSLConfig
 
-ARMS = ("ssl", "scratch")
+ARMS = ("ssl", "random", "scratch")
 DEFAULT_NS = (24, 48, 96, 192, 0)  # 0: every pool subject
 TRANSDUCTIVE = (
     "SimCLR is pretrained once on the segments of all subjects (pool and test), labels "
@@ -101,7 +101,11 @@ def get_config(
     scratch = ClsConfig(
         mode="finetune", epochs=epochs_scratch, learning_rate=1e-3, backbone_lr_scale=1.0
     )
-    return {"ssl": ssl, "backbone": demo.backbone, "cls": {"ssl": probe, "scratch": scratch}}
+    return {
+        "ssl": ssl,
+        "backbone": demo.backbone,
+        "cls": {"ssl": probe, "random": probe, "scratch": scratch},
+    }
 
 
 def class_counts(counts: np.ndarray, n: int) -> np.ndarray:
@@ -214,6 +218,7 @@ def _figure(summary: dict, ceiling: dict, pool: int, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 4))
     styles = {
         "ssl": ("SimCLR + linear probe", "C0", "-"),
+        "random": ("linear probe on a random frozen backbone", "C7", ":"),
         "scratch": ("supervised from scratch", "C3", "-"),
         "clinical": ("clinical (age + sex)", "0.4", "--"),
     }
@@ -382,6 +387,10 @@ def run(args: argparse.Namespace) -> dict:
             [(a, b, y_test) for a, b in zip(per[("ssl", n)], per[("scratch", n)], strict=True)],
             n_boot=2 * args.bootstrap,
         )
+        row["ssl_minus_random"] = paired_difference(
+            [(a, b, y_test) for a, b in zip(per[("ssl", n)], per[("random", n)], strict=True)],
+            n_boot=2 * args.bootstrap,
+        )
         row["n_labelled"] = n or len(pool_ids)
         summary[str(n or len(pool_ids))] = row
     ceiling = _auc_summary([(p_bayes, y_test)], args.bootstrap)
@@ -433,14 +442,18 @@ def table(result: dict) -> str:
         return f"{d['mean']:.3f} [{lo:.3f}, {hi:.3f}]"
 
     lines = [
-        "| n labelled | SSL probe | scratch | SSL - scratch | clinical |",
-        "|---|---|---|---|---|",
+        "| n labelled | SSL probe | random-backbone probe | scratch | SSL - scratch "
+        "| SSL - random | clinical |",
+        "|---|---|---|---|---|---|---|",
     ]
+
+    def delta(d: dict) -> str:
+        return f"{d['difference']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
+
     for n, row in result["summary"].items():
-        d = row["ssl_minus_scratch"]
-        delta = f"{d['difference']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
         lines.append(
-            f"| {n} | {cell(row['ssl'])} | {cell(row['scratch'])} | {delta} | "
+            f"| {n} | {cell(row['ssl'])} | {cell(row['random'])} | {cell(row['scratch'])} | "
+            f"{delta(row['ssl_minus_scratch'])} | {delta(row['ssl_minus_random'])} | "
             f"{cell(row['clinical'])} |"
         )
     c = result["ceiling"]["bayes_image_auc_test"]
