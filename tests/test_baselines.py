@@ -265,6 +265,7 @@ def test_radiogrammetry_of_run_measures_every_subject_and_spreads_only_val(tmp_p
     )
     from osteo_jax.data.folder import read_csv
     from osteo_jax.data.synth.synthetic import write_dataset
+    from osteo_jax.eval.radiogrammetry.absorptiometry import ABSORPTIOMETRY_KEYS
     from osteo_jax.pipeline import radiogrammetry_run
     from osteo_jax.train.seg_loop import train_segmenter
 
@@ -296,7 +297,8 @@ def test_radiogrammetry_of_run_measures_every_subject_and_spreads_only_val(tmp_p
     recs = res["per_image"]
     assert [r["image_id"] for r in recs] == [r["image_id"] for r in images]
     keys = {"image_id", "subject_id", "split", "MC2_ci", "MC3_ci", "MC4_ci", "radius_ci",
-            "MC2_ci_sd", "MC2_ci_lo", "MC2_ci_hi", "true_MC2_ci", "t_score"}  # fmt: skip
+            "MC2_ci_sd", "MC2_ci_lo", "MC2_ci_hi", "true_MC2_ci", "t_score",
+        *ABSORPTIOMETRY_KEYS}  # fmt: skip
     assert all(set(r) == keys for r in recs)
     assert all(r["split"] == part_of[r["subject_id"]] for r in recs)
     n_val = sum(r["split"] == "val" for r in recs)
