@@ -40,6 +40,7 @@ def dataset(tmp_path_factory):
     return out
 
 
+@pytest.mark.e2e  # ~75 s: segments then the 3-seed protocol through the CLI
 def test_segment_then_evaluate(dataset, tmp_path, capsys):
     seg_dir = tmp_path / "segments"
     assert (

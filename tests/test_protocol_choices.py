@@ -43,6 +43,7 @@ def _segments(n=40):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e  # a real protocol run (~11 s idle)
 def test_threshold_and_head_are_chosen_saved_and_reused(tmp_path):
     seg = _segments()
     cls = ClsConfig(
