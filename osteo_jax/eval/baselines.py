@@ -44,6 +44,7 @@ __all__ = [
     "image_age_scores",
     "predict_probability",
     "radiogrammetry_scores",
+    "score_logit",
 ]
 
 DEFAULT_C = 1.0  # inverse L2 strength on standardised features (see the module docstring)
@@ -116,6 +117,12 @@ def fit_logistic(
         ("logistic", LogisticRegression(C=C, solver="lbfgs", tol=1e-10, max_iter=10_000)),
     ]
     return Pipeline(steps).fit(X, y.astype(np.int64))
+
+
+def score_logit(p: np.ndarray, eps: float = SCORE_EPS) -> np.ndarray:
+    """``log(p / (1 - p))`` of scores clipped to ``[eps, 1 - eps]`` (float64)."""
+    p = np.clip(np.asarray(p, np.float64), eps, 1 - eps)
+    return np.log(p / (1 - p))
 
 
 def predict_probability(model: Pipeline, X: np.ndarray) -> np.ndarray:
@@ -348,8 +355,7 @@ def fusion_scores(
         p = np.array([float(image_scores[s]) for s in ids])
         if not (np.isfinite(p) & (p >= 0) & (p <= 1)).all():
             raise ValueError("image scores must be probabilities in [0, 1]")
-        p = np.clip(p, eps, 1 - eps)
-        x = np.log(p / (1 - p))[:, None]
+        x = score_logit(p, eps)[:, None]
         return x if covariates is None else np.concatenate([x, covariates.rows(ids)], axis=1)
 
     names = ("image_logit",) + (() if covariates is None else covariates.names)

@@ -45,12 +45,12 @@ from osteo_jax.data.errors import DatasetError
 from osteo_jax.data.folder import read_csv, rows_from, write_csv, write_json
 from osteo_jax.data.synth.ceiling import read_ceilings, read_posteriors
 from osteo_jax.eval.baselines import (
-    SCORE_EPS,
     BaselineScores,
     clinical_scores,
     fusion_scores,
     image_age_scores,
     radiogrammetry_scores,
+    score_logit,
 )
 from osteo_jax.eval.cls_stats import (
     CI_METHOD,
@@ -86,11 +86,6 @@ __all__ = ["compare_rows"]
 
 def _read_predictions(path: Path) -> dict[str, tuple[int, float]]:
     return {r["subject_id"]: (int(r["label"]), float(r["probability"])) for r in read_csv(path)}
-
-
-def _logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(np.asarray(p, np.float64), SCORE_EPS, 1 - SCORE_EPS)
-    return np.log(p / (1 - p))
 
 
 def _best_on_validation(
@@ -279,7 +274,7 @@ def compare_rows(
             # Image-only stacking: the image model's score and the measurement baseline's
             # (out-of-sample on val and test: it was fitted on train), weighed on val.
             r_ids = val_ids + test_ids
-            r_logit = _logit(best.probability(r_ids))[:, None]
+            r_logit = score_logit(best.probability(r_ids))[:, None]
             try:
                 stacked = fusion_scores(
                     split,

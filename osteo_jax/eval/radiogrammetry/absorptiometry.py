@@ -33,6 +33,7 @@ import numpy as np
 from scipy import ndimage
 
 from osteo_jax.config import BONE_NAMES, CLASS_NAMES
+from osteo_jax.eval.radiogrammetry.measure import _largest_component
 
 __all__ = ["ABSORPTIOMETRY_KEYS", "absorptiometry", "absorptiometry_keys"]
 
@@ -47,13 +48,6 @@ def absorptiometry_keys(bones: Sequence[str] = BONE_NAMES) -> tuple[str, ...]:
 
 
 ABSORPTIOMETRY_KEYS = absorptiometry_keys()
-
-
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    lab, n = ndimage.label(mask)
-    if n <= 1:
-        return mask
-    return lab == (1 + int(np.argmax(np.bincount(lab.ravel())[1:])))
 
 
 def absorptiometry(
