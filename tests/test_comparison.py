@@ -257,3 +257,39 @@ def _image_age_reference(direct, grey, age, label, tr):
     z = np.column_stack([direct, age_all])
     model = make_pipeline(StandardScaler(), LogisticRegression(tol=1e-10, max_iter=10_000))
     return model.fit(z[tr], label[tr]).predict_proba(z)[:, 1]
+
+
+@pytest.mark.parametrize("folds", [0, 3])
+def test_compare_runs_pairs_two_runs_by_subject(tmp_path, folds):
+    from osteo_jax.pipeline.comparison import compare_runs
+
+    data, ids, label, score = _dataset(tmp_path)
+    cls = ClsConfig(seeds=(0, 1), folds=folds)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a = _protocol_folder(tmp_path / "a", ids, label, score, cls)
+    other = np.random.default_rng(5).random(len(ids))
+    b = _protocol_folder(tmp_path / "b", ids, label, other, cls)
+    # Shuffle run b's rows: the pairing must be by subject, not by row order.
+    for part in json.loads((b / "cls_metrics.json").read_text())["per_seed"]:
+        f = b / part["dir"] / "test_predictions.csv"
+        lines = f.read_text().splitlines()
+        f.write_text("\n".join([lines[0]] + lines[1:][::-1]) + "\n")
+    res = compare_runs(a, b, n_boot=200)
+    aucs = []
+    for part in json.loads((a / "cls_metrics.json").read_text())["per_seed"]:
+        te = np.isin(ids, json.loads((a / part["dir"] / "split.json").read_text())["test"])
+        aucs.append((te, roc_auc_score(label[te], score[te]) - roc_auc_score(label[te], other[te])))
+    if folds:  # each subject tested once: one pooled AUC difference
+        assert sum(te.sum() for te, _ in aucs) == len(ids)
+        expected = roc_auc_score(label, score) - roc_auc_score(label, other)
+    else:
+        expected = np.mean([d for _, d in aucs])
+    assert res["difference"] == pytest.approx(expected, abs=1e-9)
+    assert res["ci95"][0] < res["difference"] < res["ci95"][1]
+    assert res["excludes_zero"]  # the informative score against noise
+    # A run with other test subjects is refused, naming the part.
+    f = b / res["parts"][0] / "test_predictions.csv"
+    f.write_text("\n".join(f.read_text().splitlines()[:-1]) + "\n")
+    with pytest.raises(ValueError, match=res["parts"][0]):
+        compare_runs(a, b)

@@ -81,7 +81,7 @@ from osteo_jax.eval.subject_features import (
 )
 from osteo_jax.eval.thresholds import DEFAULT_THRESHOLD, choose_threshold
 
-__all__ = ["compare_rows"]
+__all__ = ["compare_rows", "compare_runs"]
 
 
 def _read_predictions(path: Path) -> dict[str, tuple[int, float]]:
@@ -353,3 +353,55 @@ def compare_rows(
     write_json(cls_dir / COMPARISON_JSON, out)
     (cls_dir / COMPARISON_MD).write_text(headline_table(out, metrics))
     return out
+
+
+def compare_runs(cls_dir_a: str | Path, cls_dir_b: str | Path, *, n_boot: int = 2000) -> dict:
+    """Paired AUC difference of two protocol runs on the same splits (run ``a`` minus ``b``).
+
+    For an ablation: two :func:`~osteo_jax.pipeline.protocol.run_protocol` folders of the same
+    dataset, seeds (or folds) and split rule, e.g. the full pipeline and the same pipeline with
+    one component changed. Each part's ``test_predictions.csv`` of the two runs are matched by
+    subject, and the difference is :func:`~osteo_jax.eval.cls_stats.paired_difference` (pooled
+    over the folds of a k-fold protocol, each subject once, as :func:`compare_rows` does).
+
+    Args:
+      cls_dir_a: a finished protocol folder (``cls_metrics.json``, ``<part>/``): the minuend.
+      cls_dir_b: the other run, same parts and test subjects: the subtrahend.
+      n_boot: bootstrap resamples.
+
+    Returns:
+      ``paired_difference`` output (``difference``, ``ci95``, ``p_value``, ``excludes_zero``,
+      ...) plus ``"parts"``: the part folders compared.
+
+    Raises:
+      ValueError: the runs do not have the same parts, or a part's test subjects or their
+        labels differ (the folder and part are named).
+    """
+    dirs = (Path(cls_dir_a), Path(cls_dir_b))
+    metas = [json.loads((d / "cls_metrics.json").read_text()) for d in dirs]
+    parts = [[p.get("dir", f"seed{p['seed']}") for p in m["per_seed"]] for m in metas]
+    if parts[0] != parts[1]:
+        raise ValueError(
+            f"{dirs[0]} has parts {parts[0]} but {dirs[1]} has {parts[1]}: not the same protocol"
+        )
+    pairs = []
+    for part in parts[0]:
+        a, b = (_read_predictions(d / part / "test_predictions.csv") for d in dirs)
+        if set(a) != set(b):
+            raise ValueError(
+                f"{dirs[0] / part} and {dirs[1] / part} test different subjects "
+                f"({len(set(a) ^ set(b))} differ): not the same split"
+            )
+        ids = sorted(a)
+        if any(a[s][0] != b[s][0] for s in ids):
+            raise ValueError(f"{dirs[0] / part} and {dirs[1] / part} disagree on labels")
+        pairs.append(
+            (
+                np.array([a[s][1] for s in ids]),
+                np.array([b[s][1] for s in ids]),
+                np.array([a[s][0] for s in ids]),
+            )
+        )
+    if int(metas[0]["config"]["cls"].get("folds", 0)):
+        pairs = [tuple(np.concatenate(x) for x in zip(*pairs, strict=True))]
+    return {**paired_difference(pairs, n_boot=n_boot), "parts": parts[0]}
