@@ -34,6 +34,16 @@ ceiling is 0.875 (age + sex ceiling 0.875, image + age + sex 0.898; the hand lat
 shown beside them then, is no ceiling), so every row sat 0.14-0.26 below the image ceiling, and
 none was compared with the clinical baseline.
 
+Ablations at the ``cpu`` size (issue 12, target 5), measured 2026-12-01 on the demo's
+192-subject cohort (``--data runs/demo_i12/data --seg-epochs 20``; both segmenters trained here
+at 128 px for 20 epochs: mixture Dice 0.929 with 4 experts alive (mean weights 0.24, 0.12,
+0.28, 0.36), U-Net Dice 0.935), 3 seeds, 5,547 s on 2 CPU cores shared with other work. AUC and
+the row minus the full pipeline on the same test subjects (paired 95 % interval): full pipeline
+0.73; ordinary multi-crop 0.74 (+0.013, -0.100 to +0.126); no SSL, from scratch 0.73 (-0.000,
+-0.165 to +0.169); raw image 0.71 (-0.021, -0.328 to +0.288); single U-Net 0.74 (+0.017, -0.199
+to +0.159). No difference is real on this data; every row is 0.17-0.21 below the clinical
+baseline on its test subjects (0.91) and far below the Bayes image posterior there (0.93).
+
 Everything is cached under ``OUT/cache`` and a re-run resumes: segments per (source, segment
 config), pretraining runs per (segments, bones, split, SSL config), so rows that share them
 (e.g. a probe and a fine-tune of one SSL method) pretrain once, and row results per
