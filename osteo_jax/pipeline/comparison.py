@@ -88,6 +88,11 @@ def _read_predictions(path: Path) -> dict[str, tuple[int, float]]:
     return {r["subject_id"]: (int(r["label"]), float(r["probability"])) for r in read_csv(path)}
 
 
+def _pooled(pairs: list[tuple]) -> list[tuple]:
+    """The folds of a k-fold protocol as one test set (each subject once)."""
+    return [tuple(np.concatenate(x) for x in zip(*pairs, strict=True))]
+
+
 def _best_on_validation(
     candidates: list[BaselineScores], val_ids: list[str], labels: dict[str, int]
 ) -> BaselineScores:
@@ -340,9 +345,7 @@ def compare_rows(
         pairs = [
             (pa, pb, ya) for (_, pa, ya, _), (_, pb, _, _) in zip(rows[a], rows[b], strict=True)
         ]
-        if folds:  # each subject once: one pooled test set
-            pairs = [tuple(np.concatenate(x) for x in zip(*pairs, strict=True))]
-        return paired_difference(pairs, n_boot=max(n_boot, 1000))
+        return paired_difference(_pooled(pairs) if folds else pairs, n_boot=max(n_boot, 1000))
 
     clinical = next((n for n in rows if n.startswith(CLINICAL_ROW)), None)
     for name in rows:
@@ -403,5 +406,5 @@ def compare_runs(cls_dir_a: str | Path, cls_dir_b: str | Path, *, n_boot: int = 
             )
         )
     if int(metas[0]["config"]["cls"].get("folds", 0)):
-        pairs = [tuple(np.concatenate(x) for x in zip(*pairs, strict=True))]
+        pairs = _pooled(pairs)
     return {**paired_difference(pairs, n_boot=n_boot), "parts": parts[0]}
