@@ -19,7 +19,7 @@ NUMERIC = ("probability", "probability_lo", "probability_hi", "2MCI", "2MCI_lo",
 
 @pytest.fixture(scope="module")
 def tiny(tiny_experiment, tmp_path_factory):
-    """A copy of the tiny run (screen writes its QC calibration there) and a folder of inputs:
+    """The tiny run's copy (screen writes its QC calibration there), restored once, and inputs:
     six of the cohort's PNGs in nested folders, one as DICOM too, a corrupt PNG, a chest and
     a lower-leg radiograph (pydicom-data)."""
     from pydicom.data import get_testdata_file
@@ -47,7 +47,9 @@ def tiny(tiny_experiment, tmp_path_factory):
     others.mkdir()
     for name in ("RG1_UNCR.dcm", "RG3_UNCR.dcm"):
         shutil.copy(get_testdata_file(name), others / name)
-    return run, images, others
+    from osteo_jax.pipeline.predict import PredictModel
+
+    return PredictModel(run), images, others
 
 
 def _rows(path):
@@ -151,8 +153,9 @@ def test_qc_flags_non_hand_radiographs(tiny, tmp_path):
 def test_cli_screen_and_its_errors(tiny, tmp_path, capsys):
     run, images, _ = tiny
     out = tmp_path / "cli.csv"
-    assert main(["screen", str(images), "--run", str(run), "--out", str(out)]) == 0
+    args = ["--run", str(run.run), "--out", str(out)]
+    assert main(["screen", str(images), *args]) == 0
     assert "8 images: 0 already" in capsys.readouterr().out
-    assert main(["screen", str(tmp_path / "nope"), "--run", str(run), "--out", str(out)]) == 2
+    assert main(["screen", str(tmp_path / "nope"), *args]) == 2
     err = capsys.readouterr().err
     assert "nope: no such file or folder" in err and "Traceback" not in err

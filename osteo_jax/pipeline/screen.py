@@ -30,6 +30,7 @@ import numpy as np
 
 from osteo_jax.data.errors import DatasetError
 from osteo_jax.data.limits import MAX_IMAGE_PIXELS
+from osteo_jax.pipeline.predict import PredictModel
 
 __all__ = ["COLUMNS", "QC_CALIBRATION", "load_qc_calibration", "result_row", "screen"]
 
@@ -272,7 +273,7 @@ def load_qc_calibration(model, *, data: str | os.PathLike | None = None):
 
 def screen(
     inputs: list[str | os.PathLike],
-    run: str | os.PathLike,
+    run: str | os.PathLike | PredictModel,
     out: str | os.PathLike,
     *,
     fmt: str | None = None,
@@ -289,7 +290,8 @@ def screen(
     Args:
       inputs: folders (walked recursively; DICOM, PNG, TIFF by content), image files, or
         ``.txt`` lists of paths (:func:`~osteo_jax.data.discover.find_images`).
-      run: a finished experiment folder (``osteo-jax run`` / ``demo``).
+      run: a finished experiment folder (``osteo-jax run`` / ``demo``), or its restored
+        :class:`~osteo_jax.pipeline.predict.PredictModel` (compiled functions reused).
       out: the results file; rows already in it are skipped (resume).
       fmt: ``"csv"`` or ``"jsonl"`` (default: from ``out``'s suffix, CSV unless ``.jsonl``).
       batch_size: images per segmenter call (fixed; the last batch is padded).
@@ -313,7 +315,7 @@ def screen(
     from tqdm.auto import tqdm
 
     from osteo_jax.data.discover import find_images
-    from osteo_jax.pipeline.predict import PredictModel, analyse_images
+    from osteo_jax.pipeline.predict import analyse_images
 
     out = Path(out)
     fmt = fmt or ("jsonl" if out.suffix.lower() in (".jsonl", ".ndjson") else "csv")
@@ -323,7 +325,7 @@ def screen(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     paths = [str(p) for p in find_images(inputs)]
     t0 = time.perf_counter()
-    model = PredictModel(run)
+    model = run if isinstance(run, PredictModel) else PredictModel(run)
     calib = load_qc_calibration(model, data=qc_data)
     results = _Results(out, fmt)
     todo = [p for p in paths if p not in results.done]
