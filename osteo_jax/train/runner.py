@@ -224,7 +224,7 @@ class RunResult:
     """What :func:`run` ends with.
 
     Attributes:
-      state: the final train state (replicated over the mesh).
+      state: the final train state (replicated over the mesh, or as ``state_sharding`` places it).
       start: the step it resumed from (0 for a fresh run).
       train: the last training metrics brought to the host (empty if none was).
       val: the last validation metrics (empty if none).
