@@ -251,3 +251,27 @@ def test_train_seg_expert_parallel_resumed_on_another_mesh_matches_one_device(tm
     worst = max(diffs, key=diffs.get)
     assert diffs[worst] < 1e-4, (worst, diffs[worst])
     assert any("decoders" in k for k in diffs)
+
+
+@pytest.mark.parametrize(
+    "form, expert, match",
+    [("mose", 2, "form 'mose' has none"), ("mixture", 2, "does not divide the 1 devices")],
+)
+def test_train_segmenter_refuses_expert_parallel_it_cannot_run(form, expert, match, tmp_path):
+    from osteo_jax.data.inmemory import SegArrays
+    from osteo_jax.train.seg_loop import train_segmenter
+
+    n = 8
+    arrays = SegArrays(
+        images=np.zeros((n, 32, 32, 1), np.float32),
+        masks=np.zeros((n, 1, 32, 32), np.uint8),
+        image_ids=np.array([f"I{i}" for i in range(n)]),
+        subject_ids=np.array([f"S{i}" for i in range(n)]),
+        annotators=("exact",),
+    )
+    cfg = dataclasses.replace(
+        TINY, model=dataclasses.replace(TINY.model, form=form), expert_parallel=expert
+    )
+    with pytest.raises(ValueError, match=match):
+        train_segmenter(arrays, tmp_path / "run", cfg, progress=False)
+    assert not (tmp_path / "run").exists()  # refused before the run folder is claimed
