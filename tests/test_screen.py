@@ -78,7 +78,7 @@ def test_rows_errors_and_batching(tiny, tmp_path):
     assert dcm["spacing_known"] == "true" and float(dcm["spacing_mm"]) == pytest.approx(SPACING)
     # Batched equals one at a time (tolerance 1e-5: the segmenter's batched convolutions).
     out1 = tmp_path / "b1.csv"
-    screen([images], run, out1, batch_size=1, progress=False)
+    screen([images], run, out1, batch_size=1, jobs=1, progress=False)  # worker processes too
     for a, b in zip(rows, _rows(out1), strict=True):
         assert a["path"] == b["path"] and a["qc_reason"] == b["qc_reason"]
         for k in NUMERIC:
@@ -159,3 +159,26 @@ def test_cli_screen_and_its_errors(tiny, tmp_path, capsys):
     assert main(["screen", str(tmp_path / "nope"), *args]) == 2
     err = capsys.readouterr().err
     assert "nope: no such file or folder" in err and "Traceback" not in err
+
+
+def test_light_hypotheses_are_left_out_exactly(small_renders):
+    """A hypothesis of weight below MIN_HYPOTHESIS_WEIGHT is not cut or measured: the spread
+    equals the one over the other hypotheses alone, and the mixture mean is untouched."""
+    from osteo_jax.config import SegmentConfig
+    from osteo_jax.eval.radiogrammetry.hypotheses import measure_prediction
+    from osteo_jax.pipeline.predict import MIN_HYPOTHESIS_WEIGHT, _cut_and_measure
+
+    r = small_renders[0]  # 256 px, 0.8 mm
+    image, labels = r.image.astype(np.float32) / 4095, r.exact
+    probs = np.stack([np.eye(8, dtype=np.float32)[labels[::4, ::4]]] * 3)
+    probs[2] = np.roll(probs[2], 3, axis=0)  # a different, light hypothesis
+    w = np.array([0.5, 0.5 - 1e-6, 1e-6])
+    assert w[2] < MIN_HYPOTHESIS_WEIGHT
+    cfg = SegmentConfig(size=16)
+    mean_seg, hyp_segs, kept, mean_m, spread = _cut_and_measure((image, probs, w, 0.8, cfg, 0.9))
+    assert list(kept) == [0, 1] and len(hyp_segs) == 2
+    ref_mean, ref_spread = measure_prediction(
+        image, probs[:2], w[:2], spacing_mm=0.8, bones=("MC2",)
+    )
+    assert spread["MC2"]["cortical_index"] == ref_spread["MC2"]["cortical_index"]
+    assert mean_m["MC2"].cortical_index == pytest.approx(ref_mean["MC2"].cortical_index)

@@ -200,7 +200,7 @@ def add_screen(sub) -> None:
         "--format", choices=("csv", "jsonl"), default=None, help="default: from --out's suffix"
     )
     p.add_argument("--batch-size", type=int, default=8, help="images per segmenter call (8)")
-    p.add_argument("--jobs", type=int, default=0, help="decoding worker processes (0)")
+    p.add_argument("--jobs", type=int, default=0, help="decode and cut workers (0)")
     p.add_argument(
         "--interval", type=float, default=0.9, help="central mass of the intervals (0.9)"
     )

@@ -256,13 +256,17 @@ def analyse_images(
     spacing_mm: float | None = None,
     batch_size: int | None = None,
     qc=None,
+    pool=None,
 ) -> list[tuple[dict, np.ndarray, np.ndarray, np.ndarray]]:
     """The shared path of ``predict`` and ``screen``: a batch of decoded radiographs analysed.
 
     The segmenter runs on all of them in one jitted call per ``batch_size``; the bone segments
     of every image's mixture mean and of each of its N hypotheses are classified by every
     seed model in one batched call; the 2MCI is measured on the mixture mean and over the
-    hypotheses.
+    hypotheses. Hypotheses of weight below :data:`MIN_HYPOTHESIS_WEIGHT` (an expert the
+    router switched off) are neither cut nor measured: together they hold at most
+    ``N * MIN_HYPOTHESIS_WEIGHT`` of the mass, so the weighted intervals move by at most
+    that much; their ``probability`` is None with the reason.
 
     Args:
       model: the restored run.
@@ -273,6 +277,8 @@ def analyse_images(
       batch_size: segmenter batch (None: all at once).
       qc: a :class:`~osteo_jax.eval.qc.QCCalibration` to add ``qc_flag`` / ``qc_reasons``
         and their scores to each result (None: no QC keys).
+      pool: an executor (``map``) for the per-image cutting and measuring (numpy and scipy,
+        no JAX), or None to do it here.
 
     Returns:
       Per image ``(result, probs [N, s, s, C], weights [N], p_hyp [N])``; ``result`` as
@@ -280,39 +286,35 @@ def analyse_images(
       mixture mean gets ``probability`` None with ``probability_reason``.
     """
     from osteo_jax.data.imageio import isotropic_spacing
-    from osteo_jax.data.segments import segment_intensity, segments_from_prediction
-    from osteo_jax.eval.radiogrammetry.hypotheses import measure_prediction
 
     lo_q, hi_q = (1 - interval) / 2, (1 + interval) / 2
     cfg = model.cfg.segment
     bones = _roi_names(cfg.roi)
     all_probs, all_weights = model.segment_batch(inputs, batch_size)
-    sets, prepared = [], []
+    jobs = []
     for (_, image, meta), probs, weights in zip(images, all_probs, all_weights, strict=True):
         known = isotropic_spacing(meta)
         spacing = known or spacing_mm or _train_spacing(model)
         w = weights / weights.sum()
-        grey = segment_intensity(image, cfg)
-        mean_seg = segments_from_prediction(grey, probs, w, spacing_mm=spacing, cfg=cfg)
-        hyp_segs = segments_from_prediction(
-            grey, probs, w, spacing_mm=spacing, cfg=cfg, per_hypothesis=True
-        )
-        sets += [mean_seg, *hyp_segs]
-        prepared.append((known, spacing, w, mean_seg))
+        jobs.append((image, probs, w, float(spacing), cfg, interval))
+    cut = list(pool.map(_cut_and_measure, jobs)) if pool is not None and jobs else None
+    if cut is None:
+        cut = [_cut_and_measure(job) for job in jobs]
+    sets = [s for mean_seg, hyp_segs, *_ in cut for s in (mean_seg, *hyp_segs)]
     p_sets = model.classify(sets) if sets else np.zeros((0, len(model.models)))
-    out = []
-    n_sets = 1 + all_probs.shape[1] if len(images) else 0
-    for i, ((path, image, meta), probs) in enumerate(zip(images, all_probs, strict=True)):
-        known, spacing, w, mean_seg = prepared[i]
-        p_all = p_sets[i * n_sets : (i + 1) * n_sets]  # [1 + N, models]
+    out, start = [], 0
+    for i, ((path, _, meta), probs) in enumerate(zip(images, all_probs, strict=True)):
+        _, _, w, spacing, _, _ = jobs[i]
+        known = isotropic_spacing(meta)
+        mean_seg, hyp_segs, kept, mean_m, spread = cut[i]
+        p_all = p_sets[start : start + 1 + len(hyp_segs)]  # [1 + kept, models]
+        start += 1 + len(hyp_segs)
         p_mean_models = p_all[0]
         segmented = bool(np.isfinite(p_mean_models).all())
+        p_hyp = np.full(len(w), np.nan)
         with warnings.catch_warnings():  # a hypothesis with no valid segment gives NaN
             warnings.simplefilter("ignore", RuntimeWarning)
-            p_hyp = np.nanmean(p_all[1:], axis=1)
-        mean_m, spread = measure_prediction(
-            image, probs, w, spacing_mm=float(spacing), bones=("MC2",), interval=interval
-        )
+            p_hyp[kept] = np.nanmean(p_all[1:], axis=1)
         ci = spread["MC2"]["cortical_index"]
         no_bones = "no valid bone segment in the mixture-mean segmentation"
         res = {
@@ -331,7 +333,11 @@ def analyse_images(
                 {
                     "weight": float(w[h]),
                     **_with_reason(
-                        "probability", p_hyp[h], "no valid bone segment in this hypothesis"
+                        "probability",
+                        p_hyp[h],
+                        "no valid bone segment in this hypothesis"
+                        if h in kept
+                        else f"weight below {MIN_HYPOTHESIS_WEIGHT:g}: not evaluated",
                     ),
                 }
                 for h in range(len(w))
@@ -366,6 +372,44 @@ def analyse_images(
             res.update({k: (v if math.isfinite(v) else None) for k, v in scores.items()})
         out.append((res, probs, w, p_hyp))
     return out
+
+
+#: Hypotheses lighter than this are not cut, classified or measured (:func:`analyse_images`).
+MIN_HYPOTHESIS_WEIGHT = 1e-4
+
+
+def _cut_and_measure(job: tuple) -> tuple:
+    """One image's segments (mixture mean, kept hypotheses) and 2MCI (pool-friendly: no JAX).
+
+    Returns:
+      ``(mean_seg, hyp_segs, kept, mean_measure, spread)`` with ``kept`` the indices of the
+      hypotheses cut and measured.
+    """
+    from osteo_jax.data.segments import segment_intensity, segments_from_prediction
+    from osteo_jax.eval.radiogrammetry.hypotheses import measure_prediction
+
+    image, probs, w, spacing, cfg, interval = job
+    kept = np.flatnonzero(w >= MIN_HYPOTHESIS_WEIGHT)
+    grey = segment_intensity(image, cfg)
+    mean_seg = segments_from_prediction(grey, probs, w, spacing_mm=spacing, cfg=cfg)
+    hyp_segs = segments_from_prediction(
+        grey,
+        probs[kept],
+        w[kept] / w[kept].sum(),
+        spacing_mm=spacing,
+        cfg=cfg,
+        per_hypothesis=True,
+    )
+    mean_m, spread = measure_prediction(
+        image,
+        probs,
+        w,
+        spacing_mm=spacing,
+        bones=("MC2",),
+        interval=interval,
+        min_weight=MIN_HYPOTHESIS_WEIGHT,
+    )
+    return mean_seg, hyp_segs, kept, mean_m, spread
 
 
 def _train_spacing(model: PredictModel) -> float:

@@ -230,6 +230,21 @@ def _records(paths: list[str], size: int, max_pixels: int | None, jobs: int):
     return it
 
 
+def _analysis_pool(jobs: int):
+    """Worker processes for the per-image cutting and measuring (spawned; no JAX in them)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from osteo_jax.data.workers import init_child
+
+    return ProcessPoolExecutor(
+        max_workers=jobs,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=init_child,
+        initargs=(os.getpid(), None),
+    )
+
+
 def _data_folder(run: Path) -> Path | None:
     cfg = run / "seg" / "config.json"
     if not cfg.exists():
@@ -295,7 +310,8 @@ def screen(
       out: the results file; rows already in it are skipped (resume).
       fmt: ``"csv"`` or ``"jsonl"`` (default: from ``out``'s suffix, CSV unless ``.jsonl``).
       batch_size: images per segmenter call (fixed; the last batch is padded).
-      jobs: decoding worker processes (0: decode in this process).
+      jobs: worker processes for decoding (grain) and, as many again, for cutting and
+        measuring the segments of each batch's images (0: all in this process).
       interval: central mass of the intervals.
       spacing_mm: spacing of files that carry none (else the training spacing, flagged).
       max_pixels: refuse larger images (an error row).
@@ -341,6 +357,7 @@ def screen(
     }
     records = _records(todo, model.image_size, max_pixels, jobs)
     it = iter(records)
+    pool = _analysis_pool(jobs) if jobs > 0 and todo else None
     bar = tqdm(total=len(todo), desc="screen", unit="img", disable=not progress)
     t_start = time.perf_counter()
     try:
@@ -361,6 +378,7 @@ def screen(
                         spacing_mm=spacing_mm,
                         batch_size=batch_size,
                         qc=calib,
+                        pool=pool,
                     ),
                     strict=True,
                 ):
@@ -377,6 +395,8 @@ def screen(
     finally:
         bar.close()
         results.close()
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
         if hasattr(it, "close"):
             it.close()
     wall = time.perf_counter() - t_start
