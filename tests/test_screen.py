@@ -110,6 +110,44 @@ def test_resume_after_a_partial_write_gives_the_same_file(tiny, tmp_path):
     assert s["written"] == 0 and part.read_text() == text
 
 
+def test_sigkill_then_rerun_gives_the_uninterrupted_file(tiny, tmp_path):
+    """The real CLI in a subprocess, SIGKILLed as soon as its first batch is on disk (its
+    decode workers with it), then run again: the same file as one uninterrupted run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run, images, _ = tiny
+    many = tmp_path / "many"
+    for k in range(3):  # 24 inputs: enough batches of 2 for the kill to land mid-run
+        shutil.copytree(images, many / f"copy{k}")
+    ref = tmp_path / "ref.csv"
+    screen([many], run, ref, batch_size=2, progress=False)
+    out = tmp_path / "killed.csv"
+    argv = [sys.executable, "-m", "osteo_jax.cli", "screen", str(many), "--run", str(run.run)]
+    argv += ["--out", str(out), "--batch-size", "2", "--jobs", "1"]
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not (out.exists() and out.read_text().count("\n") >= 3):  # header + a batch
+            assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "no batch written after 300 s"
+            time.sleep(0.01)
+        os.killpg(proc.pid, signal.SIGKILL)
+        assert proc.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=60)
+    written = len(_rows(out))
+    assert 0 < written < 24
+    s = screen([many], run, out, batch_size=2, progress=False)
+    assert s["skipped"] == written and s["written"] == 24 - written
+    assert out.read_text() == ref.read_text()
+
+
 def test_jsonl_is_strict_json_with_the_csv_values(tiny, tmp_path):
     run, images, _ = tiny
     out = tmp_path / "r.jsonl"
