@@ -135,11 +135,10 @@ class LogisticHead:
         return cls(bones=bones, intercept=float(d["intercept"]), eps=float(d["eps"]), **arrays)
 
     def save(self, path: str | os.PathLike) -> None:
-        """Writes the head as JSON (atomically)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1))
-        os.replace(tmp, path)
+        """Writes the head as strict JSON (atomically; a NaN median is written as null)."""
+        from osteo_jax.data.folder import write_json
+
+        write_json(path, self.to_dict())
 
 
 def load_head(path: str | os.PathLike) -> LogisticHead:
