@@ -155,3 +155,50 @@ def test_find_images_by_content(tmp_path):
     assert find_images([tmp_path / "a" / "notes.txt"]) == [tmp_path / "a" / "not an image"]
     with pytest.raises(DatasetError, match="no such file or folder"):
         find_images([tmp_path / "nope"])
+
+
+def test_calibrated_on_hands_it_passes_new_hands_and_flags_other_layouts(paper_cohort, small_cfg):
+    """Exact label maps of the synthetic cohort as a perfect segmenter's output: calibrated on
+    48 subjects, it flags at most 1 of 16 others (stated rate 1/16), and flags layouts that are
+    not a hand: two long bones with the metacarpals folded onto them (a lower leg's shape),
+    metacarpals and forearm swapped, a hand half as long as it is."""
+    from osteo_jax.data.inmemory import resize_labels
+    from osteo_jax.data.synth.synthetic import render_subject
+
+    def probs_of(labels, rng):
+        one_hot = np.eye(8)[resize_labels(labels, 64)]
+        hyps = []
+        for _ in range(4):  # four noisy hypotheses around the truth
+            logits = 6 * one_hot + rng.normal(size=one_hot.shape)
+            p = np.exp(logits - logits.max(-1, keepdims=True))
+            hyps.append(p / p.sum(-1, keepdims=True))
+        return np.stack(hyps)
+
+    rng = np.random.default_rng(1)
+    w = np.ones(4)
+    labels = [render_subject(paper_cohort, i, small_cfg).exact for i in range(64)]
+    feats = [qc_features(probs_of(lab, rng), w) for lab in labels]
+    calib = calibrate(feats[:48])
+    valid = np.ones(7, bool)
+
+    def flagged(f):
+        reasons, _ = qc_check(f, calib, valid=valid, bones=BONES, spacing_known=True)
+        return reasons
+
+    assert sum(bool(flagged(f)) for f in feats[48:]) <= 1
+    hand = labels[48]
+    leg = hand.copy()
+    leg[np.isin(hand, (3, 4))] = 1  # MC1-2 become radius, MC3-5 ulna: two long bones
+    leg[np.isin(hand, (5, 6, 7))] = 2
+    leg_probs = probs_of(leg, rng)
+    for c in range(3, 8):  # token metacarpals, so that every bone is present
+        leg_probs[:, 2:5, 3 * c : 3 * c + 3] = np.eye(8)[c]
+    swapped = hand.copy()
+    swapped[np.isin(hand, (1, 2))] += 5  # forearm labelled MC4-5 ...
+    swapped[np.isin(hand, (6, 7))] -= 5  # ... and MC4-5 labelled radius and ulna
+    squat = np.zeros_like(hand)
+    squat[64:192] = hand[::2]  # every other row: a hand half as long
+    for name, p in (("leg", leg_probs), ("swapped", probs_of(swapped, rng)),
+                    ("squat", probs_of(squat, rng))):  # fmt: skip
+        reasons = flagged(qc_features(p, w))
+        assert any(r.startswith("implausible hand geometry") for r in reasons), (name, reasons)
