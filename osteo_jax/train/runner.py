@@ -32,6 +32,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
+from osteo_jax.config.precision import resolve_dtypes
 from osteo_jax.data.folder import dumps_json, write_json
 from osteo_jax.data.outdir import OutputDir, claim_dir
 from osteo_jax.train.state import TrainState
@@ -118,8 +119,9 @@ def check_finite(metrics: dict[str, float], step: int) -> None:
 def write_config(run_dir: Path, cfg, data: str) -> None:
     """Writes ``run_dir/config.json``, or checks that a resumed run has the same config.
 
-    ``max_steps`` may differ (it only stops a run early); any other change raises
-    ``ValueError``.
+    ``max_steps`` may differ (it only stops a run early), and a ``dtype`` of ``"auto"``
+    equals the dtype it resolves to here (a folder started with ``"float32"`` before ``"auto"``
+    became the default resumes on a CPU); any other change raises ``ValueError``.
     """
 
     def plain(x):
@@ -130,8 +132,8 @@ def write_config(run_dir: Path, cfg, data: str) -> None:
     record = {"data": data, "config": plain(cfg)}
     path = run_dir / "config.json"
     if path.exists():
-        old = json.loads(path.read_text())["config"]
-        new = json.loads(dumps_json(record["config"]))
+        old = resolve_dtypes(json.loads(path.read_text())["config"])
+        new = resolve_dtypes(json.loads(dumps_json(record["config"])))
         # max_steps only stops a run early; any other change would make a different run.
         old.pop("max_steps", None)
         new.pop("max_steps", None)
