@@ -56,9 +56,10 @@ def test_start_logs_devices_and_warns_about_an_idle_gpu(gpu, monkeypatch, capsys
     line = runtime.start()
     n = len(jax.devices())
     assert line == f"backend=cpu devices={n} ({jax.devices()[0].device_kind}) process 0/1"
-    err = capsys.readouterr().err
-    assert line in err
+    out, err = capsys.readouterr()
+    assert out == f"osteo-jax: INFO: {line}\n"  # information on stdout: stderr is for errors
     assert ('pip install -e ".[cuda12]"' in err) == gpu
+    assert (err.count("\n") == 1) == gpu and "WARNING" in err if gpu else err == ""
 
 
 def test_compile_cache_dir_precedence(tmp_path):

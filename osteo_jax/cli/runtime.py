@@ -8,10 +8,11 @@ Two calls, in this order, from :func:`osteo_jax.cli.main` after the arguments ar
    turns it off), so a second run of the same configuration loads its compiled steps instead
    of compiling them again (5-10 s per U-Net step on CPU, more on a GPU). It must come before
    the first compilation.
-2. :func:`start` logs one line, ``backend=gpu devices=8 (NVIDIA H100) process 0/1``, and warns
-   when the machine shows a GPU or TPU but jax runs on the CPU (the CPU-only jaxlib of
-   ``make demo`` / ``make test``), naming the extra that installs the plugin. It initialises
-   the backend, so in a multi-process run it must come after ``jax.distributed.initialize``.
+2. :func:`start` logs one line to stdout, ``backend=gpu devices=8 (NVIDIA H100) process 0/1``,
+   and warns on stderr when the machine shows a GPU or TPU but jax runs on the CPU (the
+   CPU-only jaxlib of ``make demo`` / ``make test``), naming the extra that installs the
+   plugin. It initialises the backend, so in a multi-process run it must come after
+   ``jax.distributed.initialize``.
 
 Only the standard library is imported at module level: ``osteo-jax --help`` stays instant.
 """
@@ -164,21 +165,27 @@ def unused_accelerator(backend: str, *, gpu: bool, tpu: bool) -> str | None:
     return None
 
 
-class _StderrHandler(logging.Handler):
-    """Writes to the current ``sys.stderr`` (looked up per record, so redirections hold)."""
+class _ConsoleHandler(logging.Handler):
+    """Information to ``sys.stdout``, warnings and errors to ``sys.stderr``.
+
+    Information goes where the commands print their progress and results, so that a command
+    failing on its input still writes exactly one line to stderr (its error). The streams are
+    looked up per record, so redirections hold.
+    """
 
     def emit(self, record: logging.LogRecord) -> None:
+        stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
         try:
-            print(self.format(record), file=sys.stderr)
+            print(self.format(record), file=stream, flush=True)
         except Exception:  # a logging handler must never raise
             self.handleError(record)
 
 
 def _ensure_handler() -> None:
-    """Gives the package logger one stderr handler at INFO, unless the caller configured one."""
+    """Gives the package logger one console handler at INFO, unless the caller set one."""
     if logger.handlers:
         return
-    handler = _StderrHandler()
+    handler = _ConsoleHandler()
     handler.setFormatter(logging.Formatter("osteo-jax: %(levelname)s: %(message)s"))
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
