@@ -43,15 +43,27 @@ _MODEL_FIELDS = {"samples": "num_samples", "experts": "num_experts"}
 
 
 def variant_config(spec: str):
-    """The demo's ``SegTrainConfig`` with ``spec`` (``"demo"`` or ``k=v,k=v``) applied."""
+    """The demo's ``SegTrainConfig`` with ``spec`` (``"demo"`` or ``k=v,k=v``) applied.
+
+    A key names a field of ``SegConfig`` (``image_size``; ``features=default`` takes the
+    default model's widths, ``head_hidden=default`` likewise), of ``SegTrainConfig``
+    (``epochs``, ``batch_size``, ...), ``samples`` / ``experts``, or else of ``OTConfig``.
+    """
     seg = demo_config().seg
     if spec == "demo":
         return seg
-    ot, model = {}, {}
+    ot, model, train = {}, {}, {}
+    model_fields = {f.name for f in dataclasses.fields(seg.model)}
+    train_fields = {f.name for f in dataclasses.fields(seg)} - {"model", "ot"}
     for kv in spec.split(","):
         k, v = kv.split("=")
         if k in _MODEL_FIELDS:
             model[_MODEL_FIELDS[k]] = int(v)
+        elif k in model_fields:
+            default = getattr(type(seg.model)(), k)
+            model[k] = default if v == "default" else type(default)(v)
+        elif k in train_fields:
+            train[k] = type(getattr(seg, k))(v)
         else:
             field = type(getattr(seg.ot, k))
             ot[k] = field(v) if field is not type(None) else float(v)
@@ -59,6 +71,7 @@ def variant_config(spec: str):
         seg,
         ot=dataclasses.replace(seg.ot, **ot),
         model=dataclasses.replace(seg.model, **model),
+        **train,
     )
 
 
@@ -66,7 +79,9 @@ def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="dataset folder (e.g. a demo run's data/)")
     p.add_argument("--out", required=True, help="output folder (one run folder per variant)")
-    p.add_argument("variants", nargs="+", help='"demo" or k=v[,k=v] of OTConfig / samples')
+    p.add_argument(
+        "variants", nargs="+", help='"demo" or k=v[,k=v] of SegConfig / SegTrainConfig / OTConfig'
+    )
     args = p.parse_args(argv)
     out = Path(args.out)
     results = {}

@@ -64,3 +64,14 @@ def cohort_images():
     labels = np.repeat(subject_label, counts)
     perm = rng.permutation(len(subjects))
     return subjects[perm], labels[perm]
+
+
+@pytest.fixture(scope="session")
+def tiny_experiment(tmp_path_factory):
+    """``(out, result)`` of test_experiment.TINY run once per session (do not modify ``out``)."""
+    from test_experiment import TINY
+
+    from osteo_jax.pipeline.experiment import run_experiment
+
+    out = tmp_path_factory.mktemp("exp") / "run"
+    return out, run_experiment(TINY, out, workers=1, progress=False)

@@ -56,12 +56,8 @@ TINY = ExperimentConfig(
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    from osteo_jax.pipeline.experiment import run_experiment
-
-    out = tmp_path_factory.mktemp("exp") / "run"
-    res = run_experiment(TINY, out, workers=1, progress=False)
-    return out, res
+def run(tiny_experiment):
+    return tiny_experiment
 
 
 def test_run_writes_the_report(run):

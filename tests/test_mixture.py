@@ -163,3 +163,25 @@ def test_bfloat16_option_runs_under_strict_promotion_and_tracks_float32(params, 
     p32 = jax.nn.softmax(lo32, -1)
     assert float(jnp.max(jnp.abs(p16 - p32))) < 0.05
     np.testing.assert_allclose(jnp.sum(jnp.exp(aux16["log_alpha"]), -1), 1.0, rtol=1e-2)
+
+
+def test_expert_map_hook_identity_equals_the_stacked_module(params, x, z, apply_fns):
+    calls = []
+
+    def identity(fn, p, z_, skips, bottleneck):
+        calls.append(jax.tree.leaves(p)[0].shape[0])
+        return fn(p, z_, skips, bottleneck)
+
+    want, _ = apply_fns["scan"]({"params": params}, x, z)
+    for mode in ("scan", "vmap"):
+        hooked = Segmenter(mode=mode, expert_map=identity, **KW)
+        got, _ = jax.jit(hooked.apply)({"params": params}, x, z)
+        assert got.shape == want.shape and got.dtype == want.dtype
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert calls == [K, K]
+    # Gradients flow to the decoder parameters through the hook, as without it.
+    loss = lambda m: lambda p: jnp.sum(m.apply({"params": p}, x, z)[0] ** 2)  # noqa: E731
+    g_hook = jax.jit(jax.grad(loss(Segmenter(mode="scan", expert_map=identity, **KW))))(params)
+    g_ref = jax.jit(jax.grad(loss(Segmenter(mode="scan", **KW))))(params)
+    for a, b in zip(jax.tree.leaves(g_hook), jax.tree.leaves(g_ref), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)

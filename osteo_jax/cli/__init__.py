@@ -12,10 +12,12 @@ Subcommands:
   build-tfds                build a dataset folder into a TFDS ArrayRecord dataset (no TF)
   validate                  check a dataset folder; the first problem is named with file and row
   predict                   classify new radiographs with a finished run, with intervals
+  screen                    a folder of thousands of radiographs into a CSV: batched, resumable,
+                            with quality-control flags
   run                       run (or resume) an experiment config end to end
 
 One module per group: ``data`` (synth, preview, build-tfds, validate), ``train`` (the stages,
-train-seg to evaluate), ``run`` (demo, predict, run). Heavy imports happen inside each
+train-seg to evaluate), ``run`` (demo, predict, screen, run). Heavy imports happen inside each
 subcommand so that ``osteo-jax --help`` is instant.
 """
 
@@ -49,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_validate(sub)
     run.add_demo(sub)
     run.add_predict(sub)
+    run.add_screen(sub)
     run.add_run(sub)
     for name in sorted(runtime.JAX_COMMANDS):
         runtime.add_runtime_args(sub.choices[name])

@@ -50,6 +50,7 @@ JAX_COMMANDS = frozenset(
         "evaluate",
         "demo",
         "predict",
+        "screen",
         "run",
     }
 )

@@ -21,7 +21,11 @@ def _seg_train_config(args: argparse.Namespace):
     over = {
         k: v
         for k, v in dict(
-            epochs=args.epochs, batch_size=args.batch_size, max_steps=args.max_steps, seed=args.seed
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            max_steps=args.max_steps,
+            seed=args.seed,
+            expert_parallel=args.expert_parallel,
         ).items()
         if v is not None
     }
@@ -334,6 +338,14 @@ def add_train_seg(sub) -> None:
     p.add_argument("--experts", type=int, default=None, help="K decoders")
     p.add_argument("--samples", type=int, default=None, help="S latents per decoder")
     p.add_argument("--mode", default=None, choices=("auto", "vmap", "scan"))
+    p.add_argument(
+        "--expert-parallel",
+        type=int,
+        default=None,
+        metavar="E",
+        help="split the K decoders over E devices (a data x expert mesh; default 1; "
+        "a run may resume with another E)",
+    )
     add_allow_outside_paths(p)
     p.set_defaults(func=cmd_train_seg)
 

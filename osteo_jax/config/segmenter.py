@@ -142,6 +142,10 @@ class SegTrainConfig:
       seed: seed of initialisation, split, shuffling and latents.
       checkpoint_every: steps between checkpoints (and always at the end of an epoch).
       max_steps: stop after this many steps (None: run all epochs).
+      expert_parallel: size of the ``"expert"`` mesh axis: the K decoders (parameters,
+        optimizer state, compute) are split over this many devices, the batch over the rest
+        (a ``data x expert`` mesh; 1: data parallel only). Must divide K and the device count.
+        A run may resume with another value (same numbers).
     """
 
     model: SegConfig = SegConfig()
@@ -156,9 +160,12 @@ class SegTrainConfig:
     seed: int = 0
     checkpoint_every: int = 100
     max_steps: int | None = None
+    expert_parallel: int = 1
 
     def __post_init__(self):
-        check_positive(self, "batch_size", "epochs", "learning_rate", "checkpoint_every")
+        check_positive(
+            self, "batch_size", "epochs", "learning_rate", "checkpoint_every", "expert_parallel"
+        )
         if not 0 <= self.val_fraction < 1:
             raise ValueError(
                 f"SegTrainConfig.val_fraction must be in [0, 1), got {self.val_fraction!r}"

@@ -75,8 +75,9 @@ def read_dicom(
       ``voi`` (``"lut"``, ``"window"``, ``"pixel_range"`` or ``"stored_range"``),
       ``bits_stored``, ``rows``, ``cols``, ``pixel_spacing_mm`` (``(row, col)`` in mm or
       None), ``pixel_spacing_source``, ``transfer_syntax_uid``, ``transfer_syntax``,
-      ``laterality``, ``sop_instance_uid``, ``modality``, ``format`` (``"dicom"``) and
-      ``path``.
+      ``laterality``, ``sop_instance_uid``, ``modality``, ``study_instance_uid``,
+      ``patient_id``, ``body_part_examined`` (header strings, None when absent or empty),
+      ``format`` (``"dicom"``) and ``path``.
 
     Raises:
       DatasetError: missing file, not DICOM, truncated, no or undecodable pixel data, larger
@@ -128,8 +129,18 @@ def read_dicom(
         "laterality": _laterality(ds),
         "sop_instance_uid": str(ds.SOPInstanceUID) if ds.get("SOPInstanceUID") else None,
         "modality": str(ds.Modality) if ds.get("Modality") else None,
+        "study_instance_uid": _text(ds, "StudyInstanceUID"),
+        "patient_id": _text(ds, "PatientID"),
+        "body_part_examined": _text(ds, "BodyPartExamined"),
     }
     return image.astype(np.float32), meta
+
+
+def _text(ds, keyword: str) -> str | None:
+    """A header string, stripped; None when absent or empty."""
+    value = ds.get(keyword)
+    text = str(value).strip() if value is not None else ""
+    return text or None
 
 
 def dicom_shape(

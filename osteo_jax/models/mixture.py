@@ -18,13 +18,18 @@ the FiLM and the heads run per sample, and the first head layer is fused across 
 (``(s * (u + b)) @ W1 = u @ (s[:, None] * W1) + (s * b) @ W1``) so the full-resolution feature
 map is read once for all samples.
 
+Expert parallelism: ``expert_map`` (default None) is the hook through which the stacked decoders
+are applied; :func:`osteo_jax.train.sharding.expert_map` runs them under ``jax.shard_map`` so
+each device of an ``"expert"`` mesh axis computes its K / E decoders only (sharding the stacked
+parameters alone is not enough: XLA all-gathers them for the grouped convolutions).
+
 Ablation forms (``form``): ``"mixture"`` (the paper), ``"mose"`` (one shared decoder, K learned
 Gaussian latent priors), ``"unet"`` (one deterministic decoder, K = S = 1, no latent).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -37,6 +42,14 @@ from osteo_jax.models.unet import Decoder, Encoder
 Dtype = Any
 FORMS = SEG_FORMS
 MODES = DECODER_MODES
+# Name of the stacked decoders' parameter subtree: every leaf under it has the leading K axis.
+DECODERS = "decoders"
+
+# ``fn(params, z, skips, bottleneck) -> logits``: the stacked decoders as a pure function of
+# their parameters (leading axis K' on every leaf, K' read off ``z``'s first axis).
+StackedFn = Callable[..., jnp.ndarray]
+# ``expert_map(fn, params, z, skips, bottleneck) -> [K, B, S, H, W, C]``.
+ExpertMap = Callable[..., jnp.ndarray]
 
 
 def resolve_mode(mode: str) -> str:
@@ -123,6 +136,27 @@ class Expert(nn.Module):
         return carry, logits
 
 
+def _stacked_experts(mode: str, k: int):
+    """The :class:`Expert` class stacked ``k`` times by ``nn.vmap`` or unrolled ``nn.scan``."""
+    if mode == "vmap":
+        return nn.vmap(
+            Expert,
+            variable_axes={"params": 0},
+            split_rngs={"params": True},
+            in_axes=(None, 0, None, None),
+            out_axes=0,
+            axis_size=k,
+        )
+    return nn.scan(
+        Expert,
+        variable_axes={"params": 0},
+        split_rngs={"params": True},
+        in_axes=(0, nn.broadcast, nn.broadcast),
+        length=k,
+        unroll=k,
+    )
+
+
 class Router(nn.Module):
     """Mixture weights from the globally pooled bottleneck (MoSE: GAP -> 3 layers -> softmax)."""
 
@@ -152,6 +186,11 @@ class Segmenter(nn.Module):
       head_hidden: channels of the hidden 1 x 1 head layer.
       router_hidden: router width.
       dtype: computation dtype (``jnp.bfloat16`` for mixed precision; parameters stay float32).
+      expert_map: None (the decoders run here, as one stacked module), or a callable
+        ``expert_map(fn, params, z, skips, bottleneck)`` returning ``fn(params, z, skips,
+        bottleneck)`` (``[K, B, S, H, W, C]`` logits) computed however it likes, e.g. sharded
+        over devices (:func:`osteo_jax.train.sharding.expert_map`). Mixture form only; not
+        used at initialisation. Same parameters, same numbers.
     """
 
     features: Sequence[int] = (16, 32, 64, 128)
@@ -164,6 +203,7 @@ class Segmenter(nn.Module):
     head_hidden: int = 32
     router_hidden: int = 64
     dtype: Dtype = jnp.float32
+    expert_map: ExpertMap | None = None
 
     @property
     def num_hypotheses(self) -> int:
@@ -210,27 +250,21 @@ class Segmenter(nn.Module):
             )(None, zk, skips, bottleneck)
         else:
             mode = resolve_mode(self.mode)
-            if mode == "vmap":
-                stacked = nn.vmap(
-                    Expert,
-                    variable_axes={"params": 0},
-                    split_rngs={"params": True},
-                    in_axes=(None, 0, None, None),
-                    out_axes=0,
-                    axis_size=k,
+            args = (self.features, self.num_classes, self.head_hidden, True, self.dtype)
+            if self.expert_map is None or self.is_initializing():
+                _, logits = _stacked_experts(mode, k)(*args, name=DECODERS)(
+                    None, z, skips, bottleneck
                 )
             else:
-                stacked = nn.scan(
-                    Expert,
-                    variable_axes={"params": 0},
-                    split_rngs={"params": True},
-                    in_axes=(0, nn.broadcast, nn.broadcast),
-                    length=k,
-                    unroll=k,
-                )
-            _, logits = stacked(
-                self.features, self.num_classes, self.head_hidden, True, self.dtype, name="decoders"
-            )(None, z, skips, bottleneck)
+
+                def stacked_fn(params, z, skips, bottleneck):
+                    # K' = K / E experts when the map hands each device its share of them;
+                    # parent=None: a free-standing module applied to the given parameters.
+                    module = _stacked_experts(mode, z.shape[0])(*args, parent=None)
+                    return module.apply({"params": params}, None, z, skips, bottleneck)[1]
+
+                params = self.get_variable("params", DECODERS)
+                logits = self.expert_map(stacked_fn, params, z, skips, bottleneck)
             # [K, B, S, H, W, C] -> [B, K*S, H, W, C]
             logits = jnp.moveaxis(logits, 0, 1)
             logits = logits.reshape((b, k * s) + logits.shape[3:])

@@ -23,7 +23,7 @@ import numpy as np
 from osteo_jax.data.errors import DatasetError
 from osteo_jax.data.limits import MAX_IMAGE_PIXELS
 
-__all__ = ["PredictModel", "predict_images", "summary_line"]
+__all__ = ["PredictModel", "analyse_images", "predict_images", "summary_line"]
 
 
 class PredictModel:
@@ -56,17 +56,50 @@ class PredictModel:
         self.heads = load_heads(self.run / "cls", metrics)
         self.key = jax.random.fold_in(jax.random.key(self.seg_cfg.seed), 17)
 
-    def segment(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``(probs [N, s, s, C], weights [N])`` of one normalised image.
+        def one(params, x, key):  # one image [s, s, 1], the same latent draws for every image
+            probs, weights = self._predict(params, x[None], key)
+            return probs[0], weights[0]
 
-        Every image gets the same latent draws, so a prediction does not depend on which other
-        files are given or in which order.
-        """
+        self._predict_batch = jax.jit(jax.vmap(one, in_axes=(None, 0, None)))
+
+    @property
+    def image_size(self) -> int:
+        """Side of the segmenter's square input."""
+        return self.seg_cfg.model.image_size
+
+    def model_input(self, image: np.ndarray) -> np.ndarray:
+        """The segmenter's ``[s, s]`` float32 input of a radiograph as ``read_image`` gives it."""
         from osteo_jax.data.inmemory import resize_image
 
-        x = resize_image(image, self.seg_cfg.model.image_size)[None, ..., None]
-        probs, weights = self._predict(self.seg_params, x.astype(np.float32), self.key)
-        return np.asarray(probs[0]), np.asarray(weights[0], np.float64)
+        return resize_image(image, self.image_size).astype(np.float32)
+
+    def segment_batch(
+        self, inputs: np.ndarray, batch_size: int | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """``(probs [B, N, s, s, C], weights [B, N])`` of ``[B, s, s]`` model inputs.
+
+        One jitted call per ``batch_size`` images (the last batch padded, so one shape is
+        compiled). Every image gets the same latent draws, so an image's result depends on
+        neither the other images nor its place in the batch.
+        """
+        inputs = np.asarray(inputs, np.float32)
+        n = len(inputs)
+        size = batch_size or n
+        probs, weights = [], []
+        for start in range(0, n, size):
+            chunk = inputs[start : start + size]
+            pad = size - len(chunk)
+            if pad:
+                chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
+            p, w = self._predict_batch(self.seg_params, chunk[..., None], self.key)
+            probs.append(np.asarray(p[: size - pad]))
+            weights.append(np.asarray(w[: size - pad], np.float64))
+        return np.concatenate(probs), np.concatenate(weights)
+
+    def segment(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``(probs [N, s, s, C], weights [N])`` of one radiograph (:meth:`segment_batch`)."""
+        probs, weights = self.segment_batch(self.model_input(image)[None])
+        return probs[0], weights[0]
 
     def classify(self, segments: list) -> np.ndarray:
         """``[len(segments), n_models]`` subject probability of each segment set and model.
@@ -185,9 +218,7 @@ def predict_images(
         segmented into usable bones (no valid segment in the mixture-mean segmentation); the
         message names the file.
     """
-    from osteo_jax.data.imageio import isotropic_spacing, read_image
-    from osteo_jax.data.segments import segment_intensity, segments_from_prediction
-    from osteo_jax.eval.radiogrammetry.hypotheses import measure_prediction
+    from osteo_jax.data.imageio import read_image
 
     images = []
     for p in paths:
@@ -197,27 +228,85 @@ def predict_images(
         image, meta = read_image(p, max_pixels=max_pixels)  # DatasetError naming the file
         images.append((p, image, meta))
     model = run if isinstance(run, PredictModel) else PredictModel(run)
-    lo_q, hi_q = (1 - interval) / 2, (1 + interval) / 2
+    inputs = np.stack([model.model_input(image) for _, image, _ in images])
+    analysed = analyse_images(
+        model, images, inputs, interval=interval, spacing_mm=spacing_mm, batch_size=8
+    )
     results, panels = [], []
-    for path, image, meta in images:
-        known = isotropic_spacing(meta)
-        spacing = known or spacing_mm or _train_spacing(model)
-        probs, weights = model.segment(image)
-        w = weights / weights.sum()
-        cfg = model.cfg.segment
-        grey = segment_intensity(image, cfg)
-        mean_seg = segments_from_prediction(grey, probs, w, spacing_mm=spacing, cfg=cfg)
-        hyp_segs = segments_from_prediction(
-            grey, probs, w, spacing_mm=spacing, cfg=cfg, per_hypothesis=True
-        )
-        p_all = model.classify([mean_seg, *hyp_segs])  # [1 + N, models]
-        p_mean_models = p_all[0]
-        if not np.isfinite(p_mean_models).all():
+    for (path, image, _), (res, probs, w, p_hyp) in zip(images, analysed, strict=True):
+        if res["probability"] is None:
             raise DatasetError(
                 f"{path}: cannot be segmented into usable bones (no valid segment of "
                 f"{', '.join(model.bones)} in the mixture-mean segmentation); is it a hand "
                 "radiograph?"
             )
+        results.append(res)
+        panels.append((image, probs, w, p_hyp, res))
+    if figure is not None:
+        _figure(panels, Path(figure))
+    return results
+
+
+def analyse_images(
+    model: PredictModel,
+    images: list[tuple[Path, np.ndarray, dict]],
+    inputs: np.ndarray,
+    *,
+    interval: float = 0.9,
+    spacing_mm: float | None = None,
+    batch_size: int | None = None,
+    qc=None,
+) -> list[tuple[dict, np.ndarray, np.ndarray, np.ndarray]]:
+    """The shared path of ``predict`` and ``screen``: a batch of decoded radiographs analysed.
+
+    The segmenter runs on all of them in one jitted call per ``batch_size``; the bone segments
+    of every image's mixture mean and of each of its N hypotheses are classified by every
+    seed model in one batched call; the 2MCI is measured on the mixture mean and over the
+    hypotheses.
+
+    Args:
+      model: the restored run.
+      images: ``(path, image, meta)`` as :func:`~osteo_jax.data.imageio.read_image` gives.
+      inputs: ``[B, s, s]`` the segmenter's inputs (:meth:`PredictModel.model_input`).
+      interval: central mass of the intervals.
+      spacing_mm: spacing of files that carry none (else the training spacing is assumed).
+      batch_size: segmenter batch (None: all at once).
+      qc: a :class:`~osteo_jax.eval.qc.QCCalibration` to add ``qc_flag`` / ``qc_reasons``
+        and their scores to each result (None: no QC keys).
+
+    Returns:
+      Per image ``(result, probs [N, s, s, C], weights [N], p_hyp [N])``; ``result`` as
+      :func:`predict_images` documents it. An image without any valid bone segment in its
+      mixture mean gets ``probability`` None with ``probability_reason``.
+    """
+    from osteo_jax.data.imageio import isotropic_spacing
+    from osteo_jax.data.segments import segment_intensity, segments_from_prediction
+    from osteo_jax.eval.radiogrammetry.hypotheses import measure_prediction
+
+    lo_q, hi_q = (1 - interval) / 2, (1 + interval) / 2
+    cfg = model.cfg.segment
+    bones = _roi_names(cfg.roi)
+    all_probs, all_weights = model.segment_batch(inputs, batch_size)
+    sets, prepared = [], []
+    for (_, image, meta), probs, weights in zip(images, all_probs, all_weights, strict=True):
+        known = isotropic_spacing(meta)
+        spacing = known or spacing_mm or _train_spacing(model)
+        w = weights / weights.sum()
+        grey = segment_intensity(image, cfg)
+        mean_seg = segments_from_prediction(grey, probs, w, spacing_mm=spacing, cfg=cfg)
+        hyp_segs = segments_from_prediction(
+            grey, probs, w, spacing_mm=spacing, cfg=cfg, per_hypothesis=True
+        )
+        sets += [mean_seg, *hyp_segs]
+        prepared.append((known, spacing, w, mean_seg))
+    p_sets = model.classify(sets) if sets else np.zeros((0, len(model.models)))
+    out = []
+    n_sets = 1 + all_probs.shape[1] if len(images) else 0
+    for i, ((path, image, meta), probs) in enumerate(zip(images, all_probs, strict=True)):
+        known, spacing, w, mean_seg = prepared[i]
+        p_all = p_sets[i * n_sets : (i + 1) * n_sets]  # [1 + N, models]
+        p_mean_models = p_all[0]
+        segmented = bool(np.isfinite(p_mean_models).all())
         with warnings.catch_warnings():  # a hypothesis with no valid segment gives NaN
             warnings.simplefilter("ignore", RuntimeWarning)
             p_hyp = np.nanmean(p_all[1:], axis=1)
@@ -225,15 +314,18 @@ def predict_images(
             image, probs, w, spacing_mm=float(spacing), bones=("MC2",), interval=interval
         )
         ci = spread["MC2"]["cortical_index"]
+        no_bones = "no valid bone segment in the mixture-mean segmentation"
         res = {
             "path": str(path),
-            "probability": float(np.mean(p_mean_models)),
+            **_with_reason(
+                "probability", float(np.mean(p_mean_models)) if segmented else math.nan, no_bones
+            ),
             **_with_reason(
                 "probability_interval",
                 [_weighted_quantile(p_hyp, w, lo_q), _weighted_quantile(p_hyp, w, hi_q)],
                 "no hypothesis has a valid bone segment",
             ),
-            "probability_models": [float(x) for x in p_mean_models],
+            **_with_reason("probability_models", [float(x) for x in p_mean_models], no_bones),
             "interval_mass": interval,
             "hypotheses": [
                 {
@@ -255,16 +347,25 @@ def predict_images(
             **_with_reason("2MCI_sd", ci["sd"], "MC2 not measurable in any hypothesis"),
             "spacing_mm": float(spacing),
             "spacing_known": bool(known or spacing_mm),
-            "segments_valid": {
-                b: bool(v) for b, v in zip(_roi_names(cfg.roi), mean_seg.valid, strict=True)
-            },
+            "segments_valid": {b: bool(v) for b, v in zip(bones, mean_seg.valid, strict=True)},
             "note": "research software trained on synthetic data; not a diagnosis",
         }
-        results.append(res)
-        panels.append((image, probs, w, p_hyp, res))
-    if figure is not None:
-        _figure(panels, Path(figure))
-    return results
+        if qc is not None:
+            from osteo_jax.eval.qc import qc_check, qc_features
+
+            reasons, scores = qc_check(
+                qc_features(probs, w),
+                qc,
+                valid=mean_seg.valid,
+                bones=bones,
+                spacing_known=res["spacing_known"],
+                body_part=meta.get("body_part_examined"),
+            )
+            res["qc_flag"] = bool(reasons)
+            res["qc_reasons"] = reasons
+            res.update({k: (v if math.isfinite(v) else None) for k, v in scores.items()})
+        out.append((res, probs, w, p_hyp))
+    return out
 
 
 def _train_spacing(model: PredictModel) -> float:

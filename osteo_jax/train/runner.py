@@ -126,9 +126,10 @@ def check_finite(metrics: dict[str, float], step: int) -> None:
 def write_config(run_dir: Path, cfg, data: str) -> None:
     """Writes ``run_dir/config.json``, or checks that a resumed run has the same config.
 
-    ``max_steps`` may differ (it only stops a run early), and a ``dtype`` of ``"auto"``
-    equals the dtype it resolves to here (a folder started with ``"float32"`` before ``"auto"``
-    became the default resumes on a CPU); any other change raises ``ValueError``.
+    ``max_steps`` (it only stops a run early) and ``expert_parallel`` (the same run on
+    another mesh) may differ, and a ``dtype`` of ``"auto"`` equals the dtype it resolves to
+    here (a folder started with ``"float32"`` before ``"auto"`` became the default resumes on a
+    CPU); any other change raises ``ValueError``.
     """
 
     def plain(x):
@@ -141,9 +142,11 @@ def write_config(run_dir: Path, cfg, data: str) -> None:
     if path.exists():
         old = resolve_dtypes(json.loads(path.read_text())["config"])
         new = resolve_dtypes(json.loads(dumps_json(record["config"])))
-        # max_steps only stops a run early; any other change would make a different run.
-        old.pop("max_steps", None)
-        new.pop("max_steps", None)
+        # max_steps only stops a run early, expert_parallel only moves it to another mesh;
+        # any other change would make a different run.
+        for key in ("max_steps", "expert_parallel"):
+            old.pop(key, None)
+            new.pop(key, None)
         if old != new:
             raise ValueError(
                 f"{path}: this run folder was started with a different configuration; use a new "
@@ -231,7 +234,7 @@ class RunResult:
     """What :func:`run` ends with.
 
     Attributes:
-      state: the final train state (replicated over the mesh).
+      state: the final train state (replicated over the mesh, or as ``state_sharding`` places it).
       start: the step it resumed from (0 for a fresh run).
       train: the last training metrics brought to the host (empty if none was).
       val: the last validation metrics (empty if none).
@@ -254,6 +257,7 @@ def run(
     schedule: Schedule,
     rng: jax.Array,
     mesh: Mesh,
+    state_sharding=None,
     log_every: int | None = None,
     checkpoint_every: int | None = None,
     evaluate_fn: Callable[[TrainState, int], dict[str, float]] | None = None,
@@ -286,6 +290,8 @@ def run(
       schedule: the run's length.
       rng: the run's base key, passed to every step (which folds the step in).
       mesh: data-parallel mesh: the state is replicated, batches are sharded along ``"data"``.
+      state_sharding: a pytree of ``NamedSharding`` matching the state to place it with
+        instead (e.g. :func:`osteo_jax.train.sharding.state_sharding`); None: replicated.
       log_every: steps between metric lines (None: only at the end of each epoch).
       checkpoint_every: steps between checkpoints (None: only at the end of each epoch).
       evaluate_fn: ``evaluate_fn(state, epoch) -> metrics`` (validation), or None.
@@ -316,7 +322,7 @@ def run(
         closing.callback(ckpt.close)
         if ckpt.latest_step() is not None:
             state = ckpt.restore(state)
-        state = jax.device_put(state, NamedSharding(mesh, P()))
+        state = jax.device_put(state, state_sharding or NamedSharding(mesh, P()))
         sharded = NamedSharding(mesh, P("data"))
         start = int(state.step)
         records = iter(batches(start))

@@ -7,6 +7,11 @@ run starts the loader at its step, each step's key is ``fold_in(base_key, step)`
 checkpoint holds the whole :class:`TrainState`, so a run killed at any point and restarted
 continues to the same parameters as an uninterrupted run. The loop skeleton (resume, metrics,
 checkpoints) is :func:`osteo_jax.train.runner.run`'s.
+
+With ``cfg.expert_parallel = E > 1`` the devices form a ``data x expert`` mesh
+(:mod:`osteo_jax.train.sharding`): the K decoders, their optimizer moments and their compute
+are split over E devices, the batch over the other axis. The checkpoint is the same whatever
+the mesh, so a run can resume on another one.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from collections.abc import Callable
 
 import jax
 import numpy as np
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
 from osteo_jax.config import SegTrainConfig
 from osteo_jax.data.folder import dumps_json, write_json
@@ -25,6 +32,7 @@ from osteo_jax.data.outdir import check_dir
 from osteo_jax.data.pipeline import make_loader, seg_source
 from osteo_jax.train import runner
 from osteo_jax.train.runner import Schedule, claim_run_dir, data_mesh
+from osteo_jax.train.sharding import expert_map, expert_mesh, state_sharding
 from osteo_jax.train.state import (
     TrainState,
     create_seg_state,
@@ -77,7 +85,8 @@ def train_segmenter(
       progress: show a progress bar.
       log_every: steps between metric lines in ``metrics.jsonl``.
       validate_every: epochs between validations.
-      devices: devices of the data-parallel mesh (default: all).
+      devices: devices of the mesh (default: all): data-parallel, or ``data x expert`` with
+        ``cfg.expert_parallel`` devices on the expert axis.
       stream: decode a folder's images from disk at every read instead of once up front (for
         folders larger than memory; same batches either way).
       workers: grain worker processes decoding ahead of the step (same batches for any count;
@@ -107,7 +116,20 @@ def train_segmenter(
         )
     subject_ids = np.asarray(source.subject_ids)
     train_idx, val_idx = split_by_subject(subject_ids, cfg.val_fraction, cfg.seed)
-    mesh = data_mesh(devices, batch_size=cfg.batch_size)
+    if cfg.expert_parallel > 1:
+        if cfg.model.form != "mixture":
+            raise ValueError(
+                f"expert_parallel {cfg.expert_parallel} needs the mixture form's stacked "
+                f"decoders; form {cfg.model.form!r} has none"
+            )
+        mesh = expert_mesh(
+            cfg.expert_parallel,
+            devices,
+            num_experts=cfg.model.num_experts,
+            batch_size=cfg.batch_size,
+        )
+    else:
+        mesh = data_mesh(devices, batch_size=cfg.batch_size)
     schedule = Schedule.of(
         len(train_idx), cfg.batch_size, cfg.epochs, cfg.max_steps, what="training images"
     )
@@ -129,7 +151,18 @@ def train_segmenter(
     base_key = jax.random.key(cfg.seed)
     init_key, train_key, val_key = jax.random.split(base_key, 3)
     state = create_seg_state(cfg, init_key, tx)
-    step_fn = jax.jit(functools.partial(seg_step, model=model, tx=tx, ot=cfg.ot), donate_argnums=0)
+    if cfg.expert_parallel > 1:
+        # The step's decoders run sharded; validation keeps the plain model (any batch size).
+        shardings = state_sharding(mesh, state)
+        step_model = model.clone(expert_map=expert_map(mesh))
+        out_shardings = (shardings, NamedSharding(mesh, P()))
+    else:
+        shardings, step_model, out_shardings = None, model, None
+    step_fn = jax.jit(
+        functools.partial(seg_step, model=step_model, tx=tx, ot=cfg.ot),
+        donate_argnums=0,
+        out_shardings=out_shardings,
+    )
 
     evaluate = None
     if evaluate_fn is not None and len(val_idx):
@@ -168,6 +201,7 @@ def train_segmenter(
         schedule=schedule,
         rng=train_key,
         mesh=mesh,
+        state_sharding=shardings,
         log_every=log_every,
         checkpoint_every=cfg.checkpoint_every,
         evaluate_fn=evaluate,

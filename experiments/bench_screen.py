@@ -1,0 +1,150 @@
+r"""Screening throughput and QC flag rates: ``osteo-jax screen`` on synthetic radiographs.
+
+    .venv/bin/python experiments/bench_screen.py --run runs/demo --out runs/bench_screen \
+        --sizes 1024 512 --images 48
+
+For each image side in ``--sizes`` a fresh synthetic cohort (another seed than the run's, so
+the images are new to the model; DICOM with its pixel spacing, as a hospital export would be)
+of ``--images`` radiographs is written under ``OUT`` and screened three ways with the same run
+(the same hypotheses and models):
+
+* ``one_at_a_time``: batch 1, decoding in this process: the path ``predict`` took per image
+  before batching (one segmenter call, one classifier call per image);
+* ``batched``: batch ``--batch-size``, decoding in ``--jobs`` grain worker processes;
+* ``batched_2x``: the same over twice the images, to show memory is flat in the image count
+  (peak resident memory of the screening process, read from ``/proc``).
+
+Start-up (restoring the run, the QC calibration) is timed apart from the per-image cost. Then
+the QC flag rates: on each synthetic cohort, and on pydicom-data's non-hand radiographs (a chest
+and a lower-leg CR). Everything is printed and written to ``OUT/bench_screen.json``.
+Research software, synthetic data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import platform
+import shutil
+import time
+from pathlib import Path
+
+
+def _peak_rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _screen_child(queue, inputs, run, out, batch_size, jobs):
+    """One screening in a fresh process (its own peak memory and compile)."""
+    from osteo_jax.pipeline.screen import screen
+
+    t0 = time.perf_counter()
+    s = screen(inputs, run, out, batch_size=batch_size, jobs=jobs, progress=False)
+    s["total_s"] = round(time.perf_counter() - t0, 2)
+    s["peak_rss_mb"] = round(_peak_rss_mb(), 1)
+    s["s_per_image"] = round(s["wall_s"] / max(s["written"], 1), 3)
+    queue.put(s)
+
+
+def run_screen(inputs, run, out, *, batch_size, jobs) -> dict:
+    """:func:`screen` in a spawned process; its summary with peak memory."""
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    p = ctx.Process(target=_screen_child, args=(q, inputs, run, out, batch_size, jobs))
+    p.start()
+    s = q.get()
+    p.join()
+    return s
+
+
+def flag_rate(results: Path) -> dict:
+    """Share of screened rows flagged by QC, and the reasons' counts (first words)."""
+    import csv
+
+    with open(results, newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["status"] == "ok"]
+    reasons: dict[str, int] = {}
+    for r in rows:
+        for reason in filter(None, r["qc_reason"].split("; ")):
+            key = reason.split(" (")[0].split(":")[0]
+            reasons[key] = reasons.get(key, 0) + 1
+    flagged = sum(r["qc_flag"] == "true" for r in rows)
+    return {"images": len(rows), "flagged": flagged, "rate": flagged / max(len(rows), 1),
+            "reasons": reasons}  # fmt: skip
+
+
+def synth(out: Path, size: int, n: int, seed: int) -> Path:
+    """A synthetic cohort of ``n`` subjects as DICOM (one image each: first ``n`` kept)."""
+    from osteo_jax.cli import main
+
+    if not (out / "images.csv").exists():
+        assert (
+            main(["synth", "--subjects", str(n), "--size", str(size), "--seed", str(seed),
+                  "--format", "dicom", "--out", str(out)])  # fmt: skip
+            == 0
+        )
+    return out / "images"
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--run", required=True, help="experiment folder (e.g. runs/demo)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--sizes", type=int, nargs="+", default=[1024, 512], help="image sides")
+    p.add_argument("--images", type=int, default=48, help="subjects per cohort")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--jobs", type=int, default=2)
+    p.add_argument("--seed", type=int, default=7, help="synthetic cohort seed (not the run's)")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {"run": args.run, "machine": f"{platform.machine()}, {mp.cpu_count()} cores",
+              "batch_size": args.batch_size, "jobs": args.jobs, "sizes": {}}  # fmt: skip
+    for size in args.sizes:
+        cohort = out / f"cohort_{size}"
+        images = synth(cohort, size, args.images, args.seed)
+        images_2x = synth(out / f"cohort_{size}_2x", size, 2 * args.images, args.seed + 1)
+        res = {}
+        for name, inputs, bs, jobs in (
+            ("one_at_a_time", images, 1, 0),
+            ("batched", images, args.batch_size, args.jobs),
+            ("batched_2x", images_2x, args.batch_size, args.jobs),
+        ):
+            csv_path = out / f"screen_{size}_{name}.csv"
+            csv_path.unlink(missing_ok=True)  # this script's own output
+            res[name] = run_screen([str(inputs)], args.run, csv_path, batch_size=bs, jobs=jobs)
+            print(size, name, json.dumps(res[name]))
+        res["speed_up"] = round(
+            res["one_at_a_time"]["s_per_image"] / res["batched"]["s_per_image"], 2
+        )
+        res["qc_synthetic"] = flag_rate(out / f"screen_{size}_batched_2x.csv")
+        report["sizes"][str(size)] = res
+        print(size, "speed-up", res["speed_up"], "QC", json.dumps(res["qc_synthetic"]))
+    from pydicom.data import get_testdata_file
+
+    others = out / "non_hand"
+    others.mkdir(exist_ok=True)
+    for name in ("RG1_UNCR.dcm", "RG3_UNCR.dcm"):
+        shutil.copy(get_testdata_file(name), others / name)
+    csv_path = out / "screen_non_hand.csv"
+    csv_path.unlink(missing_ok=True)
+    run_screen([str(others)], args.run, csv_path, batch_size=args.batch_size, jobs=0)
+    import csv
+
+    with open(csv_path, newline="") as f:
+        report["qc_non_hand"] = {
+            Path(r["path"]).name: {"flag": r["qc_flag"], "reason": r["qc_reason"]}
+            for r in csv.DictReader(f)
+        }
+    print("non-hand", json.dumps(report["qc_non_hand"], indent=1))
+    (out / "bench_screen.json").write_text(json.dumps(report, indent=1) + "\n")
+    return report
+
+
+if __name__ == "__main__":
+    main()
