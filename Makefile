@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 DEMO_OUT ?= runs/demo
 
-.PHONY: demo test e2e notebook lint clean-venv
+.PHONY: demo test e2e notebook accelerator lint clean-venv
 
 $(VENV)/bin/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -32,6 +32,11 @@ e2e: $(VENV)/.installed-test
 # Executes colab/demo.ipynb top to bottom on CPU (a small pipeline, a few minutes); CI runs it.
 notebook: $(VENV)/.installed-test
 	$(PY) -m pytest -q -m notebook tests/test_notebook.py
+
+# vmap == scan, bf16 vs float32, 1 device vs all, on whatever devices exist (CPU in CI, about
+# 2 CPU-minutes); experiments/device_check.sh runs it on a GPU after installing the [cuda12] extra.
+accelerator: $(VENV)/.installed-test
+	$(PY) -m pytest -q -m accelerator tests/test_accelerator.py
 
 lint: $(VENV)/.installed-test
 	$(VENV)/bin/ruff check osteo_jax tests experiments

@@ -5,6 +5,11 @@ Command (CPU, 2 cores, ~2 minutes; run with nothing else busy)::
     .venv/bin/python experiments/bench_seg.py --out runs/bench_seg.json
     .venv/bin/python experiments/bench_seg.py --mode vmap      # the accelerator execution
 
+On a GPU / TPU (``experiments/device_check.sh`` runs this, ~1 minute)::
+
+    .venv/bin/python experiments/bench_seg.py --size 256 --batch 32 --dtype bfloat16 \
+        --features 32,64,128,256 --steps 20 --out runs/bench_seg_gpu.json
+
 Default model: K = 4 decoders, S = 4 samples, 128 x 128 input, batch 16, CPU widths
 (16, 32, 64, 128). Reports:
   * images per second of the jitted ``seg_step`` after warm-up (median of timed steps);
@@ -15,7 +20,9 @@ Default model: K = 4 decoders, S = 4 samples, 128 x 128 input, batch 16, CPU wid
     RSS);
   * achieved FLOP rate = XLA cost analysis of the step / step time, as a share of this
     machine's fp32 matmul rate measured in the same run (numpy 2048^3 SGEMM, best of 5).
-    Target >= 12 % on CPU.
+    Target >= 12 % on CPU. On a GPU or TPU also the achieved TFLOP/s and the MFU: that rate
+    as a share of the device's dense bf16 peak (:data:`BF16_PEAK_TFLOPS`, by device kind;
+    "n/a" for a kind not in the table).
 """
 
 from __future__ import annotations
@@ -38,6 +45,34 @@ from osteo_jax.losses.ot import relaxed_ot_loss
 from osteo_jax.models.mixture import resolve_mode
 from osteo_jax.train.state import create_seg_state, make_segmenter, seg_optimizer
 from osteo_jax.train.steps import seg_step
+
+# Dense (no sparsity) bf16 peak TFLOP/s of one device (one chip; TPU v4 / v5p: one chip of
+# 2 TensorCores) by a lower-case substring of jax's device_kind, first match wins (the
+# vendors' data sheets; SXM parts for H100 / H200 / A100). T4 and V100 have no bf16 tensor
+# cores: their fp16 tensor peak is the ceiling XLA's bf16 can approach.
+BF16_PEAK_TFLOPS: tuple[tuple[str, float], ...] = (
+    ("h100 pcie", 756.0),
+    ("h100", 989.0),
+    ("h200", 989.0),
+    ("a100", 312.0),
+    ("l4", 121.0),
+    ("t4", 65.0),
+    ("v100", 125.0),
+    ("v5 lite", 197.0),  # TPU v5e
+    ("v5e", 197.0),
+    ("v5p", 459.0),
+    ("v5", 459.0),
+    ("v6 lite", 918.0),  # TPU v6e (Trillium)
+    ("v6e", 918.0),
+    ("v4", 275.0),
+)
+
+
+def bf16_peak_tflops(device_kind: str) -> float | None:
+    """The dense bf16 peak of a device kind (:data:`BF16_PEAK_TFLOPS`), None if unknown."""
+    kind = device_kind.lower()
+    return next((peak for key, peak in BF16_PEAK_TFLOPS if key in kind), None)
+
 
 # Prints and writes the result (experiments/_bench.py; experiments is not a package).
 _report = runpy.run_path(str(Path(__file__).with_name("_bench.py")))["report"]
@@ -71,11 +106,18 @@ def main() -> None:
     parser.add_argument("--experts", type=int, default=4)
     parser.add_argument("--samples", type=int, default=4)
     parser.add_argument("--mode", default="auto", choices=("auto", "vmap", "scan"))
-    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
+    parser.add_argument("--dtype", default="float32", choices=("auto", "float32", "bfloat16"))
+    parser.add_argument(
+        "--features", default=None, help="U-Net widths, e.g. 32,64,128,256 (default: SegConfig's)"
+    )
     parser.add_argument("--steps", type=int, default=5)
     args = parser.parse_args()
 
+    widths = {}
+    if args.features is not None:
+        widths["features"] = tuple(int(f) for f in args.features.split(","))
     seg = SegConfig(
+        **widths,
         image_size=args.size,
         num_experts=args.experts,
         num_samples=args.samples,
@@ -157,12 +199,14 @@ def main() -> None:
 
     peak = matmul_peak_gflops()
     achieved = flops / step_s / 1e9
+    kind = str(jax.devices()[0].device_kind)
+    bf16_peak = bf16_peak_tflops(kind) if jax.default_backend() != "cpu" else None
     result = dict(
-        device=str(jax.devices()[0].device_kind),
+        device=kind,
         backend=jax.default_backend(),
         processor=platform.processor() or platform.machine(),
         decoder_mode=resolve_mode(args.mode),
-        dtype=args.dtype,
+        dtype=jnp.dtype(model.dtype).name,  # "auto" resolved
         experts=args.experts,
         samples=args.samples,
         image_size=s,
@@ -178,6 +222,9 @@ def main() -> None:
         soft_iou_share_of_step=round(iou_s / step_s, 4),
         step_gflop=round(flops / 1e9, 2),
         achieved_gflops=round(achieved, 1),
+        achieved_tflops=round(achieved / 1e3, 3),
+        device_bf16_peak_tflops=bf16_peak if bf16_peak is not None else "n/a",
+        mfu=round(achieved / 1e3 / bf16_peak, 4) if bf16_peak is not None else "n/a",
         machine_fp32_matmul_gflops=round(peak, 1),
         flop_share_of_peak=round(achieved / peak, 4),
         flop_share_target=0.12,

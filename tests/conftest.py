@@ -1,6 +1,7 @@
 """Shared fixtures. Rendering is the slow part, so rendered subjects are session-scoped."""
 
 import dataclasses
+import os
 
 import jax
 import numpy as np
@@ -11,6 +12,8 @@ from osteo_jax.data.synth.synthetic import render_subject, sample_cohort
 
 jax.config.update("jax_numpy_dtype_promotion", "strict")
 jax.config.update("jax_numpy_rank_promotion", "raise")
+# Tests never write jax's compilation cache to ~ (the CLI's default); subprocesses inherit it.
+os.environ["OSTEO_JAX_COMPILE_CACHE"] = "off"
 
 
 @pytest.fixture

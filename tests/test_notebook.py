@@ -1,14 +1,35 @@
 """The Colab notebook runs top to bottom (its code cells, in order, in a fresh interpreter)."""
 
+import ast
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-NOTEBOOK = Path(__file__).parents[1] / "colab" / "demo.ipynb"
+ROOT = Path(__file__).parents[1]
+NOTEBOOK = ROOT / "colab" / "demo.ipynb"
+
+
+def test_readme_colab_link_and_notebook_repo_agree():
+    nb = json.loads(NOTEBOOK.read_text())
+    first = next("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
+    statement = ast.parse(first).body[0]  # the one variable at the top of the first cell
+    assert isinstance(statement, ast.Assign) and statement.targets[0].id == "REPO"
+    repo = statement.value.value
+    assert re.fullmatch(r"[\w.-]+/[\w.-]+", repo), repo
+    links = re.findall(
+        r"https://colab\.research\.google\.com/github/([^/\s)]+/[^/\s)]+)/blob/([^/\s)]+)/"
+        r"([^\s)]+)",
+        (ROOT / "README.md").read_text(),
+    )
+    assert links, "no Open in Colab link in README.md"
+    for link_repo, _branch, path in links:
+        assert link_repo == repo
+        assert (ROOT / path) == NOTEBOOK
 
 
 @pytest.mark.notebook

@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from osteo_jax.cli import data, run, train
+from osteo_jax.cli import data, run, runtime, train
 
 __all__ = ["build_parser", "main"]
 
@@ -53,6 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_predict(sub)
     run.add_screen(sub)
     run.add_run(sub)
+    for name in sorted(runtime.JAX_COMMANDS):
+        runtime.add_runtime_args(sub.choices[name])
     return parser
 
 
@@ -64,9 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     and returns 2; Ctrl-C returns 130; anything else is a bug: one line names the exception
     and the file holding the full traceback (inside the output folder if it is a folder of
     this command, else a temporary file), and the code is 1.
+
+    A JAX command first turns on the persistent compilation cache and logs its backend and
+    devices (:mod:`osteo_jax.cli.runtime`).
     """
     args = build_parser().parse_args(argv)
     try:
+        if args.command in runtime.JAX_COMMANDS:
+            runtime.configure_compile_cache(args)  # before the first compilation
+            runtime.start()  # initialises the backend (after jax.distributed.initialize)
         return args.func(args)
     except KeyboardInterrupt:
         print(f"osteo-jax {args.command}: interrupted", file=sys.stderr)

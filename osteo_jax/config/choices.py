@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Collection
 from typing import Any
 
-DTYPES = ("float32", "bfloat16")
+DTYPES = ("auto", "float32", "bfloat16")
 SEG_FORMS = ("mixture", "mose", "unet")
 DECODER_MODES = ("auto", "vmap", "scan")
 OT_COSTS = ("iou", "ce")

@@ -58,7 +58,8 @@ class BackboneConfig:
       width: channels of the first stage (64 in the standard ResNets and VGGs; 16 on CPU).
       stem: ResNet only: ``"small"`` (3 x 3 conv, no pooling: for 32-128 px segments) or
         ``"imagenet"``.
-      dtype: ``"float32"`` or ``"bfloat16"`` computation.
+      dtype: computation, ``"auto"`` (bfloat16 on a GPU / TPU, float32 on the CPU;
+        ``config/precision.py``), ``"float32"`` or ``"bfloat16"``; parameters stay float32.
       arch: ``"resnet"`` or ``"vgg"`` (the crop-based baselines of the paper's Table 8).
       norm: ``"group"`` (GroupNorm after every convolution) or, VGG only, ``"none"`` (the
         original VGG: convolutions with biases, no normalisation).
@@ -67,7 +68,7 @@ class BackboneConfig:
     depth: int = 18
     width: int = 16
     stem: str = "small"
-    dtype: str = "float32"
+    dtype: str = "auto"
     arch: str = "resnet"
     norm: str = "group"
 

@@ -37,7 +37,9 @@ class SegConfig:
       head_hidden: hidden channels of the 1 x 1 head.
       router_hidden: router width.
       image_size: square input side the images are resized to.
-      dtype: ``"float32"`` or ``"bfloat16"`` computation.
+      dtype: computation, ``"auto"`` (bfloat16 on a GPU / TPU, float32 on the CPU;
+        ``config/precision.py``), ``"float32"`` or ``"bfloat16"``; parameters and optimizer
+        state are float32 whatever it is.
     """
 
     features: tuple[int, ...] = (16, 32, 64, 128)
@@ -50,7 +52,7 @@ class SegConfig:
     head_hidden: int = 32
     router_hidden: int = 64
     image_size: int = 128
-    dtype: str = "float32"
+    dtype: str = "auto"
 
     def __post_init__(self):
         check_choice(self, "form", SEG_FORMS)

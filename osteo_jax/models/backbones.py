@@ -15,6 +15,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 
 from osteo_jax.config import BackboneConfig
+from osteo_jax.config.precision import resolve_dtype
 from osteo_jax.models.resnet import ResNet, make_resnet
 from osteo_jax.models.vgg import VGG, make_vgg
 
@@ -24,10 +25,22 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def compute_dtype(name: str) -> jnp.dtype:
-    """The jnp dtype of a config's ``dtype`` field (``"float32"`` or ``"bfloat16"``)."""
-    if name not in _DTYPES:
-        raise ValueError(f"dtype must be one of {tuple(_DTYPES)}, got {name!r}")
-    return _DTYPES[name]
+    """The jnp dtype of a config's ``dtype`` field on the backend jax runs on.
+
+    Args:
+      name: ``"auto"`` (bfloat16 on a GPU / TPU, float32 on the CPU), ``"float32"`` or
+        ``"bfloat16"``.
+
+    Returns:
+      ``jnp.float32`` or ``jnp.bfloat16``.
+
+    Raises:
+      ValueError: another name.
+    """
+    resolved = resolve_dtype(name)
+    if resolved not in _DTYPES:
+        raise ValueError(f"dtype must be one of {('auto', *_DTYPES)}, got {name!r}")
+    return _DTYPES[resolved]
 
 
 def _shared(cfg: BackboneConfig) -> dict:

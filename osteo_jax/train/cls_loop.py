@@ -37,6 +37,7 @@ from osteo_jax.train.runner import Checkpointer, Schedule, claim_run_dir, data_m
 from osteo_jax.train.state import (
     TrainState,
     cls_optimizer,
+    cls_schedule,
     cls_trainable,
     init_backbone_params,
     init_classifier_params,
@@ -270,6 +271,7 @@ def train_classifier(
             evaluate_fn=evaluate,
             desc=f"train-cls ({cfg.mode})",
             progress=progress,
+            learning_rate=cls_schedule(cfg, schedule.schedule_steps),
         )
     finally:
         best_ckpt.close()

@@ -32,9 +32,11 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
+from osteo_jax.config.precision import resolve_dtypes
 from osteo_jax.data.folder import dumps_json, write_json
 from osteo_jax.data.outdir import OutputDir, claim_dir
 from osteo_jax.train.state import TrainState
+from osteo_jax.train.tensorboard import TensorBoardLog
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -108,6 +110,12 @@ class Checkpointer:
         self.manager.close()
 
 
+def _rate(schedule: Callable[[int], object], step: int) -> float:
+    """``schedule(step)`` as a float (optax schedules need standard dtype promotion)."""
+    with jax.numpy_dtype_promotion("standard"):
+        return float(schedule(step))
+
+
 def check_finite(metrics: dict[str, float], step: int) -> None:
     """Raises ``FloatingPointError`` naming the first non-finite metric and the step."""
     for name, value in metrics.items():
@@ -119,7 +127,9 @@ def write_config(run_dir: Path, cfg, data: str) -> None:
     """Writes ``run_dir/config.json``, or checks that a resumed run has the same config.
 
     ``max_steps`` (it only stops a run early) and ``expert_parallel`` (the same run on
-    another mesh) may differ; any other change raises ``ValueError``.
+    another mesh) may differ, and a ``dtype`` of ``"auto"`` equals the dtype it resolves to
+    here (a folder started with ``"float32"`` before ``"auto"`` became the default resumes on a
+    CPU); any other change raises ``ValueError``.
     """
 
     def plain(x):
@@ -130,8 +140,8 @@ def write_config(run_dir: Path, cfg, data: str) -> None:
     record = {"data": data, "config": plain(cfg)}
     path = run_dir / "config.json"
     if path.exists():
-        old = json.loads(path.read_text())["config"]
-        new = json.loads(dumps_json(record["config"]))
+        old = resolve_dtypes(json.loads(path.read_text())["config"])
+        new = resolve_dtypes(json.loads(dumps_json(record["config"])))
         # max_steps only stops a run early, expert_parallel only moves it to another mesh;
         # any other change would make a different run.
         for key in ("max_steps", "expert_parallel"):
@@ -256,6 +266,7 @@ def run(
     to_batch: Callable[[dict], dict] | None = None,
     desc: str = "train",
     progress: bool = True,
+    learning_rate: Callable[[int], object] | None = None,
 ) -> RunResult:
     """Trains ``state`` with ``step_fn`` to ``schedule.total`` steps, resuming if it can.
 
@@ -290,6 +301,11 @@ def run(
       to_batch: host record -> the step's batch (default: the record itself).
       desc: the progress bar's label.
       progress: show a progress bar.
+      learning_rate: the optimizer's schedule, ``step -> rate`` (optax); each training line
+        then holds ``lr``, the rate of its step, computed on the host (the step is unchanged).
+
+    Every metrics line also goes to TensorBoard event files in ``run_dir/tensorboard``
+    (:mod:`osteo_jax.train.tensorboard`), written by process 0.
 
     Returns:
       The final state, the resumed-from step, the last metrics and the wall time.
@@ -313,6 +329,9 @@ def run(
         if hasattr(records, "close"):
             closing.callback(records.close)
         log = closing.enter_context(open(run_dir / METRICS_LOG, "a"))
+        board = TensorBoardLog(run_dir) if jax.process_index() == 0 else None
+        if board is not None:
+            closing.callback(board.close)
         bar = closing.enter_context(
             tqdm(total=total, initial=start, desc=desc, unit="step", disable=not progress)
         )
@@ -326,6 +345,8 @@ def run(
             lines = []
             if (log_every and done % log_every == 0) or end_of_epoch:
                 train = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                if learning_rate is not None:
+                    train["lr"] = _rate(learning_rate, step)
                 check_finite(train, done)
                 tag = {"split": "train"} if split_lines else {}
                 lines.append({"step": done, "epoch": epoch, **tag, **train})
@@ -340,6 +361,10 @@ def run(
             if lines:
                 log.write("".join(dumps_json(line) + "\n" for line in lines))
                 log.flush()
+                if board is not None:
+                    for line in lines:
+                        board.write(line)
+                    board.flush()
             bar.update()
             if (checkpoint_every and done % checkpoint_every == 0) or end_of_epoch:
                 ckpt.save(state)

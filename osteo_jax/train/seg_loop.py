@@ -33,7 +33,13 @@ from osteo_jax.data.pipeline import make_loader, seg_source
 from osteo_jax.train import runner
 from osteo_jax.train.runner import Schedule, claim_run_dir, data_mesh
 from osteo_jax.train.sharding import expert_map, expert_mesh, state_sharding
-from osteo_jax.train.state import TrainState, create_seg_state, make_segmenter, seg_optimizer
+from osteo_jax.train.state import (
+    TrainState,
+    create_seg_state,
+    make_segmenter,
+    seg_optimizer,
+    seg_schedule,
+)
 from osteo_jax.train.steps import seg_step
 
 __all__ = ["train_segmenter"]
@@ -204,6 +210,7 @@ def train_segmenter(
         to_batch=lambda r: {"image": r["image"], "masks": r["masks"].astype(np.int32)},
         desc="train-seg",
         progress=progress,
+        learning_rate=seg_schedule(cfg, schedule.schedule_steps),
     )
     return {
         "steps": int(res.state.step),

@@ -39,6 +39,7 @@ from osteo_jax.train.state import (
     make_projector,
     make_prototypes,
     ssl_optimizer,
+    ssl_schedule,
 )
 from osteo_jax.train.steps import ssl_step
 
@@ -137,6 +138,7 @@ def train_ssl(
         checkpoint_every=cfg.checkpoint_every,
         desc=f"pretrain ({cfg.method})",
         progress=progress,
+        learning_rate=ssl_schedule(cfg, schedule.schedule_steps),
     )
     return {
         "state": res.state,

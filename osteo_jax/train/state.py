@@ -80,19 +80,23 @@ def init_segmenter_params(cfg: SegConfig, rng: jax.Array) -> PyTree:
     return jax.jit(model.init)({"params": p_rng, "sample": s_rng}, x)["params"]
 
 
-def seg_optimizer(cfg: SegTrainConfig, total_steps: int) -> optax.GradientTransformation:
-    """AdamW with linear warm-up and cosine decay, gradients clipped at global norm 1."""
+def seg_schedule(cfg: SegTrainConfig, total_steps: int) -> optax.Schedule:
+    """The segmenter's learning rate by step: linear warm-up, cosine decay to 2 % of the peak."""
     warmup = min(cfg.warmup_steps, max(total_steps - 1, 0))
-    schedule = optax.warmup_cosine_decay_schedule(
+    return optax.warmup_cosine_decay_schedule(
         init_value=0.0,
         peak_value=cfg.learning_rate,
         warmup_steps=warmup,
         decay_steps=max(total_steps, warmup + 1),
         end_value=cfg.learning_rate * 0.02,
     )
+
+
+def seg_optimizer(cfg: SegTrainConfig, total_steps: int) -> optax.GradientTransformation:
+    """AdamW on :func:`seg_schedule`, gradients clipped at global norm 1."""
     return optax.chain(
         optax.clip_by_global_norm(1.0),
-        optax.adamw(schedule, weight_decay=cfg.weight_decay),
+        optax.adamw(seg_schedule(cfg, total_steps), weight_decay=cfg.weight_decay),
     )
 
 
@@ -170,24 +174,30 @@ def _decay_mask(params: PyTree) -> PyTree:
     return jax.tree.map(lambda p: p.ndim > 1, params)
 
 
-def ssl_optimizer(cfg: SSLConfig, total_steps: int) -> optax.GradientTransformation:
-    """LARS (You et al. 2017; optax) with linear warm-up and cosine decay, as SimCLR.
+def ssl_schedule(cfg: SSLConfig, total_steps: int) -> optax.Schedule:
+    """Pretraining's learning rate by step: warm-up, cosine decay to 0, as SimCLR.
 
-    The peak rate is ``learning_rate * batch_size / 256``; weight decay and the trust ratio
-    skip biases and norm parameters.
+    The peak rate is ``learning_rate * batch_size / 256``.
     """
     peak = cfg.learning_rate * cfg.batch_size / 256
     steps_per_epoch = max(total_steps / max(cfg.epochs, 1), 1.0)
     warmup = int(min(cfg.warmup_epochs * steps_per_epoch, max(total_steps - 1, 0)))
-    schedule = optax.warmup_cosine_decay_schedule(
+    return optax.warmup_cosine_decay_schedule(
         init_value=0.0,
         peak_value=peak,
         warmup_steps=warmup,
         decay_steps=max(total_steps, warmup + 1),
         end_value=0.0,
     )
+
+
+def ssl_optimizer(cfg: SSLConfig, total_steps: int) -> optax.GradientTransformation:
+    """LARS (You et al. 2017; optax) on :func:`ssl_schedule`.
+
+    Weight decay and the trust ratio skip biases and norm parameters.
+    """
     return optax.lars(
-        schedule,
+        ssl_schedule(cfg, total_steps),
         weight_decay=cfg.weight_decay,
         weight_decay_mask=_decay_mask,
         trust_ratio_mask=_decay_mask,
@@ -200,24 +210,35 @@ def cls_trainable(cfg: ClsConfig) -> tuple[str, ...]:
     return ("backbone", "classifier") if cfg.mode == "finetune" else ("classifier",)
 
 
+def cls_schedule(cfg: ClsConfig, total_steps: int, scale: float = 1.0) -> optax.Schedule:
+    """The classifier's learning rate by step (times ``scale``): warm-up over 5 %, cosine."""
+    warmup = min(max(total_steps // 20, 1), max(total_steps - 1, 0))
+    peak = cfg.learning_rate * scale
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=peak,
+        warmup_steps=warmup,
+        decay_steps=max(total_steps, warmup + 1),
+        end_value=peak * 0.01,
+    )
+
+
 def cls_optimizer(cfg: ClsConfig, total_steps: int) -> optax.GradientTransformation:
-    """AdamW with warm-up + cosine on the dict of :func:`cls_trainable` subtrees.
+    """AdamW on :func:`cls_schedule` for the dict of :func:`cls_trainable` subtrees.
 
     The classifier gets ``learning_rate``; when fine-tuning the backbone gets
     ``backbone_lr_scale`` of it.
     """
-    warmup = min(max(total_steps // 20, 1), max(total_steps - 1, 0))
-
-    def adamw(peak):
-        schedule = optax.warmup_cosine_decay_schedule(
-            init_value=0.0,
-            peak_value=peak,
-            warmup_steps=warmup,
-            decay_steps=max(total_steps, warmup + 1),
-            end_value=peak * 0.01,
-        )
-        return optax.adamw(schedule, weight_decay=cfg.weight_decay, mask=_decay_mask)
-
-    rates = {"backbone": cfg.learning_rate * cfg.backbone_lr_scale, "classifier": cfg.learning_rate}
+    scales = {"backbone": cfg.backbone_lr_scale, "classifier": 1.0}
     names = cls_trainable(cfg)
-    return optax.multi_transform({k: adamw(rates[k]) for k in names}, {k: k for k in names})
+    return optax.multi_transform(
+        {
+            k: optax.adamw(
+                cls_schedule(cfg, total_steps, scales[k]),
+                weight_decay=cfg.weight_decay,
+                mask=_decay_mask,
+            )
+            for k in names
+        },
+        {k: k for k in names},
+    )

@@ -112,6 +112,10 @@ def seg_loss(
         "cost_min": jnp.mean(jnp.min(cost, axis=1)),
         "alpha_max": jnp.mean(jnp.max(alpha, axis=1)),
     }
+    if model.num_experts > 1:
+        # The router's weight of each expert (its S hypotheses, expert-major), batch mean.
+        pi = jnp.mean(jnp.sum(alpha.reshape(alpha.shape[0], model.num_experts, -1), -1), 0)
+        metrics.update({f"expert_alpha_{k}": pi[k] for k in range(model.num_experts)})
     for name, value in terms.items():
         if jnp.ndim(value) == 1:  # per-example scalars
             metrics[name] = jnp.mean(value)
