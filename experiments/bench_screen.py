@@ -84,8 +84,21 @@ def synth(out: Path, size: int, n: int, seed: int) -> Path:
 
     if not (out / "images.csv").exists():
         assert (
-            main(["synth", "--subjects", str(n), "--size", str(size), "--seed", str(seed),
-                  "--format", "dicom", "--out", str(out)])  # fmt: skip
+            main(
+                [
+                    "synth",
+                    "--subjects",
+                    str(n),
+                    "--size",
+                    str(size),
+                    "--seed",
+                    str(seed),
+                    "--format",
+                    "dicom",
+                    "--out",
+                    str(out),
+                ]
+            )  # fmt: skip
             == 0
         )
     return out / "images"
