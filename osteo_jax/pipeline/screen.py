@@ -211,7 +211,26 @@ class _Decode:
             return {"path": path, "error": str(e)}
         except Exception as e:  # noqa: BLE001 - any decoder failure becomes the file's error row
             return {"path": path, "error": f"{path}: cannot be read ({type(e).__name__}: {e})"}
-        return {"path": path, "image": image, "meta": meta, "x": x, "error": None}
+        return {"path": path, "image": _Packed(image), "meta": meta, "x": _Packed(x), "error": None}
+
+
+class _Packed:
+    """An array grain passes between processes by pickling, not through shared memory.
+
+    grain moves a worker's numpy arrays through shared-memory segments that are freed
+    asynchronously; segments still pending when the command exits (or sent on to the
+    analysis workers) are reported as leaked. A few MB an image is cheap to pickle.
+    """
+
+    __slots__ = ("array",)
+
+    def __init__(self, array: np.ndarray):
+        self.array = array
+
+
+def _own(record: dict) -> dict:
+    """``record`` with its :class:`_Packed` arrays unwrapped."""
+    return {k: v.array if isinstance(v, _Packed) else v for k, v in record.items()}
 
 
 def _records(paths: list[str], size: int, max_pixels: int | None, jobs: int):
@@ -362,7 +381,7 @@ def screen(
     t_start = time.perf_counter()
     try:
         for start in range(0, len(todo), batch_size):
-            batch = [next(it) for _ in range(min(batch_size, len(todo) - start))]
+            batch = [_own(next(it)) for _ in range(min(batch_size, len(todo) - start))]
             good = [r for r in batch if r["error"] is None]
             analysed = {}
             if good:
