@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from osteo_jax.cli.cluster import add_cluster_args, init_cluster
 from osteo_jax.cli.data import add_allow_outside_paths, add_overwrite, reader_options
 from osteo_jax.config.choices import AGGREGATES, THRESHOLD_RULES
 from osteo_jax.data.outdir import check_dir
@@ -45,6 +46,7 @@ def cmd_train_seg(args: argparse.Namespace) -> int:
     from osteo_jax.eval.seg_eval import evaluate_segmenter
     from osteo_jax.train.seg_loop import train_segmenter
 
+    init_cluster(args)
     cfg = _seg_train_config(args)
     res = train_segmenter(
         args.data,
@@ -181,6 +183,7 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from osteo_jax.data.segments import load_segments
     from osteo_jax.train.ssl_loop import train_ssl
 
+    init_cluster(args)
     cfg = _protocol_config(args)
     if cfg.ssl is None:
         raise ValueError("pretrain needs an SSL method (got --method none)")
@@ -206,6 +209,7 @@ def cmd_train_cls(args: argparse.Namespace) -> int:
     from osteo_jax.train.cls_loop import predict_segments, train_classifier
     from osteo_jax.train.ssl_loop import restore_ssl_params
 
+    init_cluster(args)
     cfg = _protocol_config(args)
     check_dir(args.out, "train-cls", overwrite=args.overwrite)  # before reading the segments
     backbone, params = cfg.backbone, None
@@ -335,6 +339,7 @@ def add_train_seg(sub) -> None:
     p.add_argument("--samples", type=int, default=None, help="S latents per decoder")
     p.add_argument("--mode", default=None, choices=("auto", "vmap", "scan"))
     add_allow_outside_paths(p)
+    add_cluster_args(p)
     p.set_defaults(func=cmd_train_seg)
 
 
@@ -389,6 +394,7 @@ def add_pretrain(sub) -> None:
     p.add_argument("--split-seed", type=int, default=0, help="pretrain on this split's train part")
     p.add_argument("--all", action="store_true", help="pretrain on every segment instead")
     p.add_argument("--max-steps", type=int, default=None)
+    add_cluster_args(p)
     p.set_defaults(func=cmd_pretrain)
 
 
@@ -398,6 +404,7 @@ def add_train_cls(sub) -> None:
     _add_protocol_args(p, ssl=False, cls=True)
     p.add_argument("--ssl-run", default=None, help="pretrain run folder (default: random init)")
     p.add_argument("--seed", type=int, default=0, help="split and init seed")
+    add_cluster_args(p)
     p.set_defaults(func=cmd_train_cls)
 
 
