@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from osteo_jax.cli.cluster import add_cluster_args, init_cluster
 from osteo_jax.cli.data import (
     add_allow_outside_paths,
     add_max_megapixels,
@@ -112,6 +113,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """Runs (or resumes) one experiment config end to end on a dataset folder."""
     from osteo_jax.config import ExperimentConfig, load_config
 
+    init_cluster(args)
     _run(load_config(args.config, ExperimentConfig), args)
     return 0
 
@@ -162,4 +164,5 @@ def add_run(sub) -> None:
     p.add_argument("--workers", type=int, default=None, help="render processes")
     add_overwrite(p)
     add_allow_outside_paths(p)
+    add_cluster_args(p)
     p.set_defaults(func=cmd_run)

@@ -45,6 +45,7 @@ __all__ = [
     "Schedule",
     "check_finite",
     "claim_run_dir",
+    "claim_shared_dir",
     "data_mesh",
     "run",
     "write_config",
@@ -88,10 +89,27 @@ class Checkpointer:
     and ``restore`` (orbax coordinates them; process 0 writes) on a folder all of them see.
     """
 
-    def __init__(self, directory: str | os.PathLike, keep: int = 2):
-        self.manager = ocp.CheckpointManager(
-            Path(directory).absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=keep)
-        )
+    def __init__(self, directory: str | os.PathLike, keep: int = 2, *, local: bool = False):
+        """Opens (or creates) the checkpoint folder ``directory``.
+
+        Args:
+          directory: the folder of step sub-folders.
+          keep: checkpoints kept.
+          local: used by this process alone (reading a finished run on process 0 while the
+            others wait); the folder must exist. Otherwise, in a multi-process run, every
+            process must open, save, restore and close it together.
+        """
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep)
+        if local and jax.process_count() > 1:
+            me = jax.process_index()
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=keep,
+                create=False,
+                multiprocessing_options=ocp.options.MultiprocessingOptions(
+                    primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"local{me}"
+                ),
+            )
+        self.manager = ocp.CheckpointManager(Path(directory).absolute(), options=options)
 
     def latest_step(self) -> int | None:
         """Step of the newest complete checkpoint, or None."""
@@ -159,6 +177,29 @@ def write_config(run_dir: Path, cfg, data: str) -> None:
     write_json(path, {"data": data, "config": _plain(cfg)})
 
 
+def claim_shared_dir(
+    out: str | os.PathLike, command: str, *, overwrite: bool = False, check=None
+) -> OutputDir:
+    """:func:`~osteo_jax.data.outdir.claim_dir` for every process of a run, done by process 0.
+
+    Every process checks ``out`` (and runs ``check(path)`` if given) before process 0 changes
+    anything, so all of them fail alike; then process 0 alone claims it, and the others get an
+    :class:`OutputDir` that never deletes anything. In a single process: ``claim_dir``.
+
+    Raises:
+      OutputFolderError: as :func:`~osteo_jax.data.outdir.check_dir`.
+    """
+    if jax.process_count() == 1:
+        return claim_dir(out, command, overwrite=overwrite)
+    path = check_dir(out, command, overwrite=overwrite)
+    if check is not None:
+        check(path)
+    distributed.barrier(f"osteo_jax:claim:{command}:{path}:checked")
+    claim = distributed.on_main(claim_dir, out, command, overwrite=overwrite)
+    distributed.barrier(f"osteo_jax:claim:{command}:{path}:claimed")
+    return claim or OutputDir(path, command, None, not overwrite)
+
+
 def claim_run_dir(
     run_dir: str | os.PathLike, command: str, cfg, data: str, *, overwrite: bool = False
 ) -> OutputDir:
@@ -184,21 +225,16 @@ def claim_run_dir(
     Raises:
       OutputFolderError: the folder holds other files; ValueError: another configuration.
     """
-    if jax.process_count() > 1:
-        path = check_dir(run_dir, command, overwrite=overwrite)
+
+    def check(path: Path) -> None:
         if not overwrite and (path / "config.json").exists():
             _check_config(path / "config.json", cfg)
-        distributed.barrier(f"osteo_jax:claim:{command}:checked")
-        claim = None
-        if distributed.is_main():
-            claim = claim_dir(run_dir, command, overwrite=overwrite)
-            with claim.discarded_on_error():
-                write_config(claim.path, cfg, data)
-        distributed.barrier(f"osteo_jax:claim:{command}:written")
-        return claim or OutputDir(path, command, None, not overwrite)
-    claim = claim_dir(run_dir, command, overwrite=overwrite)
-    with claim.discarded_on_error():
-        write_config(claim.path, cfg, data)
+
+    claim = claim_shared_dir(run_dir, command, overwrite=overwrite, check=check)
+    if distributed.is_main():
+        with claim.discarded_on_error():
+            write_config(claim.path, cfg, data)
+    distributed.barrier(f"osteo_jax:claim:{command}:{claim.path}:config")
     return claim
 
 
