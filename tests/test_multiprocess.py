@@ -239,3 +239,16 @@ def test_two_processes_train_kill_and_resume_like_one(command, inputs, tmp_path)
     assert all(x.startswith("[Gloo]") for x in resumed_two.out(1).splitlines())
     assert not BAR.search(resumed_two.err(1).replace("\r", "\n")), "process 1 showed a bar"
     assert f"{total} steps" in resumed_two.out(0)
+
+
+def test_every_process_refuses_a_run_folder_of_another_config(inputs, tmp_path):
+    from osteo_jax.train.runner import claim_run_dir
+
+    out = tmp_path / "run"
+    claim_run_dir(out, "train-seg", SEG, str(inputs["data"]))
+    before = sorted(p.name for p in out.iterdir())
+    run = _Run([*_args("train-seg", inputs, out), "--seed", "7"], out, inputs["env"], "other", 2)
+    for i, p in enumerate(run.procs):
+        assert p.wait(timeout=TIMEOUT_S) == 2, run.err(i)
+        assert "different configuration" in run.err(i)
+    assert sorted(p.name for p in out.iterdir()) == before
