@@ -46,6 +46,8 @@ def test_initialize_single_process_is_a_no_op():
     assert distributed.is_main()
     assert distributed.data_shard() == (0, 1)
     assert distributed.on_main(lambda x, y=0: x + y, 2, y=3) == 5
+    metrics = {"f1": 1 / 3}
+    assert distributed.from_main(metrics) is metrics
     distributed.barrier("no-op")
 
 

@@ -252,3 +252,56 @@ def test_every_process_refuses_a_run_folder_of_another_config(inputs, tmp_path):
         assert p.wait(timeout=TIMEOUT_S) == 2, run.err(i)
         assert "different configuration" in run.err(i)
     assert sorted(p.name for p in out.iterdir()) == before
+
+
+# Process i of 2 checks the helpers against values it computes itself (no jax reference).
+_HELPERS = """
+import sys
+from osteo_jax.train import distributed
+assert distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
+import jax, numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
+from osteo_jax.train.runner import data_mesh
+i = jax.process_index()
+assert distributed.data_shard() == (i, 2) and distributed.is_main() == (i == 0)
+mesh = data_mesh(batch_size=4)
+assert mesh.devices.size == 2 and jax.local_device_count() == 1
+x = np.arange(12, dtype=np.float32).reshape(4, 3)
+batch = distributed.global_batch(x[2 * i : 2 * i + 2], NamedSharding(mesh, P("data")))
+assert batch.shape == (4, 3) and not batch.is_fully_addressable
+np.testing.assert_array_equal(distributed.to_host(batch), x)  # gathered from both
+state = distributed.place({"w": x[0]}, NamedSharding(mesh, P()))
+total = jax.jit(lambda s, b: (s["w"] * b).sum())(state, batch)
+assert float(distributed.to_host(total)) == float((x[0] * x).sum())
+local = distributed.to_local(state)
+assert local["w"].is_fully_addressable and (np.asarray(local["w"]) == x[0]).all()
+got = distributed.from_main({"f1": 1 / 3 + i, "n": 5 + i})
+assert got == {"f1": 1 / 3, "n": 5}, got  # exact: float64 survives
+distributed.barrier("done")
+print("ok", i)
+"""
+
+
+def test_helpers_under_two_processes(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_PLATFORMS"] = "cpu"
+    address = f"localhost:{_free_port()}"
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", _HELPERS, address, str(i)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=env,
+            text=True,
+            start_new_session=True,
+        )
+        for i in range(2)
+    ]
+    try:
+        outs = [p.communicate(timeout=TIMEOUT_S)[0] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGKILL)
+    for i, (p, out) in enumerate(zip(procs, outs, strict=True)):
+        assert p.returncode == 0 and f"ok {i}" in out, out[-3000:]

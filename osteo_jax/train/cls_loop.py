@@ -240,6 +240,8 @@ def train_classifier(
 
     def evaluate(state: TrainState, epoch: int) -> dict[str, float]:
         val_m = evaluate_fn(predict_segments(state.params, backbone_cfg, val, features=val_x), val)
+        # Every process saves the best checkpoint (a collective) on process 0's scores.
+        val_m = distributed.from_main(val_m)
         if val_m["f1_macro"] > best["record"]["f1_macro"]:
             best["record"] = {"epoch": epoch, **val_m}
             best["state"] = jax.tree.map(jnp.copy, state)  # `state` is donated next step

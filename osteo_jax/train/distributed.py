@@ -32,6 +32,7 @@ __all__ = [
     "barrier",
     "cluster_env",
     "data_shard",
+    "from_main",
     "global_batch",
     "initialize",
     "is_main",
@@ -145,6 +146,27 @@ def is_main() -> bool:
 def on_main(fn: Callable[..., T], *args, **kwargs) -> T | None:
     """``fn(*args, **kwargs)`` on process 0; None (and no call) on the others."""
     return fn(*args, **kwargs) if is_main() else None
+
+
+def from_main(tree: T) -> T:
+    """Process 0's value of ``tree`` (a pytree of numbers or arrays) on every process.
+
+    For decisions every process must take alike, such as whether to save a checkpoint (a
+    collective): per-process floating-point noise can never split them.
+    """
+    if jax.process_count() == 1:
+        return tree
+    leaves, treedef = jax.tree.flatten(tree)
+    arrays = [np.asarray(x) for x in leaves]
+    # Sent as raw bytes: jax would narrow float64 to float32 (x64 off), changing the values.
+    raw = [np.frombuffer(a.tobytes(), np.uint8) for a in arrays]
+    raw = multihost_utils.broadcast_one_to_all(raw)
+    out = [
+        np.frombuffer(np.asarray(r).tobytes(), a.dtype).reshape(a.shape)
+        for r, a in zip(raw, arrays, strict=True)
+    ]
+    out = [o.item() if isinstance(x, (int, float)) else o for o, x in zip(out, leaves, strict=True)]
+    return jax.tree.unflatten(treedef, out)
 
 
 def data_shard() -> tuple[int, int]:
