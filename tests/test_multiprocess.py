@@ -1,6 +1,7 @@
 """2 processes x 1 CPU device (jax.distributed, gloo) train to the 1-process parameters.
 
-For ``train-seg`` and ``pretrain``, through the real CLI in subprocesses on localhost:
+For ``train-seg``, ``pretrain`` and ``train-cls`` (fine-tuning, with its best-state choice),
+through the real CLI in subprocesses on localhost:
 
 1. a 1-process reference run, to completion;
 2. the same command as 2 processes (``--coordinator localhost:PORT --num-processes 2
@@ -199,7 +200,7 @@ def _assert_lines_match(lines: list[dict], reference: list[dict], what: str) -> 
             np.testing.assert_allclose(v, want[k], rtol=RTOL, atol=ATOL, err_msg=f"{what}: {k}")
 
 
-@pytest.mark.parametrize("command", ["train-seg", "pretrain"])
+@pytest.mark.parametrize("command", ["train-seg", "pretrain", "train-cls"])
 def test_two_processes_train_kill_and_resume_like_one(command, inputs, tmp_path):
     env = inputs["env"]
     ref, two = tmp_path / "reference", tmp_path / "two"
@@ -238,7 +239,15 @@ def test_two_processes_train_kill_and_resume_like_one(command, inputs, tmp_path)
     # Process 1's stdout holds at most gloo's own connection line (printed by C++).
     assert all(x.startswith("[Gloo]") for x in resumed_two.out(1).splitlines())
     assert not BAR.search(resumed_two.err(1).replace("\r", "\n")), "process 1 showed a bar"
-    assert f"{total} steps" in resumed_two.out(0)
+    if command == "train-cls":  # the best (val macro-F1) state, chosen alike by both
+        best_ref = json.loads((ref / "best.json").read_text())
+        for run_dir, name in ((two, "2 processes"), (one, "1 process")):
+            _assert_close(_restore(run_dir / "best")[1], _restore(ref / "best")[1], name)
+            best = json.loads((run_dir / "best.json").read_text())
+            assert best["epoch"] == best_ref["epoch"], name
+        assert "test subjects" in resumed_two.out(0)
+    else:
+        assert f"{total} steps" in resumed_two.out(0)
 
 
 def test_every_process_refuses_a_run_folder_of_another_config(inputs, tmp_path):
