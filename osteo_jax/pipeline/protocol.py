@@ -52,7 +52,6 @@ from osteo_jax.eval.cls_stats import CI_METHOD, FOLD_CI_METHOD, summarise_folds,
 from osteo_jax.eval.thresholds import DEFAULT_THRESHOLD, choose_threshold, threshold_words
 from osteo_jax.train import distributed
 from osteo_jax.train.cls_loop import predict_segments, train_classifier
-from osteo_jax.train.runner import claim_shared_dir
 from osteo_jax.train.ssl_loop import train_ssl
 
 __all__ = [
@@ -226,7 +225,7 @@ def run_protocol(
     if len(labelled) < len(seg):
         print(f"protocol: {len(seg) - len(labelled)} images without a label are left out")
     seg = seg.take(labelled)
-    out = claim_shared_dir(out, "evaluate", overwrite=overwrite).path
+    out = distributed.claim_shared_dir(out, "evaluate", overwrite=overwrite).path
     backbone = backbone or (ssl.backbone if ssl is not None else BackboneConfig())
     per_seed, seed_rows, thresholds = [], [], []
     for part, seed, (tr, va, te) in protocol_parts(seg.subject_ids, seg.labels, cls):

@@ -12,8 +12,9 @@ process's devices, the training mesh spans them all, and each process
 * holds the replicated state as global arrays built from the same host values on every
   process (:func:`place`) and brings them back with :func:`to_host`,
 * writes logs, progress bars, reports and run-folder files only if it is process 0
-  (:func:`is_main`, :func:`on_main`); checkpoints are written by orbax with every process
-  taking part.
+  (:func:`is_main`, :func:`on_main`, :func:`claim_shared_dir`); checkpoints are written by
+  orbax with every process taking part, and decisions that lead to a collective use process
+  0's values (:func:`from_main`).
 
 On CPU the processes talk through gloo collectives (``jax_cpu_collectives_implementation``).
 """
@@ -28,8 +29,11 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from osteo_jax.data.outdir import OutputDir, check_dir, claim_dir
+
 __all__ = [
     "barrier",
+    "claim_shared_dir",
     "cluster_env",
     "data_shard",
     "from_main",
@@ -245,3 +249,36 @@ def global_batch(local: T, sharding: jax.sharding.Sharding) -> T:
     if jax.process_count() == 1:
         return jax.device_put(local, sharding)
     return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), local)
+
+
+def claim_shared_dir(
+    out: str | os.PathLike, command: str, *, overwrite: bool = False, check=None
+) -> OutputDir:
+    """:func:`~osteo_jax.data.outdir.claim_dir` for every process of a run, done by process 0.
+
+    Every process checks ``out`` (and runs ``check(path)`` if given) before process 0 changes
+    anything, so all of them fail alike; then process 0 alone claims it, and the others get an
+    :class:`OutputDir` that never deletes anything. In a single process: ``claim_dir``.
+
+    Args:
+      out: the output folder (one that every process sees).
+      command: the command's name, a key of :data:`osteo_jax.data.outdir.OUTPUTS`.
+      overwrite: the user's ``--overwrite``.
+      check: ``check(path)`` raises if the folder's contents forbid the run (e.g. another
+        configuration); run by every process before anything is written.
+
+    Returns:
+      The claimed folder.
+
+    Raises:
+      OutputFolderError: as :func:`~osteo_jax.data.outdir.check_dir`.
+    """
+    if jax.process_count() == 1:
+        return claim_dir(out, command, overwrite=overwrite)
+    path = check_dir(out, command, overwrite=overwrite)
+    if check is not None:
+        check(path)
+    barrier(f"osteo_jax:claim:{command}:{path}:checked")
+    claim = on_main(claim_dir, out, command, overwrite=overwrite)
+    barrier(f"osteo_jax:claim:{command}:{path}:claimed")
+    return claim or OutputDir(path, command, None, not overwrite)

@@ -33,7 +33,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from osteo_jax.data.folder import dumps_json, write_json
-from osteo_jax.data.outdir import OutputDir, check_dir, claim_dir
+from osteo_jax.data.outdir import OutputDir
 from osteo_jax.train import distributed
 from osteo_jax.train.state import TrainState
 
@@ -45,7 +45,6 @@ __all__ = [
     "Schedule",
     "check_finite",
     "claim_run_dir",
-    "claim_shared_dir",
     "data_mesh",
     "run",
     "write_config",
@@ -177,29 +176,6 @@ def write_config(run_dir: Path, cfg, data: str) -> None:
     write_json(path, {"data": data, "config": _plain(cfg)})
 
 
-def claim_shared_dir(
-    out: str | os.PathLike, command: str, *, overwrite: bool = False, check=None
-) -> OutputDir:
-    """:func:`~osteo_jax.data.outdir.claim_dir` for every process of a run, done by process 0.
-
-    Every process checks ``out`` (and runs ``check(path)`` if given) before process 0 changes
-    anything, so all of them fail alike; then process 0 alone claims it, and the others get an
-    :class:`OutputDir` that never deletes anything. In a single process: ``claim_dir``.
-
-    Raises:
-      OutputFolderError: as :func:`~osteo_jax.data.outdir.check_dir`.
-    """
-    if jax.process_count() == 1:
-        return claim_dir(out, command, overwrite=overwrite)
-    path = check_dir(out, command, overwrite=overwrite)
-    if check is not None:
-        check(path)
-    distributed.barrier(f"osteo_jax:claim:{command}:{path}:checked")
-    claim = distributed.on_main(claim_dir, out, command, overwrite=overwrite)
-    distributed.barrier(f"osteo_jax:claim:{command}:{path}:claimed")
-    return claim or OutputDir(path, command, None, not overwrite)
-
-
 def claim_run_dir(
     run_dir: str | os.PathLike, command: str, cfg, data: str, *, overwrite: bool = False
 ) -> OutputDir:
@@ -230,7 +206,7 @@ def claim_run_dir(
         if not overwrite and (path / "config.json").exists():
             _check_config(path / "config.json", cfg)
 
-    claim = claim_shared_dir(run_dir, command, overwrite=overwrite, check=check)
+    claim = distributed.claim_shared_dir(run_dir, command, overwrite=overwrite, check=check)
     if distributed.is_main():
         with claim.discarded_on_error():
             write_config(claim.path, cfg, data)
