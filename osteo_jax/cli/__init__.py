@@ -26,7 +26,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from osteo_jax.cli import data, run, runtime, train
+from osteo_jax.cli import cluster, data, run, runtime, train
 
 __all__ = ["build_parser", "main"]
 
@@ -67,13 +67,16 @@ def main(argv: list[str] | None = None) -> int:
     and the file holding the full traceback (inside the output folder if it is a folder of
     this command, else a temporary file), and the code is 1.
 
-    A JAX command first turns on the persistent compilation cache and logs its backend and
-    devices (:mod:`osteo_jax.cli.runtime`).
+    A JAX command first turns on the persistent compilation cache, joins its multi-process
+    run if it is one (:mod:`osteo_jax.cli.cluster`), and logs its backend and devices
+    (:mod:`osteo_jax.cli.runtime`).
     """
     args = build_parser().parse_args(argv)
     try:
         if args.command in runtime.JAX_COMMANDS:
             runtime.configure_compile_cache(args)  # before the first compilation
+            if hasattr(args, "coordinator"):  # a training command: join its processes first
+                cluster.init_cluster(args)
             runtime.start()  # initialises the backend (after jax.distributed.initialize)
         return args.func(args)
     except KeyboardInterrupt:

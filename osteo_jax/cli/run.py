@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from osteo_jax.cli.cluster import add_cluster_args
 from osteo_jax.cli.data import (
     add_allow_outside_paths,
     add_max_megapixels,
@@ -227,4 +228,5 @@ def add_run(sub) -> None:
     p.add_argument("--workers", type=int, default=None, help="render processes")
     add_overwrite(p)
     add_allow_outside_paths(p)
+    add_cluster_args(p)
     p.set_defaults(func=cmd_run)

@@ -6,6 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
+from osteo_jax.cli.cluster import add_cluster_args
 from osteo_jax.cli.data import add_allow_outside_paths, add_overwrite, reader_options
 from osteo_jax.config.choices import AGGREGATES, THRESHOLD_RULES
 from osteo_jax.data.outdir import check_dir
@@ -347,6 +348,7 @@ def add_train_seg(sub) -> None:
         "a run may resume with another E)",
     )
     add_allow_outside_paths(p)
+    add_cluster_args(p)
     p.set_defaults(func=cmd_train_seg)
 
 
@@ -401,6 +403,7 @@ def add_pretrain(sub) -> None:
     p.add_argument("--split-seed", type=int, default=0, help="pretrain on this split's train part")
     p.add_argument("--all", action="store_true", help="pretrain on every segment instead")
     p.add_argument("--max-steps", type=int, default=None)
+    add_cluster_args(p)
     p.set_defaults(func=cmd_pretrain)
 
 
@@ -410,6 +413,7 @@ def add_train_cls(sub) -> None:
     _add_protocol_args(p, ssl=False, cls=True)
     p.add_argument("--ssl-run", default=None, help="pretrain run folder (default: random init)")
     p.add_argument("--seed", type=int, default=0, help="split and init seed")
+    add_cluster_args(p)
     p.set_defaults(func=cmd_train_cls)
 
 

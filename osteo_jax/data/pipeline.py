@@ -137,6 +137,40 @@ class _Subset:
         return self.source[int(self.indices[index])]
 
 
+class _ProcessBlock(grain.MapDataset):
+    """Process ``i`` of ``n``'s records of every batch of ``parent``: a ``[B / n]`` block each.
+
+    Record ``k`` is ``parent[(k // m) B + i m + k % m]`` with ``m = B / n``, so batching it by
+    ``m`` gives rows ``[i m, (i + 1) m)`` of every global batch; an incomplete last global
+    batch is dropped.
+    """
+
+    def __init__(self, parent: grain.MapDataset, batch_size: int, shard: tuple[int, int]):
+        super().__init__(parent)
+        self._index, count = shard
+        self._batch = batch_size
+        self._block = batch_size // count
+        self._length = len(parent) // batch_size * self._block
+
+    def __len__(self) -> int:
+        return self._length
+
+    def _parent_index(self, k: int) -> int:
+        batch, row = divmod(int(k), self._block)
+        return batch * self._batch + self._index * self._block + row
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.slice(index)
+        return self._parent[self._parent_index(index)]
+
+    def _getitems(self, indices):
+        return self._parent._getitems([self._parent_index(k) for k in indices])
+
+    def __str__(self) -> str:
+        return f"_ProcessBlock(batch={self._batch}, block={self._block}, index={self._index})"
+
+
 class RandomFlip:
     """Horizontal flip of image and masks with probability ``p`` (per-record rng).
 
@@ -178,6 +212,7 @@ def make_loader(
     drop_remainder: bool = True,
     threads: int = 1,
     start_batch: int = 0,
+    shard: tuple[int, int] = (0, 1),
 ) -> grain.IterDataset:
     """A deterministic batched iterable over ``source``.
 
@@ -196,6 +231,9 @@ def make_loader(
       threads: reader threads in the consuming process (with ``workers=0`` they decode).
       start_batch: skip this many batches (a resumed run starts at its step: batch ``b`` of
         the stream is the same whatever ``start_batch`` is).
+      shard: ``(i, n)``: this is process ``i`` of ``n`` and reads only rows
+        ``[i B / n, (i + 1) B / n)`` of every batch (``B = batch_size``), so the global
+        batches are the same for any process count (an incomplete last batch is dropped).
 
     Returns:
       A ``grain.IterDataset`` of dicts of stacked numpy arrays (``image_id`` and
@@ -203,6 +241,12 @@ def make_loader(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    index, count = shard
+    if not 0 <= index < count or batch_size % count:
+        raise ValueError(
+            f"shard {shard}: batch_size {batch_size} must split evenly over {count} processes"
+            " and the index lie in [0, count)"
+        )
     if indices is not None:
         source = _Subset(source, indices)
     ds = grain.MapDataset.source(source).seed(seed)
@@ -212,6 +256,9 @@ def make_loader(
         ds = ds.repeat(num_epochs)
     if augment:
         ds = ds.random_map(RandomFlip())
+    if count > 1:
+        ds = _ProcessBlock(ds, batch_size, shard)
+        batch_size //= count
     ds = ds.batch(batch_size, drop_remainder=drop_remainder)
     if start_batch:
         if not 0 <= start_batch <= len(ds):

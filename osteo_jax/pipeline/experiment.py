@@ -26,6 +26,7 @@ from pathlib import Path
 from osteo_jax.config import ExperimentConfig
 from osteo_jax.data.folder import nulls_to_nan, write_json
 from osteo_jax.data.outdir import OutputFolderError, check_dir
+from osteo_jax.train import distributed
 
 __all__ = ["run_experiment"]
 
@@ -78,9 +79,16 @@ def run_experiment(
       allow_outside_paths: accept paths of ``data`` leaving its folder
         (:mod:`osteo_jax.data.confine`).
 
+    In a multi-process run (:mod:`osteo_jax.train.distributed`) every process runs the
+    training stages (segmenter, SSL, classifier: each process feeding its block of every
+    batch); process 0 alone synthesises the data, cuts the segments, writes the protocol's
+    files and runs radiogrammetry, baselines and report while the others wait.
+
     Returns:
       ``{"out", "data", "wall_s", "stages": {name: seconds}, "summary", "seg_val",
-      "radiogrammetry", "report", "table"}`` (also written to ``out/run_summary.json``).
+      "radiogrammetry", "report", "table"}`` (also written to ``out/run_summary.json``); on
+      processes other than 0 only ``out``, ``data``, ``wall_s``, ``stages``, ``summary`` and
+      ``table`` (the protocol's).
 
     Raises:
       ValueError: no data and no ``cfg.synth``; ``out`` holds a run of another config.
@@ -119,8 +127,9 @@ def run_experiment(
     with claim.discarded_on_error():
         if data == out / "data":
             t = time.perf_counter()
-            if not (data / "dataset.json").exists():
+            if distributed.is_main() and not (data / "dataset.json").exists():
                 write_dataset(cfg.synth, data, workers=workers, progress=progress)
+            distributed.barrier("osteo_jax:run:synth")
             stage("synth", t)
             _check_covariates(data, cfg)
         return _stages(
@@ -169,7 +178,8 @@ def _stages(
     t = time.perf_counter()
     seg_dir = out / "segments"
     recut = not _segments_current(seg_dir, seg_run, cfg)
-    if recut:
+    distributed.barrier("osteo_jax:run:segments-checked")
+    if recut and distributed.is_main():
         claim.remove("cls")  # results of older segments are stale
         extract_segments(
             data,
@@ -180,6 +190,7 @@ def _stages(
             batch_size=cfg.seg.batch_size,  # the validation compile is reused
             allow_outside_paths=allow_outside_paths,
         )
+    distributed.barrier("osteo_jax:run:segments")
     stage("segments", t)
 
     t = time.perf_counter()
@@ -205,6 +216,16 @@ def _stages(
             progress=progress,
         )
     stage("ssl+classifier", t)
+    if not distributed.is_main():  # the rest trains nothing: process 0 alone measures, writes
+        distributed.barrier("osteo_jax:run:done")
+        return {
+            "out": str(out),
+            "data": str(data),
+            "wall_s": round(time.perf_counter() - t0, 1),
+            "stages": stages,
+            "summary": result["summary"],
+            "table": result["table"],
+        }
 
     t = time.perf_counter()
     from osteo_jax.pipeline.radiogrammetry_run import radiogrammetry_of_run
@@ -262,6 +283,7 @@ def _stages(
     from osteo_jax.eval.headline import COMPARISON_MD
 
     summary["table"] = (out / "cls" / COMPARISON_MD).read_text()
+    distributed.barrier("osteo_jax:run:done")
     return summary
 
 

@@ -36,7 +36,7 @@ import numpy as np
 
 from osteo_jax.config import BackboneConfig, ClsConfig, SSLConfig
 from osteo_jax.data.folder import rows_from, write_csv, write_json
-from osteo_jax.data.outdir import check_dir, claim_dir
+from osteo_jax.data.outdir import check_dir
 from osteo_jax.data.segments import SegmentSet, load_segments
 from osteo_jax.data.splits import stratified_subject_folds, stratified_subject_split
 from osteo_jax.eval.aggregate import (
@@ -50,6 +50,7 @@ from osteo_jax.eval.cls_figure import reliability_figure, roc_figure
 from osteo_jax.eval.cls_metrics import binary_metrics, paper_table, subject_metrics, subject_scores
 from osteo_jax.eval.cls_stats import CI_METHOD, FOLD_CI_METHOD, summarise_folds, summarise_seeds
 from osteo_jax.eval.thresholds import DEFAULT_THRESHOLD, choose_threshold, threshold_words
+from osteo_jax.train import distributed
 from osteo_jax.train.cls_loop import predict_segments, train_classifier
 from osteo_jax.train.ssl_loop import train_ssl
 
@@ -207,6 +208,9 @@ def run_protocol(
       overwrite: start afresh in a folder holding other files or an earlier protocol, deleting
         only the protocol's own files (:mod:`osteo_jax.data.outdir`).
 
+    In a multi-process run (:mod:`osteo_jax.train.distributed`) every process trains and
+    scores every part; only process 0 writes files.
+
     Returns:
       ``{"summary", "per_seed", "table", "wall_s"}``.
 
@@ -221,17 +225,17 @@ def run_protocol(
     if len(labelled) < len(seg):
         print(f"protocol: {len(seg) - len(labelled)} images without a label are left out")
     seg = seg.take(labelled)
-    out = claim_dir(out, "evaluate", overwrite=overwrite).path
+    out = distributed.claim_shared_dir(out, "evaluate", overwrite=overwrite).path
     backbone = backbone or (ssl.backbone if ssl is not None else BackboneConfig())
     per_seed, seed_rows, thresholds = [], [], []
     for part, seed, (tr, va, te) in protocol_parts(seg.subject_ids, seg.labels, cls):
         folder = out / part
-        folder.mkdir(exist_ok=True)
+        distributed.on_main(folder.mkdir, exist_ok=True)
         split = {
             k: sorted(set(seg.subject_ids[i].tolist()))
             for k, i in (("train", tr), ("val", va), ("test", te))
         }
-        write_json(folder / "split.json", split)
+        distributed.on_main(write_json, folder / "split.json", split)
         params = None
         if ssl is not None:
             pre = train_ssl(
@@ -263,7 +267,7 @@ def run_protocol(
                 train_set.labels,
                 tuple(seg.bones),
             )
-            head.save(folder / AGGREGATE_FILE)
+            distributed.on_main(head.save, folder / AGGREGATE_FILE)
         scores = {}
         for file, idx in ((VAL_PREDICTIONS, va), (TEST_PREDICTIONS, te)):
             part_set = seg.take(idx)
@@ -272,14 +276,16 @@ def run_protocol(
             _, p = aggregate_subjects(probs, part_set.valid, part_set.subject_ids, head)
             scores[file] = (np.round(p, 6), y)  # the threshold is chosen on what is written
             subjects = np.unique(part_set.subject_ids)
-            write_csv(
+            distributed.on_main(
+                write_csv,
                 folder / file,
                 rows_from({"subject_id": subjects, "label": y, "probability": scores[file][0]}),
             )
         threshold = _part_threshold(cls.threshold, *scores[VAL_PREDICTIONS], part)
         test = part_set  # the test part, written last
         img, bone = np.nonzero(test.valid)
-        write_csv(
+        distributed.on_main(
+            write_csv,
             folder / "test_segments.csv",
             rows_from(
                 {
@@ -291,7 +297,7 @@ def run_protocol(
                 }
             ),
         )
-        save_model(folder / MODEL_FILE, res["params"])
+        distributed.on_main(save_model, folder / MODEL_FILE, res["params"])
         per_seed.append((p, y))
         thresholds.append(threshold)
         seed_rows.append(
@@ -335,8 +341,9 @@ def run_protocol(
         },
         "wall_s": round(time.perf_counter() - t0, 1),
     }
-    write_json(out / "cls_metrics.json", result)
-    (out / "table.md").write_text(table)
-    roc_figure(per_seed, out / "roc.png", title=row["model"], ceiling_auc=ceiling_auc)
-    reliability_figure(per_seed, out / "reliability.png", title=row["model"])
+    if distributed.is_main():  # every process trained and scored; process 0 writes
+        write_json(out / "cls_metrics.json", result)
+        (out / "table.md").write_text(table)
+        roc_figure(per_seed, out / "roc.png", title=row["model"], ceiling_auc=ceiling_auc)
+        reliability_figure(per_seed, out / "reliability.png", title=row["model"])
     return {"summary": summary, "per_seed": seed_rows, "table": table, "wall_s": result["wall_s"]}

@@ -31,7 +31,7 @@ def restore_segmenter(run: str | os.PathLike) -> tuple[Segmenter, dict, SegTrain
     from osteo_jax.train.state import create_seg_state, make_segmenter, seg_optimizer
 
     cfg = load_run_config(run)
-    ckpt = Checkpointer(Path(run) / CHECKPOINT_DIR)
+    ckpt = Checkpointer(Path(run) / CHECKPOINT_DIR, local=True)  # read on one process
     step = ckpt.latest_step()
     if step is None:
         raise ValueError(f"{Path(run) / CHECKPOINT_DIR}: no checkpoint to evaluate")

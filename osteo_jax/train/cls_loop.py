@@ -32,7 +32,7 @@ from osteo_jax.data.folder import write_json
 from osteo_jax.data.pipeline import make_loader
 from osteo_jax.data.segments import SegmentSet
 from osteo_jax.data.sources import ArraySource
-from osteo_jax.train import runner
+from osteo_jax.train import distributed, runner
 from osteo_jax.train.runner import Checkpointer, Schedule, claim_run_dir, data_mesh
 from osteo_jax.train.state import (
     TrainState,
@@ -179,7 +179,8 @@ def train_classifier(
         ``mode="probe"`` a random-feature baseline).
       seed: initialisation and shuffling.
       progress: show a progress bar.
-      devices: devices of the data-parallel mesh (default: all).
+      devices: devices of the data-parallel mesh (default: all, of every process of a
+        multi-process run: :mod:`osteo_jax.train.distributed`).
       overwrite: start afresh in a folder holding other files or an earlier run, deleting
         only train-cls's own files (:mod:`osteo_jax.data.outdir`).
 
@@ -240,13 +241,15 @@ def train_classifier(
 
     def evaluate(state: TrainState, epoch: int) -> dict[str, float]:
         val_m = evaluate_fn(predict_segments(state.params, backbone_cfg, val, features=val_x), val)
+        # Every process saves the best checkpoint (a collective) on process 0's scores.
+        val_m = distributed.from_main(val_m)
         if val_m["f1_macro"] > best["record"]["f1_macro"]:
             best["record"] = {"epoch": epoch, **val_m}
             best["state"] = jax.tree.map(jnp.copy, state)  # `state` is donated next step
             # Already there if a kill came before best.json: this rerun recomputed it.
             if int(state.step) not in best_ckpt.manager.all_steps():
                 best_ckpt.save(best["state"])
-            write_json(best_file, best["record"])
+            distributed.on_main(write_json, best_file, best["record"])
         return val_m
 
     def batches(start: int):
@@ -257,6 +260,7 @@ def train_classifier(
             num_epochs=cfg.epochs,
             augment=False,
             start_batch=start,
+            shard=distributed.data_shard(),
         )
 
     try:

@@ -34,7 +34,8 @@ from tqdm.auto import tqdm
 
 from osteo_jax.config.precision import resolve_dtypes
 from osteo_jax.data.folder import dumps_json, write_json
-from osteo_jax.data.outdir import OutputDir, claim_dir
+from osteo_jax.data.outdir import OutputDir
+from osteo_jax.train import distributed
 from osteo_jax.train.state import TrainState
 from osteo_jax.train.tensorboard import TensorBoardLog
 
@@ -60,8 +61,12 @@ StepFn = Callable[[TrainState, dict, jax.Array], tuple[TrainState, dict]]
 def data_mesh(devices=None, *, batch_size: int | None = None) -> Mesh:
     """A 1-D mesh over all (or the given) devices with axis ``"data"``.
 
+    In a multi-process run ``jax.devices()`` lists every process's devices, ordered by
+    process, so process ``i``'s devices hold block ``i`` of every batch
+    (:func:`osteo_jax.train.distributed.data_shard`).
+
     Args:
-      devices: the mesh's devices (default: all).
+      devices: the mesh's devices (default: all, of every process).
       batch_size: if given, checked to split evenly over the devices.
 
     Returns:
@@ -77,12 +82,35 @@ def data_mesh(devices=None, *, batch_size: int | None = None) -> Mesh:
 
 
 class Checkpointer:
-    """Orbax checkpoints of a :class:`TrainState` (atomic; latest kept plus ``keep - 1`` more)."""
+    """Orbax checkpoints of a :class:`TrainState` (atomic; latest kept plus ``keep - 1`` more).
 
-    def __init__(self, directory: str | os.PathLike, keep: int = 2):
-        self.manager = ocp.CheckpointManager(
-            Path(directory).absolute(), options=ocp.CheckpointManagerOptions(max_to_keep=keep)
-        )
+    The state is brought to the host first (:func:`~osteo_jax.train.distributed.to_host`) and
+    saved as plain arrays, so a checkpoint holds no device layout: one written by N processes
+    restores under any process count. In a multi-process run every process calls ``save``
+    and ``restore`` (orbax coordinates them; process 0 writes) on a folder all of them see.
+    """
+
+    def __init__(self, directory: str | os.PathLike, keep: int = 2, *, local: bool = False):
+        """Opens (or creates) the checkpoint folder ``directory``.
+
+        Args:
+          directory: the folder of step sub-folders.
+          keep: checkpoints kept.
+          local: used by this process alone (reading a finished run on process 0 while the
+            others wait); the folder must exist. Otherwise, in a multi-process run, every
+            process must open, save, restore and close it together.
+        """
+        options = ocp.CheckpointManagerOptions(max_to_keep=keep)
+        if local and jax.process_count() > 1:
+            me = jax.process_index()
+            options = ocp.CheckpointManagerOptions(
+                max_to_keep=keep,
+                create=False,
+                multiprocessing_options=ocp.options.MultiprocessingOptions(
+                    primary_host=me, active_processes={me}, barrier_sync_key_prefix=f"local{me}"
+                ),
+            )
+        self.manager = ocp.CheckpointManager(Path(directory).absolute(), options=options)
 
     def latest_step(self) -> int | None:
         """Step of the newest complete checkpoint, or None."""
@@ -90,7 +118,7 @@ class Checkpointer:
 
     def save(self, state: TrainState) -> None:
         """Saves ``state`` under its step (blocking until written)."""
-        tree = flax.serialization.to_state_dict(jax.device_get(state))
+        tree = flax.serialization.to_state_dict(distributed.to_host(state))
         self.manager.save(int(state.step), args=ocp.args.StandardSave(tree), force=True)
         self.manager.wait_until_finished()
 
@@ -99,7 +127,7 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         abstract = jax.tree.map(
             lambda x: jax.ShapeDtypeStruct(np.shape(x), np.asarray(x).dtype),
-            flax.serialization.to_state_dict(jax.device_get(template)),
+            flax.serialization.to_state_dict(distributed.to_host(template)),
         )
         tree = self.manager.restore(step, args=ocp.args.StandardRestore(abstract))
         return flax.serialization.from_state_dict(template, tree)
@@ -123,6 +151,28 @@ def check_finite(metrics: dict[str, float], step: int) -> None:
             raise FloatingPointError(f"non-finite {name} = {value} at step {step}; stopping")
 
 
+def _plain(x):
+    if dataclasses.is_dataclass(x):
+        return dataclasses.asdict(x)
+    return {k: _plain(v) for k, v in x.items()} if isinstance(x, dict) else x
+
+
+def _check_config(path: Path, cfg) -> None:
+    """Raises ``ValueError`` if ``path`` (a ``config.json``) records another configuration."""
+    old = resolve_dtypes(json.loads(path.read_text())["config"])
+    new = resolve_dtypes(json.loads(dumps_json(_plain(cfg))))
+    # max_steps only stops a run early, expert_parallel only moves it to another mesh;
+    # any other change would make a different run.
+    for key in ("max_steps", "expert_parallel"):
+        old.pop(key, None)
+        new.pop(key, None)
+    if old != new:
+        raise ValueError(
+            f"{path}: this run folder was started with a different configuration; use a new "
+            "--out folder (or delete it) to train with other settings"
+        )
+
+
 def write_config(run_dir: Path, cfg, data: str) -> None:
     """Writes ``run_dir/config.json``, or checks that a resumed run has the same config.
 
@@ -131,29 +181,11 @@ def write_config(run_dir: Path, cfg, data: str) -> None:
     here (a folder started with ``"float32"`` before ``"auto"`` became the default resumes on a
     CPU); any other change raises ``ValueError``.
     """
-
-    def plain(x):
-        if dataclasses.is_dataclass(x):
-            return dataclasses.asdict(x)
-        return {k: plain(v) for k, v in x.items()} if isinstance(x, dict) else x
-
-    record = {"data": data, "config": plain(cfg)}
     path = run_dir / "config.json"
     if path.exists():
-        old = resolve_dtypes(json.loads(path.read_text())["config"])
-        new = resolve_dtypes(json.loads(dumps_json(record["config"])))
-        # max_steps only stops a run early, expert_parallel only moves it to another mesh;
-        # any other change would make a different run.
-        for key in ("max_steps", "expert_parallel"):
-            old.pop(key, None)
-            new.pop(key, None)
-        if old != new:
-            raise ValueError(
-                f"{path}: this run folder was started with a different configuration; use a new "
-                "--out folder (or delete it) to train with other settings"
-            )
+        _check_config(path, cfg)
         return
-    write_json(path, record)
+    write_json(path, {"data": data, "config": _plain(cfg)})
 
 
 def claim_run_dir(
@@ -163,6 +195,9 @@ def claim_run_dir(
 
     A run folder is the command's own (:mod:`osteo_jax.data.outdir`): absent or empty, or a
     run of the same command, resumed if its configuration matches (:func:`write_config`).
+    In a multi-process run every process checks the folder and its configuration first (so
+    all of them fail alike), then process 0 alone claims and writes it; the others get an
+    :class:`OutputDir` that never deletes anything.
 
     Args:
       run_dir: the run folder.
@@ -178,9 +213,16 @@ def claim_run_dir(
     Raises:
       OutputFolderError: the folder holds other files; ValueError: another configuration.
     """
-    claim = claim_dir(run_dir, command, overwrite=overwrite)
-    with claim.discarded_on_error():
-        write_config(claim.path, cfg, data)
+
+    def check(path: Path) -> None:
+        if not overwrite and (path / "config.json").exists():
+            _check_config(path / "config.json", cfg)
+
+    claim = distributed.claim_shared_dir(run_dir, command, overwrite=overwrite, check=check)
+    if distributed.is_main():
+        with claim.discarded_on_error():
+            write_config(claim.path, cfg, data)
+    distributed.barrier(f"osteo_jax:claim:{command}:{claim.path}:config")
     return claim
 
 
@@ -234,7 +276,8 @@ class RunResult:
     """What :func:`run` ends with.
 
     Attributes:
-      state: the final train state (replicated over the mesh, or as ``state_sharding`` places it).
+      state: the final train state (replicated over the mesh, or as ``state_sharding`` places
+        it; a host-local copy on every process of a multi-process run).
       start: the step it resumed from (0 for a fresh run).
       train: the last training metrics brought to the host (empty if none was).
       val: the last validation metrics (empty if none).
@@ -290,6 +333,10 @@ def run(
       schedule: the run's length.
       rng: the run's base key, passed to every step (which folds the step in).
       mesh: data-parallel mesh: the state is replicated, batches are sharded along ``"data"``.
+        In a multi-process run (:mod:`osteo_jax.train.distributed`) it spans every process's
+        devices, ``batches`` yields this process's block of each global batch, only process 0
+        writes ``metrics.jsonl`` and shows the bar, ``evaluate_fn`` gets a host-local copy
+        of the state on every process, and the returned state is host-local too.
       state_sharding: a pytree of ``NamedSharding`` matching the state to place it with
         instead (e.g. :func:`osteo_jax.train.sharding.state_sharding`); None: replicated.
       log_every: steps between metric lines (None: only at the end of each epoch).
@@ -322,29 +369,36 @@ def run(
         closing.callback(ckpt.close)
         if ckpt.latest_step() is not None:
             state = ckpt.restore(state)
-        state = jax.device_put(state, state_sharding or NamedSharding(mesh, P()))
+        state = distributed.place(state, state_sharding or NamedSharding(mesh, P()))
         sharded = NamedSharding(mesh, P("data"))
         start = int(state.step)
         records = iter(batches(start))
         if hasattr(records, "close"):
             closing.callback(records.close)
-        log = closing.enter_context(open(run_dir / METRICS_LOG, "a"))
-        board = TensorBoardLog(run_dir) if jax.process_index() == 0 else None
+        main = distributed.is_main()
+        log = closing.enter_context(
+            open(run_dir / METRICS_LOG, "a") if main else contextlib.nullcontext()
+        )
+        board = TensorBoardLog(run_dir) if main else None
         if board is not None:
             closing.callback(board.close)
         bar = closing.enter_context(
-            tqdm(total=total, initial=start, desc=desc, unit="step", disable=not progress)
+            tqdm(
+                total=total, initial=start, desc=desc, unit="step", disable=not (progress and main)
+            )
         )
         t0 = time.perf_counter()
         for step in range(start, total):
             epoch, done = step // per_epoch, step + 1
             record = next(records)
-            batch = jax.device_put(record if to_batch is None else to_batch(record), sharded)
+            batch = distributed.global_batch(
+                record if to_batch is None else to_batch(record), sharded
+            )
             state, metrics = step_fn(state, batch, rng)
             end_of_epoch = done % per_epoch == 0 or done == total
             lines = []
             if (log_every and done % log_every == 0) or end_of_epoch:
-                train = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                train = {k: float(v) for k, v in distributed.to_host(metrics).items()}
                 if learning_rate is not None:
                     train["lr"] = _rate(learning_rate, step)
                 check_finite(train, done)
@@ -353,12 +407,12 @@ def run(
                 bar.set_postfix(loss=f"{train['loss']:.4f}")
             due = (epoch + 1) % validate_every == 0 or done == total
             if evaluate_fn is not None and end_of_epoch and due:
-                val = evaluate_fn(state, epoch)
+                val = evaluate_fn(distributed.to_local(state), epoch)
                 if split_lines:
                     lines.append({"step": done, "epoch": epoch, "split": "val", **val})
                 else:
                     lines[-1].update({f"val_{k}": v for k, v in val.items()})
-            if lines:
+            if lines and main:
                 log.write("".join(dumps_json(line) + "\n" for line in lines))
                 log.flush()
                 if board is not None:
@@ -368,4 +422,5 @@ def run(
             bar.update()
             if (checkpoint_every and done % checkpoint_every == 0) or end_of_epoch:
                 ckpt.save(state)
-    return RunResult(state, start, train, val, time.perf_counter() - t0)
+    wall = time.perf_counter() - t0
+    return RunResult(distributed.to_local(state), start, train, val, wall)

@@ -30,7 +30,7 @@ from osteo_jax.data.folder import dumps_json, write_json
 from osteo_jax.data.inmemory import split_by_subject
 from osteo_jax.data.outdir import check_dir
 from osteo_jax.data.pipeline import make_loader, seg_source
-from osteo_jax.train import runner
+from osteo_jax.train import distributed, runner
 from osteo_jax.train.runner import Schedule, claim_run_dir, data_mesh
 from osteo_jax.train.sharding import expert_map, expert_mesh, state_sharding
 from osteo_jax.train.state import (
@@ -85,7 +85,8 @@ def train_segmenter(
       progress: show a progress bar.
       log_every: steps between metric lines in ``metrics.jsonl``.
       validate_every: epochs between validations.
-      devices: devices of the mesh (default: all): data-parallel, or ``data x expert`` with
+      devices: devices of the mesh (default: all, of every process of a multi-process run:
+        :mod:`osteo_jax.train.distributed`): data-parallel, or ``data x expert`` with
         ``cfg.expert_parallel`` devices on the expert axis.
       stream: decode a folder's images from disk at every read instead of once up front (for
         folders larger than memory; same batches either way).
@@ -136,15 +137,11 @@ def train_segmenter(
     # The folder is claimed once the data and the schedule are known to be usable.
     origin = str(data) if isinstance(data, (str, os.PathLike)) else "<arrays>"
     run_dir = claim_run_dir(run_dir, "train-seg", cfg, origin, overwrite=overwrite).path
-    (run_dir / "split.json").write_text(
-        dumps_json(
-            {
-                "train": sorted(set(subject_ids[train_idx].tolist())),
-                "val": sorted(set(subject_ids[val_idx].tolist())),
-            },
-            indent=1,
-        )
-    )
+    split = {
+        "train": sorted(set(subject_ids[train_idx].tolist())),
+        "val": sorted(set(subject_ids[val_idx].tolist())),
+    }
+    distributed.on_main((run_dir / "split.json").write_text, dumps_json(split, indent=1))
 
     model = make_segmenter(cfg.model)
     tx = seg_optimizer(cfg, schedule.schedule_steps)
@@ -178,7 +175,7 @@ def train_segmenter(
                 batch_size=cfg.batch_size,
                 annotator_names=source.annotators,
             )
-            write_json(run_dir / "val_metrics.json", val)
+            distributed.on_main(write_json, run_dir / "val_metrics.json", val)
             return val
 
     def batches(start: int):
@@ -191,6 +188,7 @@ def train_segmenter(
             augment=False,
             start_batch=start,
             workers=workers,
+            shard=distributed.data_shard(),
         )
 
     res = runner.run(

@@ -23,7 +23,7 @@ from osteo_jax.data.pipeline import make_loader
 from osteo_jax.data.segments import SegmentSet
 from osteo_jax.data.sources import ArraySource
 from osteo_jax.losses.ssl_methods import ssl_objective
-from osteo_jax.train import runner
+from osteo_jax.train import distributed, runner
 from osteo_jax.train.runner import (
     CHECKPOINT_DIR,
     Checkpointer,
@@ -89,7 +89,8 @@ def train_ssl(
         ``{"segmenter": ...}``).
       progress: show a progress bar.
       log_every: steps between lines of ``metrics.jsonl``.
-      devices: devices of the data-parallel mesh (default: all).
+      devices: devices of the data-parallel mesh (default: all, of every process of a
+        multi-process run: :mod:`osteo_jax.train.distributed`).
       overwrite: start afresh in a folder holding other files or an earlier run, deleting
         only pretrain's own files (:mod:`osteo_jax.data.outdir`).
 
@@ -124,6 +125,7 @@ def train_ssl(
             num_epochs=cfg.epochs,
             augment=False,  # the multi-crop views are made inside the jitted step
             start_batch=start,
+            shard=distributed.data_shard(),
         )
 
     res = runner.run(
