@@ -116,8 +116,12 @@ class _StubModel(predict_mod.PredictModel):
         self.probs = np.stack([background if h in empty else onehot for h in range(N_HYP)])
         self.weights = np.array([0.4, 0.3, 0.2, 0.1])
 
-    def segment(self, image):
-        return self.probs, self.weights
+    def model_input(self, image):
+        return np.zeros((SEG_SIZE, SEG_SIZE), np.float32)
+
+    def segment_batch(self, inputs, batch_size=None):
+        n = len(inputs)
+        return np.stack([self.probs] * n), np.stack([self.weights] * n)
 
     def classify(self, segments):
         return np.array([[0.3 if s.valid.any() else np.nan] * 2 for s in segments])
