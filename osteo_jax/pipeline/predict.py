@@ -381,33 +381,29 @@ MIN_HYPOTHESIS_WEIGHT = 1e-4
 def _cut_and_measure(job: tuple) -> tuple:
     """One image's segments (mixture mean, kept hypotheses) and 2MCI (pool-friendly: no JAX).
 
+    Each full-resolution label map is computed once and serves both the segments and the
+    measurement (what ``segments_from_prediction`` and ``measure_prediction`` would each
+    compute again).
+
     Returns:
       ``(mean_seg, hyp_segs, kept, mean_measure, spread)`` with ``kept`` the indices of the
       hypotheses cut and measured.
     """
-    from osteo_jax.data.segments import segment_intensity, segments_from_prediction
-    from osteo_jax.eval.radiogrammetry.hypotheses import measure_prediction
+    from osteo_jax.data.segments import cut_segments, labels_from_probs, segment_intensity
+    from osteo_jax.eval.radiogrammetry.hypotheses import measure_hypotheses
+    from osteo_jax.eval.radiogrammetry.measure import measure_radiograph
 
     image, probs, w, spacing, cfg, interval = job
     kept = np.flatnonzero(w >= MIN_HYPOTHESIS_WEIGHT)
     grey = segment_intensity(image, cfg)
-    mean_seg = segments_from_prediction(grey, probs, w, spacing_mm=spacing, cfg=cfg)
-    hyp_segs = segments_from_prediction(
-        grey,
-        probs[kept],
-        w[kept] / w[kept].sum(),
-        spacing_mm=spacing,
-        cfg=cfg,
-        per_hypothesis=True,
-    )
-    mean_m, spread = measure_prediction(
-        image,
-        probs,
-        w,
-        spacing_mm=spacing,
-        bones=("MC2",),
-        interval=interval,
-        min_weight=MIN_HYPOTHESIS_WEIGHT,
+    mean_labels = labels_from_probs(np.tensordot(w.astype(np.float32), probs, axes=1), image.shape)
+    maps = np.stack([labels_from_probs(probs[n], image.shape) for n in kept])
+    mean_seg = cut_segments(grey, mean_labels, spacing_mm=spacing, cfg=cfg)
+    hyp_segs = [cut_segments(grey, m, spacing_mm=spacing, cfg=cfg) for m in maps]
+    bones = ("MC2",)
+    mean_m = measure_radiograph(image, mean_labels, spacing_mm=spacing, bones=bones)
+    spread = measure_hypotheses(
+        image, maps, w[kept], spacing_mm=spacing, bones=bones, interval=interval
     )
     return mean_seg, hyp_segs, kept, mean_m, spread
 

@@ -142,7 +142,6 @@ def measure_prediction(
     bones: tuple[str, ...] = DEFAULT_BONES,
     cfg: RadiogrammetryConfig | None = None,
     interval: float = 0.9,
-    min_weight: float = 0.0,
 ) -> tuple[dict[str, BoneMeasurement], dict[str, dict]]:
     """Radiogrammetry from a mixture segmenter's prediction for one radiograph.
 
@@ -155,8 +154,6 @@ def measure_prediction(
       bones: names of ``config.BONE_NAMES``.
       cfg: measurement settings (None: the defaults).
       interval: mass of the central interval of the spread.
-      min_weight: hypotheses of a smaller (normalised) weight are left out of the spread
-        (``per_hypothesis`` then lists the kept ones only); the mixture mean uses them all.
 
     Returns:
       ``(mean_measure, spread)``: the measurement on the argmax of the mixture mean
@@ -180,9 +177,8 @@ def measure_prediction(
     w = weights / weights.sum()
     mean_labels = labels_from_probs(np.tensordot(w.astype(np.float32), probs, axes=1), image.shape)
     mean = measure_radiograph(image, mean_labels, spacing_mm=spacing_mm, bones=bones, cfg=cfg)
-    kept = np.flatnonzero(w >= min_weight)
-    maps = np.stack([labels_from_probs(probs[n], image.shape) for n in kept])
+    maps = np.stack([labels_from_probs(p, image.shape) for p in probs])
     spread = measure_hypotheses(
-        image, maps, w[kept], spacing_mm=spacing_mm, bones=bones, cfg=cfg, interval=interval
+        image, maps, w, spacing_mm=spacing_mm, bones=bones, cfg=cfg, interval=interval
     )
     return mean, spread
