@@ -14,6 +14,9 @@ of ``--images`` radiographs is written under ``OUT`` and screened three ways wit
 * ``batched_2x``: the same over twice the images, to show memory is flat in the image count
   (peak resident memory of the screening process, read from ``/proc``).
 
+With ``--before SRC`` (a checkout of the code before ``screen``, e.g. ``git worktree add
+/tmp/before 085eac6``) the old ``predict_images`` also runs on the same images, one at a time
+as it did, in a child process with that source first on its path: today's throughput.
 Start-up (restoring the run, the QC calibration) is timed apart from the per-image cost. Then
 the QC flag rates: on each synthetic cohort, and on pydicom-data's non-hand radiographs (a chest
 and a lower-leg CR). Everything is printed and written to ``OUT/bench_screen.json``.
@@ -60,6 +63,32 @@ def run_screen(inputs, run, out, *, batch_size, jobs) -> dict:
     s = q.get()
     p.join()
     return s
+
+
+_BEFORE = """
+import glob, json, sys, time
+from osteo_jax.pipeline.predict import PredictModel, predict_images
+paths = sorted(glob.glob(sys.argv[2] + "/*"))
+t0 = time.perf_counter(); model = PredictModel(sys.argv[1]); t1 = time.perf_counter()
+predict_images(paths[:1], model)  # compiles
+t2 = time.perf_counter(); predict_images(paths[1:], model); t3 = time.perf_counter()
+print(json.dumps({"startup_s": round(t1 - t0, 2), "first_image_s": round(t2 - t1, 2),
+                  "s_per_image": round((t3 - t2) / (len(paths) - 1), 3)}))
+"""
+
+
+def run_before(src: str, run: str, images: Path) -> dict:
+    """The pre-``screen`` ``predict_images`` of checkout ``src`` on ``images`` (child process)."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": str(Path(src).absolute())}
+    out = subprocess.run(
+        [sys.executable, "-c", _BEFORE, str(Path(run).absolute()), str(images.absolute())],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def flag_rate(results: Path) -> dict:
@@ -113,6 +142,7 @@ def main(argv=None) -> dict:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--jobs", type=int, default=2)
     p.add_argument("--seed", type=int, default=7, help="synthetic cohort seed (not the run's)")
+    p.add_argument("--before", default=None, help="checkout of the pre-screen code (baseline)")
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -132,6 +162,12 @@ def main(argv=None) -> dict:
             csv_path.unlink(missing_ok=True)  # this script's own output
             res[name] = run_screen([str(inputs)], args.run, csv_path, batch_size=bs, jobs=jobs)
             print(size, name, json.dumps(res[name]))
+        if args.before:
+            res["before_predict"] = run_before(args.before, args.run, images)
+            res["speed_up_vs_before"] = round(
+                res["before_predict"]["s_per_image"] / res["batched"]["s_per_image"], 2
+            )
+            print(size, "before", json.dumps(res["before_predict"]))
         res["speed_up"] = round(
             res["one_at_a_time"]["s_per_image"] / res["batched"]["s_per_image"], 2
         )
