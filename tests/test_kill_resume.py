@@ -78,10 +78,9 @@ TIMEOUT_S = 420  # per invocation; compiling on 2 busy cores is the slow part
 BAR = re.compile(r"\|\s*(\d+)/(\d+) \[")  # tqdm: "...| 3/18 [00:01<..."
 
 
-@pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
-    """Dataset folder, segments folder and config files shared by the three commands."""
-    root = tmp_path_factory.mktemp("kill_resume")
+def write_inputs(root: Path, *, drop_env: tuple[str, ...] = ()) -> dict:
+    """Dataset folder, segments folder, the two commands' config files and the environment of
+    their subprocesses (CPU, a compile cache of their own; ``drop_env`` variables removed)."""
     data, segments = root / "data", root / "segments"
     synth = ["--subjects", "12", "--size", "128", "--seed", "1", "--workers", "1"]
     assert main(["synth", *synth, "--out", str(data)]) == 0
@@ -90,8 +89,8 @@ def inputs(tmp_path_factory):
     seg_cfg, protocol_cfg = root / "seg.json", root / "protocol.json"
     seg_cfg.write_text(json.dumps({"config": dataclasses.asdict(SEG)}))
     protocol_cfg.write_text(json.dumps({"config": dataclasses.asdict(PROTOCOL)}))
-    env = dict(
-        os.environ,
+    env = {k: v for k, v in os.environ.items() if k not in drop_env}
+    env.update(
         JAX_PLATFORMS="cpu",  # bitwise equality is a CPU property (GPU reductions may reorder)
         JAX_COMPILATION_CACHE_DIR=str(root / "jax_cache"),
         JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
@@ -104,6 +103,12 @@ def inputs(tmp_path_factory):
         "protocol_cfg": protocol_cfg,
         "env": env,
     }
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """Dataset folder, segments folder and config files shared by the three commands."""
+    return write_inputs(tmp_path_factory.mktemp("kill_resume"))
 
 
 def _args(command: str, inputs: dict) -> list[str]:

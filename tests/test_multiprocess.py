@@ -34,9 +34,8 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from test_kill_resume import BAR, PROTOCOL, SEG, _complete_steps, _restore, _tail
-
-from osteo_jax.cli import main
+from test_kill_resume import BAR, SEG, _complete_steps, _restore, _tail, write_inputs
+from test_kill_resume import _args as command_args
 
 pytestmark = pytest.mark.e2e
 
@@ -47,39 +46,12 @@ TIMEOUT_S = 420  # per invocation: compiling on 2 busy cores is the slow part
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     """Dataset folder, segments folder, config files and the subprocess environment."""
-    import dataclasses
-
     root = tmp_path_factory.mktemp("multiprocess")
-    data, segments = root / "data", root / "segments"
-    synth = ["--subjects", "12", "--size", "128", "--seed", "1", "--workers", "1"]
-    assert main(["synth", *synth, "--out", str(data)]) == 0
-    segment = ["--source", "exact", "--size", "16", "--out", str(segments)]
-    assert main(["segment", "--data", str(data), *segment]) == 0
-    seg_cfg, protocol_cfg = root / "seg.json", root / "protocol.json"
-    seg_cfg.write_text(json.dumps({"config": dataclasses.asdict(SEG)}))
-    protocol_cfg.write_text(json.dumps({"config": dataclasses.asdict(PROTOCOL)}))
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # 1 device a process
-    env.update(
-        JAX_PLATFORMS="cpu",
-        JAX_COMPILATION_CACHE_DIR=str(root / "jax_cache"),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-    )
-    return {
-        "data": data,
-        "segments": segments,
-        "seg": seg_cfg,
-        "protocol": protocol_cfg,
-        "env": env,
-    }
+    return write_inputs(root, drop_env=("XLA_FLAGS",))  # 1 device a process
 
 
 def _args(command: str, inputs: dict, out: Path) -> list[str]:
-    if command == "train-seg":
-        args = [command, "--data", str(inputs["data"]), "--config", str(inputs["seg"])]
-    else:
-        args = [command, "--segments", str(inputs["segments"]), "--config", str(inputs["protocol"])]
-    return [*args, "--out", str(out)]
+    return [*command_args(command, inputs), "--out", str(out)]
 
 
 def _free_port() -> int:
