@@ -19,12 +19,18 @@ Measured (2026-12-01, the demo cohort, 2 contended cores, 3-6 min a variant):
 | S = 1 | 1 | 0.897 | 0.273 |
 | S = 2, gamma_end 0.25 | 2 (0.50, 0.50, 0, 0) | 0.611 | 0.561 |
 | S = 1, gamma_end 0.34 | 3 (0.34, 0.34, 0, 0.32) | 0.776 | 0.507 |
+| image_size 128 (demo widths, 12 epochs; 2 idle cores, 407 s) | 1 (1.00, 0, 0, 0) | 0.759 | 0.403 |
+| image_size 128, gamma_end 0.34 (199 s) | 1 (1.00, 0, 0, 0) | 0.770 | 0.408 |
 
 A cap on each hypothesis's share keeps as many experts alive as it forces, no more, and every
 forced expert is a worse segmenter: quality falls as the count rises. At 96 px one model pixel
 is 2.1 mm, so the annotators' 1-px (0.4 mm) dilate / erode biases are sub-pixel; only the
 "short" convention is visible, and one expert with S latent samples covers it. Issue 12's "3
-experts alive at demo size" is not met by any of these. Synthetic data.
+experts alive at demo size" is not met by any of these. Resolution is not the lever either: at
+128 px one expert still takes all the mass, and a cap of 0.34 per hypothesis is met by one
+expert's S = 4 latent samples (a cap forces several experts only below 1/S). The default 128 px
+segmenter of target 5 kept 4 experts because its gamma ramp (steps 200-600) had not finished by
+step 380, not because of its size. Synthetic data.
 """
 
 from __future__ import annotations
