@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 from osteo_jax.cli.cluster import add_cluster_args
@@ -119,7 +120,7 @@ def cmd_screen(args: argparse.Namespace) -> int:
         args.out,
         fmt=args.format,
         batch_size=args.batch_size,
-        jobs=args.jobs,
+        jobs=min(os.cpu_count() or 1, 4) if args.jobs is None else args.jobs,
         interval=args.interval,
         spacing_mm=args.spacing,
         max_pixels=max_pixels(args),
@@ -201,7 +202,12 @@ def add_screen(sub) -> None:
         "--format", choices=("csv", "jsonl"), default=None, help="default: from --out's suffix"
     )
     p.add_argument("--batch-size", type=int, default=8, help="images per segmenter call (8)")
-    p.add_argument("--jobs", type=int, default=0, help="decode and cut workers (0)")
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="decode and cut worker processes (default: the cores, at most 4; 0: none)",
+    )
     p.add_argument(
         "--interval", type=float, default=0.9, help="central mass of the intervals (0.9)"
     )
