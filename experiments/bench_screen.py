@@ -32,7 +32,8 @@ batch 8, 2 jobs on twice the images):
 | 512 (0.4 mm) | 0.500 | 0.634 | 0.453 | 0.406 | 1178 -> 1107 MB |
 
 Warm (compiled, in-process) at 1024: 0.80 s/image without workers, 0.58 with 2 jobs. Start-up
-(restore + QC calibration read) 10-14 s; fitting the QC calibration once (192 demo images) ~40 s.
+(restore + QC calibration read) 10-14 s; fitting the QC calibration (192 demo images; since
+then done once per results file and kept beside it) ~15-40 s.
 Throughput gain over ``predict``: 1.35-1.5x at 1024, 1.1-1.2x at 512: the issue's 3x target is
 **missed**. What an image costs is the work ``predict`` already did per image at full resolution:
 the 2MCI profile fits of the mixture mean and each live hypothesis (5 x ~70 ms at 1024) and

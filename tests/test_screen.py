@@ -19,7 +19,7 @@ NUMERIC = ("probability", "probability_lo", "probability_hi", "2MCI", "2MCI_lo",
 
 @pytest.fixture(scope="module")
 def tiny(tiny_experiment, tmp_path_factory):
-    """The tiny run's copy (screen writes its QC calibration there), restored once, and inputs:
+    """The tiny run's copy (checked to be left unchanged), restored once, and inputs:
     six of the cohort's PNGs in nested folders, one as DICOM too, a corrupt PNG, a chest and
     a lower-leg radiograph (pydicom-data)."""
     from pydicom.data import get_testdata_file
@@ -64,8 +64,12 @@ def _num(v):
 def test_rows_errors_and_batching(tiny, tmp_path):
     run, images, _ = tiny
     out3 = tmp_path / "b3.csv"
+    before = sorted(p.relative_to(run.run) for p in run.run.rglob("*"))
     s = screen([images], run, out3, batch_size=3, progress=False)
     assert s["images"] == 8 and s["written"] == 8 and s["errors"] == 1
+    # The run folder is only read; the QC calibration is kept beside the results.
+    assert sorted(p.relative_to(run.run) for p in run.run.rglob("*")) == before
+    assert (tmp_path / "b3.csv.qc.json").is_file()
     rows = _rows(out3)
     assert tuple(rows[0]) == COLUMNS
     assert [r["path"] for r in rows] == sorted(r["path"] for r in rows)
@@ -174,6 +178,11 @@ def test_refuses_an_output_it_did_not_write(tiny, tmp_path):
     with pytest.raises(DatasetError, match="not a results file"):
         screen([images], run, other, progress=False)
     assert other.read_text() == "a,b\n1,2\n"
+    # A QC that cannot be calibrated fails before any row, leaving no results file behind.
+    fresh = tmp_path / "fresh.csv"
+    with pytest.raises(DatasetError, match="training data folder is not found"):
+        screen([images], run, fresh, qc_data=tmp_path / "nope", progress=False)
+    assert not fresh.exists() and not (tmp_path / "fresh.csv.qc.json").exists()
 
 
 def test_qc_flags_non_hand_radiographs(tiny, tmp_path):

@@ -11,7 +11,8 @@ most the batch in flight, and running the same command again skips the rows alre
 An unreadable file gets a row with ``status`` ``error`` and the message; every other image
 gets its numbers and the quality-control verdict of :mod:`osteo_jax.eval.qc` (``qc_flag``,
 ``qc_reason``): a flagged image keeps its numbers, marked. The QC thresholds are calibrated on
-the run's training cohort once and kept in ``RUN/qc_calibration.json``.
+the run's training cohort once and kept beside the results (``results.csv.qc.json``); the
+run folder is only read.
 
 Research software trained on synthetic data: the output is not a diagnosis.
 """
@@ -32,7 +33,14 @@ from osteo_jax.data.errors import DatasetError
 from osteo_jax.data.limits import MAX_IMAGE_PIXELS
 from osteo_jax.pipeline.predict import PredictModel
 
-__all__ = ["COLUMNS", "QC_CALIBRATION", "load_qc_calibration", "result_row", "screen"]
+__all__ = [
+    "COLUMNS",
+    "QC_CALIBRATION_SUFFIX",
+    "load_qc_calibration",
+    "qc_calibration_path",
+    "result_row",
+    "screen",
+]
 
 #: The results file's columns (CSV header; JSON Lines keys), in order.
 COLUMNS = (
@@ -57,8 +65,8 @@ COLUMNS = (
     "qc_reason",
 )
 
-#: The QC calibration's file in a run folder.
-QC_CALIBRATION = "qc_calibration.json"
+#: Suffix of the QC calibration kept beside a results file (``results.csv.qc.json``).
+QC_CALIBRATION_SUFFIX = ".qc.json"
 
 FORMATS = ("csv", "jsonl")
 
@@ -275,32 +283,48 @@ def _data_folder(run: Path) -> Path | None:
     return None
 
 
-def load_qc_calibration(model, *, data: str | os.PathLike | None = None):
-    """The run's QC calibration: read from ``RUN/qc_calibration.json``, or fitted and saved.
+def qc_calibration_path(out: str | os.PathLike) -> Path:
+    """Where ``screen`` keeps the QC calibration of the results file ``out`` (beside it)."""
+    out = Path(out)
+    return out.with_name(out.name + QC_CALIBRATION_SUFFIX)
+
+
+def load_qc_calibration(model, path: str | os.PathLike, *, data: str | os.PathLike | None = None):
+    """The QC calibration kept at ``path``, or fitted on the training cohort and saved there.
 
     Fitting segments every image of the run's training dataset folder (the one its segmenter
     was trained on, or ``data``) and calibrates :func:`osteo_jax.eval.qc.calibrate` on them.
+    The file lives beside the results (the run folder is only read), so a resumed screening
+    reuses it.
 
     Raises:
-      DatasetError: no calibration file and no training data folder to fit one on.
+      DatasetError: ``path`` exists but is not a calibration, or there is no training data
+        folder to fit one on.
     """
     from osteo_jax.data.folder import write_json
     from osteo_jax.data.pipeline import load_seg_arrays
     from osteo_jax.eval.qc import QCCalibration, calibrate, qc_features
 
-    path = model.run / QC_CALIBRATION
+    path = Path(path)
     if path.exists() and data is None:
-        return QCCalibration.from_dict(json.loads(path.read_text())["calibration"])
+        try:
+            return QCCalibration.from_dict(json.loads(path.read_text())["calibration"])
+        except (ValueError, KeyError, TypeError) as e:
+            raise DatasetError(
+                f"{path}: exists and is not a QC calibration of osteo-jax screen ({e}); "
+                "choose another --out"
+            ) from e
     folder = Path(data) if data is not None else _data_folder(model.run)
     if folder is None or not folder.exists():
         raise DatasetError(
-            f"{model.run}: has no {QC_CALIBRATION} and its training data folder is not found; "
+            f"{model.run}: its training data folder is not found to calibrate the QC on; "
             "pass --qc-data DATASET_FOLDER (the cohort the run was trained on)"
         )
     arrays = load_seg_arrays(folder, model.image_size)
     probs, weights = model.segment_batch(arrays.images[..., 0], batch_size=8)
     feats = [qc_features(p, w) for p, w in zip(probs, weights, strict=True)]
     calib = calibrate(feats)
+    path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, {"data": str(folder), "calibration": calib.to_dict()})
     return calib
 
@@ -334,8 +358,9 @@ def screen(
       interval: central mass of the intervals.
       spacing_mm: spacing of files that carry none (else the training spacing, flagged).
       max_pixels: refuse larger images (an error row).
-      qc_data: the training dataset folder for the QC calibration, if the run has none yet
-        and its own folder moved.
+      qc_data: the training dataset folder to calibrate the QC on, when the run's own has
+        moved (the calibration is fitted once per results file and kept beside it:
+        :func:`qc_calibration_path`).
       progress: show a progress bar.
 
     Returns:
@@ -361,8 +386,15 @@ def screen(
     paths = [str(p) for p in find_images(inputs)]
     t0 = time.perf_counter()
     model = run if isinstance(run, PredictModel) else PredictModel(run)
-    calib = load_qc_calibration(model, data=qc_data)
-    results = _Results(out, fmt)
+    fresh = not out.exists()
+    results = _Results(out, fmt)  # refuses a file it did not write, before anything is written
+    try:
+        calib = load_qc_calibration(model, qc_calibration_path(out), data=qc_data)
+    except BaseException:
+        results.close()
+        if fresh:  # leave nothing behind for a command that failed on its input
+            out.unlink(missing_ok=True)
+        raise
     todo = [p for p in paths if p not in results.done]
     summary = {
         "out": str(out),
