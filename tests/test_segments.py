@@ -10,6 +10,8 @@ from osteo_jax.config import BONE_NAMES, CLASS_NAMES, SegmentConfig
 from osteo_jax.data.inmemory import _pad_square, normalise, resize_labels
 from osteo_jax.data.segments import (
     Segments,
+    class_boxes,
+    class_component,
     cut_segments,
     labels_from_probs,
     segment_masks,
@@ -290,3 +292,29 @@ def test_segment_intensity_stored_keeps_the_detector_scale():
     np.testing.assert_allclose(again, stretched, atol=1e-5)
     with pytest.raises(ValueError, match="intensity"):
         SegmentConfig(intensity="raw")
+
+
+def test_class_component_is_the_full_map_labelling():
+    """The box-local component equals labelling the whole map (specks, ties, absent classes)."""
+    rng = np.random.default_rng(3)
+    labels = np.zeros((60, 80), np.uint8)
+    labels[5:20, 10:30] = 1  # class 1: a block and a far speck
+    labels[50:52, 70:72] = 1
+    labels[30:35, 5:10] = 2  # class 2: two equal blocks, the tie goes to the first in scan order
+    labels[30:35, 40:45] = 2
+    labels[rng.random(labels.shape) < 0.05] = 4  # class 4: scattered noise
+    boxes = class_boxes(labels)
+    for cls in range(1, 6):
+        full, n = ndimage.label(labels == cls)
+        got = class_component(labels, cls, boxes)
+        if n == 0:
+            assert got is None
+            continue
+        want = full == 1 + int(np.argmax(np.bincount(full.ravel())[1:]))
+        mask, (r0, c0) = got
+        placed = np.zeros(labels.shape, bool)
+        placed[r0 : r0 + mask.shape[0], c0 : c0 + mask.shape[1]] = mask
+        np.testing.assert_array_equal(placed, want)
+    assert class_boxes(np.zeros((4, 4), np.uint8)) == []
+    with pytest.raises(ValueError, match="integer"):
+        class_boxes(labels.astype(np.float32))

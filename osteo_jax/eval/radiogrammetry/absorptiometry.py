@@ -33,7 +33,7 @@ import numpy as np
 from scipy import ndimage
 
 from osteo_jax.config import BONE_NAMES, CLASS_NAMES
-from osteo_jax.eval.radiogrammetry.measure import _largest_component
+from osteo_jax.data.segments import class_boxes, class_component
 
 __all__ = ["ABSORPTIOMETRY_KEYS", "absorptiometry", "absorptiometry_keys"]
 
@@ -92,11 +92,15 @@ def absorptiometry(
         raise ValueError(f"unknown bone(s) {unknown}; expected names from {BONE_NAMES}")
     erode = max(int(round(erode_mm / spacing_mm)), 1)
     out: dict[str, float] = {}
+    boxes = class_boxes(labels)
     for b in bones:
-        mask = _largest_component(labels == CLASS_NAMES.index(b))
+        comp = class_component(labels, CLASS_NAMES.index(b), boxes)
+        mask, (r0, c0) = comp if comp is not None else (np.zeros((0, 0), bool), (0, 0))
         area = float(mask.sum()) * spacing_mm**2
+        # Eroding the component's box is eroding the map: outside the box there is no bone.
         inner = ndimage.binary_erosion(mask, iterations=erode) if mask.any() else mask
-        out[f"{b}_grey"] = float(image[inner].mean()) if inner.any() else float("nan")
+        crop = image[r0 : r0 + mask.shape[0], c0 : c0 + mask.shape[1]]
+        out[f"{b}_grey"] = float(crop[inner].mean()) if inner.any() else float("nan")
         out[f"{b}_area_mm2"] = area if mask.any() else float("nan")
     bone = np.isin(labels, [CLASS_NAMES.index(b) for b in BONE_NAMES])
     band = int(round(band_mm / spacing_mm))

@@ -19,6 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from osteo_jax.config import BONE_NAMES, CLASS_NAMES
+from osteo_jax.data.segments import class_boxes, class_component
 from osteo_jax.eval.radiogrammetry.profile_fit import fit_tube_profile
 
 __all__ = [
@@ -140,21 +141,13 @@ def check_bones(bones: str | Sequence[str]) -> tuple[str, ...]:
     return tuple(bones)
 
 
-def _axis(mask: np.ndarray):
-    pts = np.argwhere(mask).astype(np.float64)
+def _axis(pts: np.ndarray):
     centre = pts.mean(axis=0)
     cov = np.cov((pts - centre).T)
     _, vecs = np.linalg.eigh(cov)
     u = vecs[:, 1]
     n = np.array([-u[1], u[0]])
     return pts, centre, u, n
-
-
-def _largest_component(mask: np.ndarray) -> np.ndarray:
-    lab, n = ndimage.label(mask)
-    if n <= 1:
-        return mask
-    return lab == (1 + int(np.argmax(np.bincount(lab.ravel())[1:])))
 
 
 def _distal_sign(labels, pts, centre, u, s) -> float:
@@ -202,6 +195,7 @@ def measure_bone(
     *,
     spacing_mm: float,
     cfg: RadiogrammetryConfig | None = None,
+    boxes: list | None = None,
 ) -> BoneMeasurement:
     """Measures W, M and the cortical index of one bone.
 
@@ -213,6 +207,8 @@ def measure_bone(
       bone: a name of ``config.BONE_NAMES``.
       spacing_mm: pixel spacing (mm).
       cfg: measurement settings (None: the defaults).
+      boxes: :func:`~osteo_jax.data.segments.class_boxes` of ``labels``, when the caller
+        measures several bones of one map (None: computed here).
 
     Returns:
       :class:`BoneMeasurement`; NaN numbers and ``valid=False`` when the bone is missing, its
@@ -227,13 +223,11 @@ def measure_bone(
     labels = np.asarray(labels)
     _check_inputs(image, labels, spacing_mm)
     cls = CLASS_NAMES.index(bone)
-    mask = labels == cls
-    if mask.sum() * spacing_mm**2 < cfg.min_area_mm2:
+    comp = class_component(labels, cls, boxes)
+    if comp is None or comp[0].sum() * spacing_mm**2 < cfg.min_area_mm2:
         return _failed(bone, "missing")
-    mask = _largest_component(mask)
-    if mask.sum() * spacing_mm**2 < cfg.min_area_mm2:
-        return _failed(bone, "missing")
-    pts, centre, u, n = _axis(mask)
+    pts = (np.argwhere(comp[0]) + np.asarray(comp[1])).astype(np.float64)
+    pts, centre, u, n = _axis(pts)
     s = (pts - centre) @ u
     tt = (pts - centre) @ n
     s_min, s_max = float(s.min()) - 0.5, float(s.max()) + 0.5
@@ -302,4 +296,11 @@ def measure_radiograph(
       ``{bone: BoneMeasurement}`` in the order of ``bones``.
     """
     bones = check_bones(bones)
-    return {b: measure_bone(image, labels, b, spacing_mm=spacing_mm, cfg=cfg) for b in bones}
+    image = np.asarray(image, np.float64)
+    labels = np.asarray(labels)
+    _check_inputs(image, labels, spacing_mm)
+    boxes = class_boxes(labels)
+    return {
+        b: measure_bone(image, labels, b, spacing_mm=spacing_mm, cfg=cfg, boxes=boxes)
+        for b in bones
+    }
