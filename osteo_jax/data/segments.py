@@ -318,12 +318,13 @@ def labels_from_probs(probs: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     top, left = (side - h) // 2, (side - w) // 2
     best = np.zeros((h, w), np.float32)
     arg = np.zeros((h, w), np.uint8)
+    better = np.empty((h, w), bool)
     for c in range(probs.shape[-1]):
         up = np.asarray(Image.fromarray(probs[..., c]).resize((side, side), Image.BILINEAR))
         up = up[top : top + h, left : left + w]
-        better = up > best
-        arg[better] = c
-        best = np.where(better, up, best)
+        np.greater(up, best, out=better)
+        np.copyto(arg, c, where=better)
+        np.fmax(best, up, out=best)  # a NaN score never wins
     return arg
 
 
