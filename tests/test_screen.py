@@ -213,7 +213,7 @@ def test_light_hypotheses_are_left_out_exactly(small_renders):
     equals the one over the other hypotheses alone, and the mixture mean is untouched."""
     from osteo_jax.config import SegmentConfig
     from osteo_jax.eval.radiogrammetry.hypotheses import measure_prediction
-    from osteo_jax.pipeline.predict import MIN_HYPOTHESIS_WEIGHT, _cut_and_measure
+    from osteo_jax.pipeline.predict import MIN_HYPOTHESIS_WEIGHT, _cut_and_measure, cut_job
 
     r = small_renders[0]  # 256 px, 0.8 mm
     image, labels = r.image.astype(np.float32) / 4095, r.exact
@@ -222,7 +222,9 @@ def test_light_hypotheses_are_left_out_exactly(small_renders):
     w = np.array([0.5, 0.5 - 1e-6, 1e-6])
     assert w[2] < MIN_HYPOTHESIS_WEIGHT
     cfg = SegmentConfig(size=16)
-    mean_seg, hyp_segs, kept, mean_m, spread = _cut_and_measure((image, probs, w, 0.8, cfg, 0.9))
+    mean_seg, hyp_segs, kept, mean_m, spread = _cut_and_measure(
+        cut_job(image, probs, w, 0.8, cfg, 0.9)
+    )
     assert list(kept) == [0, 1] and len(hyp_segs) == 2
     ref_mean, ref_spread = measure_prediction(
         image, probs[:2], w[:2], spacing_mm=0.8, bones=("MC2",)

@@ -295,16 +295,17 @@ def analyse_images(
     for (_, image, meta), probs, weights in zip(images, all_probs, all_weights, strict=True):
         known = isotropic_spacing(meta)
         spacing = known or spacing_mm or _train_spacing(model)
-        w = weights / weights.sum()
-        jobs.append((image, probs, w, float(spacing), cfg, interval))
+        jobs.append(cut_job(image, probs, weights / weights.sum(), spacing, cfg, interval))
     cut = list(pool.map(_cut_and_measure, jobs)) if pool is not None and jobs else None
     if cut is None:
         cut = [_cut_and_measure(job) for job in jobs]
     sets = [s for mean_seg, hyp_segs, *_ in cut for s in (mean_seg, *hyp_segs)]
     p_sets = model.classify(sets) if sets else np.zeros((0, len(model.models)))
     out, start = [], 0
-    for i, ((path, _, meta), probs) in enumerate(zip(images, all_probs, strict=True)):
-        _, _, w, spacing, _, _ = jobs[i]
+    for i, ((path, _, meta), probs, weights) in enumerate(
+        zip(images, all_probs, all_weights, strict=True)
+    ):
+        w, spacing = weights / weights.sum(), jobs[i][5]
         known = isotropic_spacing(meta)
         mean_seg, hyp_segs, kept, mean_m, spread = cut[i]
         p_all = p_sets[start : start + 1 + len(hyp_segs)]  # [1 + kept, models]
@@ -378,6 +379,17 @@ def analyse_images(
 MIN_HYPOTHESIS_WEIGHT = 1e-4
 
 
+def cut_job(image, probs, w, spacing: float, cfg, interval: float) -> tuple:
+    """The job :func:`_cut_and_measure` takes for one image.
+
+    Only what a worker needs travels to it: the mixture mean's probabilities and those of the
+    hypotheses of weight at least :data:`MIN_HYPOTHESIS_WEIGHT`.
+    """
+    kept = np.flatnonzero(w >= MIN_HYPOTHESIS_WEIGHT)
+    mean_probs = np.tensordot(np.asarray(w, np.float32), probs, axes=1)
+    return (image, mean_probs, probs[kept], kept, w[kept], float(spacing), cfg, interval)
+
+
 def _cut_and_measure(job: tuple) -> tuple:
     """One image's segments (mixture mean, kept hypotheses) and 2MCI (pool-friendly: no JAX).
 
@@ -393,17 +405,16 @@ def _cut_and_measure(job: tuple) -> tuple:
     from osteo_jax.eval.radiogrammetry.hypotheses import measure_hypotheses
     from osteo_jax.eval.radiogrammetry.measure import measure_radiograph
 
-    image, probs, w, spacing, cfg, interval = job
-    kept = np.flatnonzero(w >= MIN_HYPOTHESIS_WEIGHT)
+    image, mean_probs, kept_probs, kept, kept_w, spacing, cfg, interval = job
     grey = segment_intensity(image, cfg)
-    mean_labels = labels_from_probs(np.tensordot(w.astype(np.float32), probs, axes=1), image.shape)
-    maps = np.stack([labels_from_probs(probs[n], image.shape) for n in kept])
+    mean_labels = labels_from_probs(mean_probs, image.shape)
+    maps = np.stack([labels_from_probs(p, image.shape) for p in kept_probs])
     mean_seg = cut_segments(grey, mean_labels, spacing_mm=spacing, cfg=cfg)
     hyp_segs = [cut_segments(grey, m, spacing_mm=spacing, cfg=cfg) for m in maps]
     bones = ("MC2",)
     mean_m = measure_radiograph(image, mean_labels, spacing_mm=spacing, bones=bones)
     spread = measure_hypotheses(
-        image, maps, w[kept], spacing_mm=spacing, bones=bones, interval=interval
+        image, maps, kept_w, spacing_mm=spacing, bones=bones, interval=interval, start=mean_m
     )
     return mean_seg, hyp_segs, kept, mean_m, spread
 

@@ -88,6 +88,7 @@ def measure_hypotheses(
     bones: tuple[str, ...] = DEFAULT_BONES,
     cfg: RadiogrammetryConfig | None = None,
     interval: float = 0.9,
+    start: dict[str, BoneMeasurement] | None = None,
 ) -> dict[str, dict]:
     """Measures every segmentation hypothesis and summarises each index over them.
 
@@ -99,6 +100,9 @@ def measure_hypotheses(
       bones: names of ``config.BONE_NAMES``.
       cfg: measurement settings (None: the defaults).
       interval: mass of the central interval reported (see :func:`weighted_spread`).
+      start: measurements on the mixture mean's label map, whose block fits seed every
+        hypothesis's (:func:`~osteo_jax.eval.radiogrammetry.measure.measure_bone`; None: each
+        fit from its own profile's guess).
 
     Returns:
       ``{bone: {"width_mm": spread, "medullary_mm": spread, "cortical_index": spread,
@@ -117,7 +121,7 @@ def measure_hypotheses(
             f"{weights.shape}"
         )
     per = [
-        measure_radiograph(image, lm, spacing_mm=spacing_mm, bones=bones, cfg=cfg)
+        measure_radiograph(image, lm, spacing_mm=spacing_mm, bones=bones, cfg=cfg, start=start)
         for lm in label_maps
     ]
     out = {}
@@ -179,6 +183,6 @@ def measure_prediction(
     mean = measure_radiograph(image, mean_labels, spacing_mm=spacing_mm, bones=bones, cfg=cfg)
     maps = np.stack([labels_from_probs(p, image.shape) for p in probs])
     spread = measure_hypotheses(
-        image, maps, w, spacing_mm=spacing_mm, bones=bones, cfg=cfg, interval=interval
+        image, maps, w, spacing_mm=spacing_mm, bones=bones, cfg=cfg, interval=interval, start=mean
     )
     return mean, spread

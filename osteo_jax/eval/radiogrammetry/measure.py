@@ -20,7 +20,7 @@ from scipy import ndimage
 
 from osteo_jax.config import BONE_NAMES, CLASS_NAMES
 from osteo_jax.data.segments import class_boxes, class_component
-from osteo_jax.eval.radiogrammetry.profile_fit import fit_tube_profile
+from osteo_jax.eval.radiogrammetry.profile_fit import fit_tube_params
 
 __all__ = [
     "DEFAULT_BONES",
@@ -90,6 +90,9 @@ class BoneMeasurement:
       n_blocks: number of block fits that entered the median.
       site: ``[2]`` (row, col) of the window's centre, NaN when missing.
       axis: ``[2]`` unit (row, col) long-axis direction, NaN when missing.
+      block_fits: per block that was fitted, ``(block index, (row, col) of the profile's
+        origin, (row, col) unit direction of its t axis, fitted parameters)``: what
+        :func:`measure_bone`'s ``start`` reads (not part of equality).
     """
 
     bone: str
@@ -101,6 +104,7 @@ class BoneMeasurement:
     n_blocks: int
     site: np.ndarray
     axis: np.ndarray
+    block_fits: tuple = dataclasses.field(default=(), repr=False, compare=False)
 
 
 def _failed(bone: str, reason: str, site=None, axis=None, n_blocks: int = 0) -> BoneMeasurement:
@@ -196,6 +200,7 @@ def measure_bone(
     spacing_mm: float,
     cfg: RadiogrammetryConfig | None = None,
     boxes: list | None = None,
+    start: BoneMeasurement | None = None,
 ) -> BoneMeasurement:
     """Measures W, M and the cortical index of one bone.
 
@@ -209,6 +214,12 @@ def measure_bone(
       cfg: measurement settings (None: the defaults).
       boxes: :func:`~osteo_jax.data.segments.class_boxes` of ``labels``, when the caller
         measures several bones of one map (None: computed here).
+      start: a measurement of the same bone on the same radiograph with a nearly identical
+        label map (another hypothesis of one segmenter): each block's fit starts from that
+        measurement's fit of the same block, moved to this block's frame. It reaches the
+        same least-squares minimum in a few iterations (the blocks' ``W``, ``M`` agree to
+        ~1e-6 px on the synthetic cohort; ``experiments/bench_screen.py``). Blocks it did
+        not fit, or an axis turned by more than ~25 degrees, start from the profile's guess.
 
     Returns:
       :class:`BoneMeasurement`; NaN numbers and ``valid=False`` when the bone is missing, its
@@ -245,8 +256,11 @@ def measure_bone(
     block = max(int(round(max(cfg.block_mm / spacing_mm, span / cfg.n_blocks))), 1)
     pad = cfg.pad_mm / spacing_mm
     h, w = image.shape
-    results, n_inside = [], 0
-    for s0 in w_lo + (np.arange(cfg.n_blocks) + 0.5) * span / cfg.n_blocks:
+    results, fits, n_inside = [], [], 0
+    starts = {}
+    if start is not None and start.block_fits:
+        starts = {i: (o, d, p) for i, o, d, p in start.block_fits}
+    for i, s0 in enumerate(w_lo + (np.arange(cfg.n_blocks) + 0.5) * span / cfg.n_blocks):
         sel = np.abs(s - s0) <= max(block / 2, 0.75)
         if sel.sum() < 4:
             continue  # the mask does not reach this block (e.g. cut by the image edge)
@@ -259,9 +273,12 @@ def measure_bone(
         t, prof = _block_profile(
             image, labels, cls, centre, u, n, s0, t_lo, t_hi, pad, block, cfg.step_px
         )
-        fit = fit_tube_profile(t, prof, t_lo, t_hi, pad, cfg.step_px)
+        origin = centre + u * s0
+        init = _moved_start(starts.get(i), origin, n)
+        fit = fit_tube_params(t, prof, t_lo, t_hi, pad, cfg.step_px, start=init)
         if fit is not None and fit[2] <= cfg.max_residual:
             results.append(fit[:2])
+            fits.append((i, origin, n, fit[3]))
     if n_inside == 0:
         return _failed(bone, "site outside image", site, u)
     if len(results) < cfg.min_blocks:
@@ -270,7 +287,25 @@ def measure_bone(
     width = 2 * float(np.median(radii[:, 0])) * spacing_mm
     medullary = 2 * float(np.median(radii[:, 1])) * spacing_mm
     ci = float(np.median(1.0 - radii[:, 1] / radii[:, 0]))
-    return BoneMeasurement(bone, width, medullary, ci, True, "ok", len(results), site, u)
+    return BoneMeasurement(
+        bone, width, medullary, ci, True, "ok", len(results), site, u, tuple(fits)
+    )
+
+
+def _moved_start(fit, origin: np.ndarray, n: np.ndarray) -> np.ndarray | None:
+    """A block fit's parameters in another frame: its tube centre kept where it was.
+
+    Profiles run along ``n`` from ``origin``; the axis of a start whose direction differs by
+    more than ~25 degrees (or flips) is no start.
+    """
+    if fit is None:
+        return None
+    o_start, n_start, params = fit
+    if float(n_start @ n) < 0.9:
+        return None
+    moved = np.array(params, np.float64)
+    moved[5] = float((o_start + n_start * params[5] - origin) @ n)
+    return moved
 
 
 def measure_radiograph(
@@ -280,6 +315,7 @@ def measure_radiograph(
     spacing_mm: float,
     bones: tuple[str, ...] = DEFAULT_BONES,
     cfg: RadiogrammetryConfig | None = None,
+    start: dict[str, BoneMeasurement] | None = None,
 ) -> dict[str, BoneMeasurement]:
     """Measures several bones of one radiograph (see :func:`measure_bone`).
 
@@ -291,6 +327,8 @@ def measure_radiograph(
       spacing_mm: pixel spacing (mm).
       bones: names of ``config.BONE_NAMES`` (default MC2, MC3, MC4, radius).
       cfg: measurement settings (None: the defaults).
+      start: measurements of these bones on a nearly identical label map, whose fits seed
+        these (:func:`measure_bone`'s ``start``; None: every fit from its own guess).
 
     Returns:
       ``{bone: BoneMeasurement}`` in the order of ``bones``.
@@ -301,6 +339,14 @@ def measure_radiograph(
     _check_inputs(image, labels, spacing_mm)
     boxes = class_boxes(labels)
     return {
-        b: measure_bone(image, labels, b, spacing_mm=spacing_mm, cfg=cfg, boxes=boxes)
+        b: measure_bone(
+            image,
+            labels,
+            b,
+            spacing_mm=spacing_mm,
+            cfg=cfg,
+            boxes=boxes,
+            start=(start or {}).get(b),
+        )
         for b in bones
     }

@@ -29,7 +29,7 @@ import math
 import numpy as np
 from scipy import ndimage, optimize
 
-__all__ = ["fit_tube_profile"]
+__all__ = ["fit_tube_params", "fit_tube_profile"]
 
 
 def _chord_integral(x: np.ndarray, radius: np.ndarray) -> np.ndarray:
@@ -43,7 +43,7 @@ class _ProfileModel:
 
     The chords are box-averaged over fine bins of ``step / _SUB`` pixels, blurred by a Gaussian
     on the fine grid, and averaged back to the samples. Evaluates a batch of parameter vectors
-    ``[m, 11]`` at once (the finite-difference Jacobian is one call).
+    ``[m, 11]`` at once.
     """
 
     _SUB = 4
@@ -82,13 +82,66 @@ class _ProfileModel:
     def __call__(self, p: np.ndarray) -> np.ndarray:
         return self.batch(np.asarray(p, np.float64)[None])[0]
 
+    def _samples(self, fine: np.ndarray, sigma: float) -> np.ndarray:
+        """Rows on the fine grid blurred by ``sigma`` (pixels) and averaged to the samples."""
+        out = ndimage.gaussian_filter1d(fine, sigma / self.h, axis=-1, mode="nearest", truncate=3.0)
+        out = out[:, self.margin : self.margin + self.n * self._SUB]
+        return out.reshape(-1, self.n, self._SUB).mean(axis=2)
+
+    def _chord_grad(self, centre: float, radius: float):
+        """The box-averaged chord and its derivatives in its centre and its radius."""
+        h = self.h
+        x = self.fine[0] - centre
+        hi = np.clip((x + h / 2) / radius, -1.0, 1.0)
+        lo = np.clip((x - h / 2) / radius, -1.0, 1.0)
+        root_hi, root_lo = np.sqrt(1.0 - hi**2), np.sqrt(1.0 - lo**2)
+        asin_hi, asin_lo = np.arcsin(hi), np.arcsin(lo)
+        chord = radius**2 * (hi * root_hi + asin_hi - lo * root_lo - asin_lo) / h
+        # d/dx of the chord integral is the chord 2 R sqrt(1 - (x/R)^2); d/dR is 2 R arcsin(x/R).
+        d_centre = -2.0 * radius * (root_hi - root_lo) / h
+        d_radius = 2.0 * radius * (asin_hi - asin_lo) / h
+        return chord, d_centre, d_radius
+
     def jacobian(self, p: np.ndarray, upper: np.ndarray) -> np.ndarray:
-        """Forward-difference Jacobian ``[n, 11]`` (steps turned back at upper bounds)."""
-        eps = np.sqrt(np.finfo(np.float64).eps) * np.maximum(1.0, np.abs(p))
-        eps = np.where(p + eps > upper, -eps, eps)
-        pts = np.concatenate([p[None], p[None] + np.diag(eps)])
-        f = self.batch(pts)
-        return ((f[1:] - f[0]) / eps[:, None]).T
+        """Jacobian ``[n, 11]``, analytic in all parameters but the blur ``sigma``.
+
+        In ``sigma`` it is a forward difference, turned back at the upper bound. The blur is
+        linear, so each other column is the blurred derivative of the fine-grid profile; only
+        the blur's own width needs a second blur.
+        """
+        p0, p1, p2, a, b, c, radius, q, v, sigma, k = (float(x) for x in p)
+        r = q * radius
+        c2 = c + v * (radius - r)
+        ch1, ch1_c, ch1_r = self._chord_grad(c, radius)
+        ch2, ch2_c, ch2_r = self._chord_grad(c2, r)
+        proj = a * ch1 - b * ch2
+        x = self.x[0]
+        fine = p0 + p1 * x + p2 * x**2 + proj - k * proj**2
+        slope = 1.0 - 2.0 * k * proj  # d fine / d proj
+        rows = np.stack(
+            [
+                fine,
+                np.ones_like(x),
+                x,
+                x**2,
+                slope * ch1,
+                -slope * ch2,
+                slope * (a * ch1_c - b * ch2_c),
+                slope * (a * ch1_r - b * (ch2_c * v * (1.0 - q) + ch2_r * q)),
+                -slope * b * (-ch2_c * v * radius + ch2_r * radius),
+                -slope * b * ch2_c * radius * (1.0 - q),
+                -(proj**2),
+            ]
+        )
+        f = self._samples(rows, sigma)
+        eps = np.sqrt(np.finfo(np.float64).eps) * max(1.0, abs(sigma))
+        eps = -eps if sigma + eps > upper[9] else eps
+        f_sigma = self._samples(fine[None], sigma + eps)[0]
+        jac = np.empty((self.n, 11))
+        jac[:, :9] = f[1:10].T
+        jac[:, 9] = (f_sigma - f[0]) / eps
+        jac[:, 10] = f[10]
+        return jac
 
 
 def _initial_guess(t: np.ndarray, y: np.ndarray, lo: float, hi: float, pad: float):
@@ -126,7 +179,14 @@ def _initial_guess(t: np.ndarray, y: np.ndarray, lo: float, hi: float, pad: floa
 
 
 def fit_tube_profile(
-    t: np.ndarray, y: np.ndarray, lo: float, hi: float, pad: float, step: float
+    t: np.ndarray,
+    y: np.ndarray,
+    lo: float,
+    hi: float,
+    pad: float,
+    step: float,
+    *,
+    start: np.ndarray | None = None,
 ) -> tuple[float, float, float] | None:
     """Least-squares tube fit of one mean profile across a shaft.
 
@@ -137,10 +197,32 @@ def fit_tube_profile(
       hi: position of the mask's edge on the high side.
       pad: extent of the profile beyond the mask's edges (pixels).
       step: sample step (pixels).
+      start: the parameter vector of a fit of a nearly identical profile (:func:`fit_tube_params`),
+        to start from instead of the guess read off the profile (which must still succeed):
+        the same minimum in a few iterations, e.g. for the hypotheses of one segmentation.
 
     Returns:
       ``(R, r, relative residual)``: the outer and medullary radii (pixels) and the fit's RMS
       residual over the profile's contrast; None when the profile cannot be fitted.
+    """
+    fit = fit_tube_params(t, y, lo, hi, pad, step, start=start)
+    return None if fit is None else fit[:3]
+
+
+def fit_tube_params(
+    t: np.ndarray,
+    y: np.ndarray,
+    lo: float,
+    hi: float,
+    pad: float,
+    step: float,
+    *,
+    start: np.ndarray | None = None,
+) -> tuple[float, float, float, np.ndarray] | None:
+    """:func:`fit_tube_profile` with the fitted parameter vector as a fourth element.
+
+    The vector is ``[p0, p1, p2, a, b, c, R, q, v, sigma, k]`` on the profile's own scale
+    (grey levels mapped to [0, 1], positions in ``t``'s pixels), what ``start`` takes.
     """
     ok = np.isfinite(y)
     if ok.sum() < 0.8 * y.size:
@@ -153,6 +235,8 @@ def fit_tube_profile(
     p0 = _initial_guess(t, y, lo, hi, pad)
     if p0 is None:
         return None
+    if start is not None:
+        p0 = np.asarray(start, np.float64)
     model = _ProfileModel(t, step)
     width = float(np.ptp(t))
     inf = np.inf
@@ -184,4 +268,4 @@ def fit_tube_profile(
     contrast = float(np.ptp(model(res.x)))
     if not res.success and res.status == 0 and rms > 0.05:
         return None
-    return radius, q * radius, rms / max(contrast, 1e-6)
+    return radius, q * radius, rms / max(contrast, 1e-6), res.x
