@@ -321,8 +321,10 @@ def load_qc_calibration(model, path: str | os.PathLike, *, data: str | os.PathLi
             "pass --qc-data DATASET_FOLDER (the cohort the run was trained on)"
         )
     arrays = load_seg_arrays(folder, model.image_size)
-    probs, weights = model.segment_batch(arrays.images[..., 0], batch_size=8)
-    feats = [qc_features(p, w) for p, w in zip(probs, weights, strict=True)]
+    feats = []
+    for start in range(0, len(arrays.images), 8):  # a batch at a time: memory flat in the cohort
+        probs, weights = model.segment_batch(arrays.images[start : start + 8, ..., 0], 8)
+        feats += [qc_features(p, w) for p, w in zip(probs, weights, strict=True)]
     calib = calibrate(feats)
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, {"data": str(folder), "calibration": calib.to_dict()})
