@@ -412,6 +412,7 @@ def _cut_and_measure(job: tuple) -> tuple:
     mean_seg = cut_segments(grey, mean_labels, spacing_mm=spacing, cfg=cfg)
     hyp_segs = [cut_segments(grey, m, spacing_mm=spacing, cfg=cfg) for m in maps]
     bones = ("MC2",)
+    image = np.asarray(image, np.float64)  # once, not in each measurement
     mean_m = measure_radiograph(image, mean_labels, spacing_mm=spacing, bones=bones)
     spread = measure_hypotheses(
         image, maps, kept_w, spacing_mm=spacing, bones=bones, interval=interval, start=mean_m

@@ -216,10 +216,13 @@ def measure_bone(
         measures several bones of one map (None: computed here).
       start: a measurement of the same bone on the same radiograph with a nearly identical
         label map (another hypothesis of one segmenter): each block's fit starts from that
-        measurement's fit of the same block, moved to this block's frame. It reaches the
-        same least-squares minimum in a few iterations (the blocks' ``W``, ``M`` agree to
-        ~1e-6 px on the synthetic cohort; ``experiments/bench_screen.py``). Blocks it did
-        not fit, or an axis turned by more than ~25 degrees, start from the profile's guess.
+        measurement's fit of the same block, moved to this block's frame: ~6 instead of ~17
+        model evaluations a block. On 64 predicted label maps of 1024-px synthetic
+        radiographs (4 bones each) 99 % of the measurements equal a fit from the profile's
+        guess within 0.001 mm; the 2 others were guess-started fits that lost the medulla
+        (CI 0.93-0.98 where the mixture mean's was 0.32), which the started fits kept.
+        Blocks it did not fit, or an axis turned by more than ~25 degrees, start from the
+        profile's guess.
 
     Returns:
       :class:`BoneMeasurement`; NaN numbers and ``valid=False`` when the bone is missing, its
