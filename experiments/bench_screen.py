@@ -90,13 +90,15 @@ def run_screen(inputs, run, out, *, batch_size, jobs) -> dict:
 
 _BEFORE = """
 import glob, json, sys, time
+import osteo_jax
 from osteo_jax.pipeline.predict import PredictModel, predict_images
 paths = sorted(glob.glob(sys.argv[2] + "/*"))
 t0 = time.perf_counter(); model = PredictModel(sys.argv[1]); t1 = time.perf_counter()
 predict_images(paths[:1], model)  # compiles
 t2 = time.perf_counter(); predict_images(paths[1:], model); t3 = time.perf_counter()
 print(json.dumps({"startup_s": round(t1 - t0, 2), "first_image_s": round(t2 - t1, 2),
-                  "s_per_image": round((t3 - t2) / (len(paths) - 1), 3)}))
+                  "s_per_image": round((t3 - t2) / (len(paths) - 1), 3),
+                  "source": osteo_jax.__file__}))
 """
 
 
@@ -106,12 +108,18 @@ def run_before(src: str, run: str, images: Path) -> dict:
     import subprocess
     import sys
 
-    env = {**os.environ, "PYTHONPATH": str(Path(src).absolute())}
+    src = Path(src).absolute()
+    env = {**os.environ, "PYTHONPATH": str(src)}
+    # Run from inside the checkout: ``python -c`` puts the working directory first on the
+    # path, so from this repository's root it would import today's package, not ``src``'s.
     out = subprocess.run(
         [sys.executable, "-c", _BEFORE, str(Path(run).absolute()), str(images.absolute())],
-        env=env, capture_output=True, text=True, check=True,
+        env=env, cwd=src, capture_output=True, text=True, check=True,
     )  # fmt: skip
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    res = json.loads(out.stdout.strip().splitlines()[-1])
+    if not Path(res["source"]).is_relative_to(src):
+        raise RuntimeError(f"--before {src}: the child imported {res['source']} instead")
+    return res
 
 
 def flag_rate(results: Path) -> dict:
