@@ -127,9 +127,22 @@ def expert_capped_plan(
     See the module docstring for the problem and the algorithm (Dykstra / dual block ascent, log
     domain, exactly ``num_iters`` iterations, so it jits and vmaps). The solver settings mean
     what they mean for :func:`osteo_jax.losses.ot.capped_plan`. After the last iteration the
-    columns match ``beta`` to float32 rounding; the row and expert caps hold approximately
-    (``tests/test_ot_expert_cap.py`` states the tolerances against an exact LP). The inputs are
-    wrapped in ``stop_gradient``: the plan is a target.
+    columns match ``beta`` to float32 rounding; the row and expert caps hold approximately.
+
+    The two caps interact, and small epsilons need many more iterations than ``capped_plan``.
+    Measured against the exact LP (HiGHS) on 40 random problems per case (uniform costs,
+    N = 16, K = 4, M = 3-4, ``(gamma, expert_gamma)`` in ``{(1, 0.34), (0.5, 0.5), (0.25, 0.26),
+    (0.125, 0.3)}``; N = 8, K = 2 at ``(0.5, 0.5)``), epsilon annealed 0.1 -> 5e-4:
+
+    * 300 iterations (``capped_plan``'s count, the default here): constraints off by up to
+      0.035, and the cost up to 11 % *below* the optimum (that infeasibility) or 3.9 % above;
+    * 1000 iterations: constraints off by < 8e-4, cost up to 3.9 % above the optimum;
+    * 3000 iterations: constraints off by < 3e-5, cost at most 1.05 % above (median < 0.005 %);
+    * ``epsilon = 0.01``, no annealing, 200 iterations (``OTConfig``'s soft training plan):
+      constraints off by < 5e-3, cost up to 29 % above (median 0.6-3.2 %), the entropic bias of
+      that epsilon, as for ``capped_plan``.
+
+    The inputs are wrapped in ``stop_gradient``: the plan is a target.
 
     Args:
       cost: ``[N, M]`` cost, rows expert-major (hypothesis ``i`` is in expert ``i // (N / K)``).
