@@ -41,8 +41,14 @@ import json
 import time
 from pathlib import Path
 
-from osteo_jax.eval.seg_eval import evaluate_segmenter
+import jax
+import numpy as np
+
+from osteo_jax.data.pipeline import load_seg_arrays
+from osteo_jax.eval.seg_eval import evaluate_segmenter, predict_batches
+from osteo_jax.eval.seg_metrics import seg_report
 from osteo_jax.pipeline.experiment import demo_config
+from osteo_jax.pipeline.seg_run import restore_segmenter
 from osteo_jax.train.seg_loop import train_segmenter
 
 _MODEL_FIELDS = {"samples": "num_samples", "experts": "num_experts"}
@@ -81,6 +87,29 @@ def variant_config(spec: str):
     )
 
 
+def expert_dice(run: Path, data) -> list[float]:
+    """Each expert's own Dice vs the consensus (its S samples, equally weighted), val subjects.
+
+    Tells a forced expert that segments as well as the others from one that is only alive.
+    """
+    model, params, cfg, _ = restore_segmenter(run)
+    arrays = load_seg_arrays(data, cfg.model.image_size, cfg.annotators)
+    val = set(json.loads((run / "split.json").read_text())["val"])
+    arrays = arrays.take(np.flatnonzero([s in val for s in arrays.subject_ids]))
+    k, s = cfg.model.num_experts, cfg.model.num_samples
+    key = jax.random.fold_in(jax.random.key(cfg.seed), 7)  # evaluate_run's latents
+    scores = [[] for _ in range(k)]
+    for start, probs, _ in predict_batches(model, params, arrays.images, key, cfg.batch_size):
+        for i in range(probs.shape[0]):
+            annots = arrays.masks[start + i].astype(np.int64)
+            for e in range(k):
+                w = np.zeros(k * s)
+                w[e * s : (e + 1) * s] = 1.0 / s
+                report = seg_report(probs[i], w, annots, probs.shape[-1])
+                scores[e].append(report["dice/consensus/mean"])
+    return [round(float(np.nanmean(d)), 3) for d in scores]
+
+
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="dataset folder (e.g. a demo run's data/)")
@@ -88,12 +117,21 @@ def main(argv=None) -> dict:
     p.add_argument(
         "variants", nargs="+", help='"demo" or k=v[,k=v] of SegConfig / SegTrainConfig / OTConfig'
     )
+    p.add_argument(
+        "--expert-dice-only",
+        action="store_true",
+        help="score each expert of the variants' existing runs under OUT, without training",
+    )
     args = p.parse_args(argv)
     out = Path(args.out)
     results = {}
     for spec in args.variants:
         t0 = time.time()
         run = out / spec.replace("=", "-").replace(",", "_")
+        if args.expert_dice_only:
+            results[spec] = {"expert_dice": expert_dice(run, args.data)}
+            print(spec, json.dumps(results[spec]))
+            continue
         res = train_segmenter(
             args.data, run, variant_config(spec), evaluate_fn=evaluate_segmenter, progress=False
         )
@@ -102,9 +140,11 @@ def main(argv=None) -> dict:
         rec = {k: val.get(k) for k in keys}
         rec["alpha"] = [v for k, v in sorted(val.items()) if k.startswith("alpha/expert_")]
         rec["wall_s"] = round(time.time() - t0, 1)
+        rec["expert_dice"] = expert_dice(run, args.data)
         results[spec] = rec
         print(spec, json.dumps(rec))
-    (out / "seg_experts.json").write_text(json.dumps(results, indent=1) + "\n")
+    name = "seg_experts_expert_dice.json" if args.expert_dice_only else "seg_experts.json"
+    (out / name).write_text(json.dumps(results, indent=1) + "\n")
     return results
 
 
