@@ -184,6 +184,7 @@ def test_config_validates_expert_gamma():
     assert SegTrainConfig(ot=OTConfig(expert_gamma=0.25)).ot.expert_gamma == 0.25
 
 
+@pytest.mark.slow
 def test_seg_loss_uses_the_expert_cap():
     from osteo_jax.losses.costs import cross_entropy_cost, soft_iou_cost
     from osteo_jax.train.state import make_segmenter
