@@ -99,6 +99,14 @@ class OTConfig:
         default, 1 with ``"sum"``, weighs the KL N times (16 times at K = S = 4) more.
       balanced: the ablation where the plan's rows equal alpha and the router learns through
         d OT / d alpha (needs ``plan="sinkhorn"``).
+      expert_gamma: capacity per expert: the real-annotation mass of each expert's S hypotheses
+        together is at most this (``losses/expert_cap.py``), fixed for the whole run (the
+        ``gamma`` ramp is not applied to it; while ``S gamma <= expert_gamma`` it cannot bind).
+        A cap per hypothesis cannot keep several experts alive (one expert's S samples meet any
+        ``gamma >= 1 / S``); this one forces at least ``ceil(1 / expert_gamma)`` experts to
+        share the mass. ``None`` (default): no such cap. Needs ``plan="sinkhorn"``, not
+        ``balanced``, a value in (0, 1] and ``K expert_gamma >= 1`` (checked by
+        ``SegTrainConfig``, which knows K).
     """
 
     cost: str = "iou"
@@ -114,6 +122,7 @@ class OTConfig:
     kl_weight: float = 1.0
     kl_reduction: str = "sum"
     balanced: bool = False
+    expert_gamma: float | None = None
 
     def __post_init__(self):
         check_choice(self, "cost", OT_COSTS)
@@ -122,6 +131,16 @@ class OTConfig:
         check_positive(self, "epsilon", "num_iters")
         if self.balanced and self.plan != "sinkhorn":
             raise ValueError("OTConfig.balanced needs plan='sinkhorn' (it differentiates the plan)")
+        if self.expert_gamma is not None:
+            if not 0 < self.expert_gamma <= 1:
+                raise ValueError(
+                    f"OTConfig.expert_gamma must be in (0, 1] or None, got {self.expert_gamma!r}"
+                )
+            if self.plan != "sinkhorn" or self.balanced:
+                raise ValueError(
+                    "OTConfig.expert_gamma needs plan='sinkhorn' and balanced=False (the capped "
+                    f"entropic plan); got plan={self.plan!r}, balanced={self.balanced!r}"
+                )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,6 +188,13 @@ class SegTrainConfig:
         if not 0 <= self.val_fraction < 1:
             raise ValueError(
                 f"SegTrainConfig.val_fraction must be in [0, 1), got {self.val_fraction!r}"
+            )
+        eg, k = self.ot.expert_gamma, self.model.num_experts
+        if eg is not None and (self.model.form == "unet" or k * eg < 1 - 1e-6):
+            raise ValueError(
+                "OTConfig.expert_gamma needs a mixture (form != 'unet') with K * expert_gamma >= 1 "
+                f"(the experts must hold all the mass); got form={self.model.form!r}, K = {k}, "
+                f"expert_gamma = {eg}"
             )
 
 

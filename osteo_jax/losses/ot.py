@@ -24,6 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from osteo_jax.config.choices import KL_REDUCTIONS, OT_PLANS
+from osteo_jax.losses.expert_cap import expert_capped_plan
 from osteo_jax.losses.greedy import greedy_plan
 from osteo_jax.losses.sinkhorn import entropic_plan, sinkhorn_settings
 
@@ -151,6 +152,8 @@ def relaxed_ot_loss(
     epsilon: float = 5e-4,
     num_iters: int = 300,
     epsilon_start: float | None = 0.1,
+    expert_gamma: float | jax.Array | None = None,
+    num_experts: int | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Relaxed OT loss of MoSE for one example: the capped plan as target, plus a router KL.
 
@@ -185,6 +188,12 @@ def relaxed_ot_loss(
       epsilon: absolute entropic regularisation of the plan.
       num_iters: Sinkhorn iterations.
       epsilon_start: epsilon annealing start (see :func:`capped_plan`); ``None``: none.
+      expert_gamma: if set, each of the ``num_experts`` blocks of rows (expert-major) also
+        takes at most this much mass in total:
+        :func:`osteo_jax.losses.expert_cap.expert_capped_plan` replaces :func:`capped_plan`
+        (needs ``plan="sinkhorn"``; at epsilon 5e-4 it needs about 3000 iterations, not
+        300, to meet its caps). ``None``: no such cap.
+      num_experts: K, with ``expert_gamma``.
 
     Returns:
       ``(loss, aux)``: the scalar loss and a dict with ``transport`` and ``kl`` (scalars, ``kl``
@@ -207,11 +216,23 @@ def relaxed_ot_loss(
         shape = alpha.shape
     if shape != cost.shape[:1]:
         raise ValueError(f"alpha must have shape ({cost.shape[0]},); got {shape}.")
+    if expert_gamma is not None and (plan != "sinkhorn" or num_experts is None):
+        raise ValueError("expert_gamma needs plan='sinkhorn' and num_experts")
     if plan == "mose":
         target = greedy_plan(cost=cost, gamma=gamma, beta=_column_marginal(beta, cost.shape[1]))
     else:
         solver = dict(epsilon=epsilon, num_iters=num_iters, epsilon_start=epsilon_start)
-        target = capped_plan(cost=cost, gamma=gamma, beta=beta, **solver)
+        if expert_gamma is None:
+            target = capped_plan(cost=cost, gamma=gamma, beta=beta, **solver)
+        else:
+            target = expert_capped_plan(
+                cost=cost,
+                gamma=gamma,
+                expert_gamma=expert_gamma,
+                num_experts=num_experts,
+                beta=beta,
+                **solver,
+            )
     transport = jnp.sum(target * cost)
     row_mass = jnp.sum(target, axis=1)
     p = row_mass / jnp.sum(row_mass)

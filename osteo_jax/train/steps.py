@@ -96,6 +96,8 @@ def seg_loss(
             cost, alpha
         )
     else:
+        if ot.expert_gamma is not None:
+            solver.update(expert_gamma=ot.expert_gamma, num_experts=model.num_experts)
         loss, terms = jax.vmap(
             lambda c, la: relaxed_ot_loss(
                 cost=c,
