@@ -44,23 +44,13 @@ With ``expert_gamma >= sum(beta)`` the cap cannot bind at the optimum and the pl
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from osteo_jax.losses.sinkhorn import sinkhorn_settings
+from osteo_jax.losses.sinkhorn import sinkhorn_settings, static_float
 
 __all__ = ["expert_capped_plan"]
 
 _FLOOR = 1e-8
 _BISECTION_STEPS = 32
-
-
-def _static_float(x) -> float | None:
-    if isinstance(x, jax.core.Tracer):
-        return None
-    try:
-        return float(np.sum(np.asarray(x)))
-    except (jax.errors.ConcretizationTypeError, TypeError):
-        return None
 
 
 def _epsilon_at(it, epsilon: float, num_iters: int, epsilon_start: float | None):
@@ -86,8 +76,8 @@ def _check(cost, beta, gamma, expert_gamma, num_experts):
         beta_v = jnp.asarray(beta, jnp.float32)
         if beta_v.shape != (m,):
             raise ValueError(f"beta must have shape ({m},); got {beta_v.shape}.")
-    mass = 1.0 if beta is None else _static_float(beta)
-    static_gamma, static_eg = _static_float(gamma), _static_float(expert_gamma)
+    mass = 1.0 if beta is None else static_float(beta)
+    static_gamma, static_eg = static_float(gamma), static_float(expert_gamma)
     if mass is not None and static_gamma is not None and n * static_gamma < mass * (1 - 1e-6):
         raise ValueError(
             f"expert_capped_plan needs N * gamma >= sum(beta): N = {n}, gamma = {static_gamma}, "

@@ -21,28 +21,17 @@ the costs are in :mod:`osteo_jax.losses.costs`, the schedule of ``gamma`` in
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from osteo_jax.config.choices import KL_REDUCTIONS, OT_PLANS
 from osteo_jax.losses.expert_cap import expert_capped_plan
 from osteo_jax.losses.greedy import greedy_plan
-from osteo_jax.losses.sinkhorn import entropic_plan, sinkhorn_settings
+from osteo_jax.losses.sinkhorn import entropic_plan, sinkhorn_settings, static_float
 
 __all__ = ["balanced_ot_loss", "capped_plan", "relaxed_ot_loss"]
 
 # Floor on masses and weights: a weight of exactly zero gives log(0) in the Sinkhorn potentials
 # and the KL term, hence non-finite gradients.
 _FLOOR = 1e-8
-
-
-def _static_float(x) -> float | None:
-    """``x`` (summed) as a Python float when it is known at trace time, else ``None``."""
-    if isinstance(x, jax.core.Tracer):
-        return None
-    try:
-        return float(np.sum(np.asarray(x)))
-    except (jax.errors.ConcretizationTypeError, TypeError):
-        return None
 
 
 def _column_marginal(beta: jax.Array | None, num_cols: int) -> jax.Array:
@@ -122,8 +111,8 @@ def capped_plan(
     n, m = cost.shape
     beta_in, beta = beta, jax.lax.stop_gradient(_column_marginal(beta, m))
     mass = jnp.sum(beta)
-    static_gamma = _static_float(gamma)
-    static_mass = 1.0 if beta_in is None else _static_float(beta_in)
+    static_gamma = static_float(gamma)
+    static_mass = 1.0 if beta_in is None else static_float(beta_in)
     if static_gamma is not None and static_mass is not None:
         if n * static_gamma < static_mass * (1.0 - 1e-6):
             raise ValueError(

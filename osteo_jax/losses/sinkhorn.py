@@ -20,11 +20,12 @@ import functools
 from typing import NamedTuple
 
 import jax
+import numpy as np
 from ott.geometry import epsilon_scheduler, geometry
 from ott.problems.linear import linear_problem
 from ott.solvers.linear import sinkhorn
 
-__all__ = ["SinkhornSettings", "entropic_plan", "sinkhorn_settings"]
+__all__ = ["SinkhornSettings", "entropic_plan", "sinkhorn_settings", "static_float"]
 
 
 @contextlib.contextmanager
@@ -133,3 +134,16 @@ def _entropic_plan_bwd(settings, pullback, g):
 
 
 entropic_plan.defvjp(_entropic_plan_fwd, _entropic_plan_bwd)
+
+
+def static_float(x) -> float | None:
+    """``x`` (summed) as a Python float when it is known at trace time, else ``None``.
+
+    The plans check their masses' feasibility with it when the inputs are concrete.
+    """
+    if isinstance(x, jax.core.Tracer):
+        return None
+    try:
+        return float(np.sum(np.asarray(x)))
+    except (jax.errors.ConcretizationTypeError, TypeError):
+        return None
