@@ -291,10 +291,13 @@ def demo_config() -> ExperimentConfig:
     """The demo experiment (``make demo``): the synthetic paper cohort through the pipeline.
 
     192 subjects rendered at 512 px (0.4 mm); a narrow K=4 x S=4 mixture segmenter at 96 px
-    for 12 epochs (at 64 px the metacarpals, ~2.5 px wide, are not told apart); 32 px
-    segments; a width-8 ResNet-18 with 5 SimCLR epochs and a 30-epoch linear probe over 3
-    seeds: sized to finish in about 10 minutes on 2 CPU cores. Every other experiment changes
-    fields of this or of the defaults.
+    for 24 epochs (at 64 px the metacarpals, ~2.5 px wide, are not told apart) with no expert
+    taking more than 0.34 of the annotators' mass (``OTConfig.expert_gamma``: without it one
+    expert takes all the mass and the mixture's uncertainty is gone; with it and 12 epochs the
+    forced experts are undertrained, ``experiments/seg_experts.py``); 32 px segments; a
+    width-8 ResNet-18 with 5 SimCLR epochs and a 30-epoch linear probe over 3 seeds: sized to
+    finish in under 10 minutes on 2 CPU cores. Every other experiment changes fields of this
+    or of the defaults.
     """
     from osteo_jax.config import (
         BackboneConfig,
@@ -316,8 +319,8 @@ def demo_config() -> ExperimentConfig:
         synth=SynthConfig(physics=PhysicsConfig(size=512)),
         seg=SegTrainConfig(
             model=SegConfig(features=(8, 16, 32, 64), head_hidden=16, image_size=96),
-            ot=OTConfig(gamma_ramp_start=60, gamma_ramp_steps=100),
-            epochs=12,
+            ot=OTConfig(gamma_ramp_start=60, gamma_ramp_steps=100, expert_gamma=0.34),
+            epochs=24,
             warmup_steps=20,
         ),
         segment=SegmentConfig(size=32),
