@@ -194,3 +194,28 @@ def test_read_dataset_is_cached_until_a_file_changes(ds):
     write_labels(ds / "masks" / "exact" / "S0002.png", np.zeros((32, 32), np.uint8))
     with pytest.raises(DatasetError, match="S0002.png.*empty mask"):
         read_dataset(ds)
+
+
+def test_stored_grey_levels_read_on_the_folders_bit_depth(tiny_folder, tmp_path):
+    """12-bit PNGs (no sBIT) are scaled by dataset.json's bits_stored, as their DICOM would be."""
+    from osteo_jax.config import SegmentConfig
+    from osteo_jax.data.folder import read_labels, read_png
+    from osteo_jax.data.segments import cut_segments, load_segments
+    from osteo_jax.pipeline.extract import extract_segments
+
+    index = read_dataset(tiny_folder)
+    assert index.bits_stored == 12
+    raw = [read_png(index.path(r)).astype(np.float64) for r in index.rows]
+    assert max(im.max() for im in raw) > 255  # 12-bit values, stored in 16-bit PNGs
+    for row, im in zip(index.rows, raw, strict=True):
+        np.testing.assert_allclose(index.read_image(row)[0], im / 4095, rtol=1e-6)
+    cfg = SegmentConfig(size=8, intensity="stored", min_area_mm2=0.0, dilate_mm=0.0)
+    seg = load_segments(
+        extract_segments(tiny_folder, tmp_path / "seg", source="exact", cfg=cfg, workers=1)
+    )
+    for k, (row, im) in enumerate(zip(index.rows, raw, strict=True)):
+        labels = read_labels(index.mask_path("exact", row.image_id))
+        spacing = None if np.isnan(row.pixel_spacing_mm) else row.pixel_spacing_mm
+        ref = cut_segments(im / 4095, labels, spacing_mm=spacing, cfg=cfg)
+        np.testing.assert_allclose(seg.images[k], ref.images, atol=1e-3)  # float16 storage
+    assert seg.valid.any() and seg.images.max() > 0.1  # bone on the 12-bit scale, not /65535

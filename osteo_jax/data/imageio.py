@@ -7,11 +7,12 @@ PNG signature, a TIFF byte-order mark), falling back to the ``.dcm`` extension, 
 * DICOM: :func:`osteo_jax.data.dicom.read_dicom` (Modality LUT, VOI, MONOCHROME1 inversion).
 * PNG and TIFF (Pillow), single-channel single-frame only. 8-bit images are divided by 255.
   16-bit images are divided by ``2**bits_stored - 1``, with ``bits_stored`` taken from the
-  argument, else from the PNG ``sBIT`` chunk, else 16 (the dtype maximum) — the dataset folder's
-  12-bit PNGs carry no ``sBIT``, so pass ``bits_stored=12`` for them. A value above that range is
-  an error. 32-bit float TIFFs must already lie in ``[0, 1]``. TIFF ``WhiteIsZero`` (the
-  MONOCHROME1 of TIFF) is inverted for 16-bit and float images; Pillow already inverts 8-bit
-  ones. PNG/TIFF resolution tags are not trusted as detector spacing:
+  argument, else from the PNG ``sBIT`` chunk, else ``default_bits_stored``, else 16 (the dtype
+  maximum) — the dataset folder's 12-bit PNGs carry no ``sBIT``, so pass ``bits_stored=12``
+  for them (:meth:`~osteo_jax.data.folder_index.DatasetIndex.read_image` does). A value above
+  that range is an error. 32-bit float TIFFs must already lie in ``[0, 1]``. TIFF
+  ``WhiteIsZero`` (the MONOCHROME1 of TIFF) is inverted for 16-bit and float images; Pillow
+  already inverts 8-bit ones. PNG/TIFF resolution tags are not trusted as detector spacing:
   ``pixel_spacing_mm`` is None.
 """
 
@@ -42,6 +43,7 @@ def read_image(
     *,
     bits_stored: int | None = None,
     max_pixels: int | None = MAX_IMAGE_PIXELS,
+    default_bits_stored: int | None = None,
 ) -> tuple[np.ndarray, dict]:
     """Reads a grayscale radiograph as float32 display values in ``[0, 1]`` (bone bright).
 
@@ -51,6 +53,9 @@ def read_image(
         images, which carry their own range).
       max_pixels: refuse an image of more pixels than this, judged from the header before
         decoding (None: no cap).
+      default_bits_stored: significant bits of a 16-bit PNG/TIFF that declares none (no
+        ``bits_stored`` argument, no PNG ``sBIT``) instead of 16: e.g. those of the dataset a
+        model was trained on, so that its stored grey scale is read the same way.
 
     Returns:
       ``(image, meta)``: ``image`` is ``[H, W]`` float32 in ``[0, 1]``; ``meta`` has at least
@@ -66,7 +71,7 @@ def read_image(
     fmt = _format_of(p)
     if fmt == "dicom":
         return read_dicom(p, max_pixels=max_pixels)
-    return _read_pil(p, fmt, bits_stored, max_pixels)
+    return _read_pil(p, fmt, bits_stored, max_pixels, default_bits_stored)
 
 
 def _format_of(path: Path) -> str:
@@ -114,7 +119,11 @@ def image_shape(
 
 
 def _read_pil(
-    path: Path, fmt: str, bits_stored: int | None, max_pixels: int | None
+    path: Path,
+    fmt: str,
+    bits_stored: int | None,
+    max_pixels: int | None,
+    default_bits_stored: int | None = None,
 ) -> tuple[np.ndarray, dict]:
     try:
         with open_image_lazily(path, max_pixels, fmt.upper()) as im:
@@ -143,6 +152,8 @@ def _read_pil(
         bits = int(bits_stored)
     elif fmt == "png" and (sbit := _png_sbit(path)) is not None:
         bits, source = sbit, "sBIT"
+    elif default_bits_stored is not None:
+        bits, source = int(default_bits_stored), "default"
     else:
         bits, source = 16, "dtype"
 

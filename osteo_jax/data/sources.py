@@ -82,6 +82,7 @@ class FolderSource:
             tuple(annotators) if annotators else None,
             allow_outside_paths=allow_outside_paths,
         )
+        self.bits_stored = index.bits_stored
         rows = list(index.rows)
         if require_masks:
             wanted = set(self.annotators)
@@ -100,7 +101,7 @@ class FolderSource:
     def __getitem__(self, index: int) -> Record:
         index = int(index)
         iid = str(self.image_ids[index])
-        image, _ = read_image(self.root / self._paths[index])
+        image, _ = read_image(self.root / self._paths[index], bits_stored=self.bits_stored)
         masks: list[np.ndarray | None] = []
         for name, present in zip(self.annotators, self._masks[index], strict=True):
             if present:

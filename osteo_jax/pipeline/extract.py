@@ -35,7 +35,6 @@ from osteo_jax.data.folder import (
     write_csv,
     write_json,
 )
-from osteo_jax.data.imageio import read_image
 from osteo_jax.data.inmemory import resize_image
 from osteo_jax.data.outdir import (
     OutputFolderError,
@@ -249,8 +248,10 @@ def extract_segments(
     index = read_dataset(data, allow_outside_paths=allow_outside_paths)
     rows = [dataclasses.asdict(r) for r in index.rows]
 
+    by_id = {r.image_id: r for r in index.rows}
+
     def load(row):
-        return segment_intensity(read_image(data / row["path"])[0], cfg)
+        return segment_intensity(index.read_image(by_id[row["image_id"]])[0], cfg)
 
     n = len(rows)
     with ThreadPoolExecutor(workers) as pool:
@@ -268,6 +269,7 @@ def extract_segments(
         "source": source,
         "data": str(data),
         "segment": dataclasses.asdict(cfg),
+        "bits_stored": index.bits_stored,
         **src.meta,
         "bones": list(src.bones),
     }

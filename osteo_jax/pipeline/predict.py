@@ -23,7 +23,32 @@ import numpy as np
 from osteo_jax.data.errors import DatasetError
 from osteo_jax.data.limits import MAX_IMAGE_PIXELS
 
-__all__ = ["PredictModel", "analyse_images", "predict_images", "summary_line"]
+__all__ = [
+    "PredictModel",
+    "analyse_images",
+    "predict_images",
+    "summary_line",
+    "training_bits_stored",
+]
+
+
+def training_bits_stored(run: str | os.PathLike) -> int | None:
+    """``bits_stored`` of the dataset ``run`` was trained on (None: not recorded).
+
+    A 16-bit PNG or TIFF that declares no bit depth is read on this scale
+    (``read_image(default_bits_stored=)``), so that segments cut on the stored grey scale
+    (``SegmentConfig.intensity="stored"``) see the brightness they were trained on. Read from
+    the run's ``segments/segments.json``, else its ``data/dataset.json``.
+    """
+    from osteo_jax.data.table_rules import bits_stored
+
+    run = Path(run)
+    seg_json = run / "segments" / "segments.json"
+    if seg_json.is_file():
+        meta = json.loads(seg_json.read_text())
+        if meta.get("bits_stored") is not None:
+            return int(meta["bits_stored"])
+    return bits_stored(run / "data") if (run / "data").is_dir() else None
 
 
 class PredictModel:
@@ -48,6 +73,7 @@ class PredictModel:
         cfg_path = self.run / "config.json"
         if not cfg_path.exists() or not (self.run / "seg").is_dir():
             raise ValueError(f"{self.run}: not an experiment folder (osteo-jax run / demo)")
+        self.bits_stored = training_bits_stored(self.run)
         self.cfg = from_dict(ExperimentConfig, json.loads(cfg_path.read_text())["config"])
         model, self.seg_params, self.seg_cfg, self.seg_step = restore_segmenter(self.run / "seg")
         self._predict = make_predict_fn(model)
@@ -221,11 +247,13 @@ def predict_images(
     from osteo_jax.data.imageio import read_image
 
     images = []
+    bits = run.bits_stored if isinstance(run, PredictModel) else training_bits_stored(run)
     for p in paths:
         p = Path(p)
         if not p.is_file():
             raise DatasetError(f"{p}: file not found")
-        image, meta = read_image(p, max_pixels=max_pixels)  # DatasetError naming the file
+        # DatasetError naming the file
+        image, meta = read_image(p, max_pixels=max_pixels, default_bits_stored=bits)
         images.append((p, image, meta))
     model = run if isinstance(run, PredictModel) else PredictModel(run)
     inputs = np.stack([model.model_input(image) for _, image, _ in images])

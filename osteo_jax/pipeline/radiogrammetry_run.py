@@ -88,6 +88,7 @@ def radiogrammetry_of_run(
 
     from osteo_jax.data.imageio import isotropic_spacing, read_image
     from osteo_jax.data.inmemory import normalise, resize_image
+    from osteo_jax.data.table_rules import bits_stored
     from osteo_jax.eval.seg_eval import make_predict_fn, predict_batches
     from osteo_jax.pipeline.seg_run import restore_segmenter
 
@@ -102,6 +103,7 @@ def radiogrammetry_of_run(
     if hypotheses < 0:
         raise ValueError(f"hypotheses must be >= 0 (0 = all), got {hypotheses}")
     split_of = _subject_split(parts)
+    bits = bits_stored(data)  # the grey levels absorptiometry reads: the DICOM scale
     rows = [
         r
         for r in read_csv(data / IMAGES_CSV)
@@ -117,7 +119,7 @@ def radiogrammetry_of_run(
     bar = tqdm(total=len(rows), desc="radiogrammetry", unit="img", disable=not progress)
     for start in range(0, len(rows), bs):
         chunk = rows[start : start + bs]
-        full = [read_image(data / r["path"]) for r in chunk]
+        full = [read_image(data / r["path"], bits_stored=bits) for r in chunk]
         images = [normalise(im) for im, _ in full]
         x = np.stack([resize_image(im, size) for im in images])[..., None].astype(np.float32)
         # Padded to the training batch: the compile is shared with validation and extraction.

@@ -203,8 +203,8 @@ class _Results:
 class _Decode:
     """A grain map: path -> decoded record (runs in the worker processes)."""
 
-    def __init__(self, size: int, max_pixels: int | None):
-        self.size, self.max_pixels = size, max_pixels
+    def __init__(self, size: int, max_pixels: int | None, bits: int | None = None):
+        self.size, self.max_pixels, self.bits = size, max_pixels, bits
 
     def __call__(self, path: str) -> dict:
         from osteo_jax.data.imageio import read_image
@@ -213,7 +213,9 @@ class _Decode:
         try:
             if not Path(path).is_file():
                 raise DatasetError(f"{path}: file not found")
-            image, meta = read_image(path, max_pixels=self.max_pixels)
+            image, meta = read_image(
+                path, max_pixels=self.max_pixels, default_bits_stored=self.bits
+            )
             x = resize_image(image, self.size).astype(np.float32)
         except DatasetError as e:
             return {"path": path, "error": str(e)}
@@ -241,11 +243,13 @@ def _own(record: dict) -> dict:
     return {k: v.array if isinstance(v, _Packed) else v for k, v in record.items()}
 
 
-def _records(paths: list[str], size: int, max_pixels: int | None, jobs: int):
+def _records(
+    paths: list[str], size: int, max_pixels: int | None, jobs: int, bits: int | None = None
+):
     """Decoded records of ``paths`` in order (grain; ``jobs`` worker processes)."""
     import grain
 
-    ds = grain.MapDataset.source(paths).map(_Decode(size, max_pixels))
+    ds = grain.MapDataset.source(paths).map(_Decode(size, max_pixels, bits))
     it = ds.to_iter_dataset(grain.ReadOptions(num_threads=1, prefetch_buffer_size=2))
     if jobs > 0:
         from osteo_jax.data.pipeline import _mark_flags_parsed
@@ -408,7 +412,7 @@ def screen(
         "qc_geometry_check": calib.geometry_threshold is not None,
         "qc_calibration_images": calib.n_images,
     }
-    records = _records(todo, model.image_size, max_pixels, jobs)
+    records = _records(todo, model.image_size, max_pixels, jobs, model.bits_stored)
     it = iter(records)
     pool = _analysis_pool(jobs) if jobs > 0 and todo else None
     bar = tqdm(total=len(todo), desc="screen", unit="img", disable=not progress)
