@@ -5,7 +5,9 @@ cut from each hypothesis (and from the mixture mean, the pipeline's standard seg
 every segment set classified by each seed's model of the protocol. The probability of
 osteoporosis is reported for the mixture-mean segmentation (averaged over the seed models),
 with an interval from the segmentation uncertainty (weighted quantiles over the hypotheses)
-and the spread over seed models; the 2MCI likewise with its spread over the hypotheses.
+and the spread over seed models; the 2MCI likewise with its spread over the hypotheses. The
+point and the interval are different estimators: the mixture mean's probability can lie just
+outside the quantiles of the hypotheses' probabilities.
 
 Research software on synthetic training data: the output is not a diagnosis.
 """
