@@ -334,3 +334,27 @@ def test_photometric_chain_matches_float64_reference(crop_and_mask):
     ref = on_bone(num / np.where(mf, den, 1.0))
     ref = on_bone(ref + 0.05 * z)
     np.testing.assert_allclose(out, ref, atol=2e-6)
+
+
+def test_views_keep_a_uniform_bones_grey_level_without_intensity_jitter():
+    """CropConfig(intensity_jitter=False): a bone of grey v is seen at v in every view
+    (blur of a uniform field is v, noise is symmetric); with the jitter its brightness moves.
+
+    Medians, not means: a rotated full-size box reaches past the segment's corner (zeros)."""
+    from osteo_jax.config import CropConfig
+    from osteo_jax.train.state import crop_policy
+
+    v = np.array([0.3, 0.5, 0.7], np.float32)
+    images = jnp.asarray(np.broadcast_to(v[:, None, None], (3, 24, 24)))  # all bone, no edge
+    crops = CropConfig(global_size=16, local_size=8, n_local=2, min_bone_fraction=0.0)
+    run = jax.jit(multi_crop_batch, static_argnames="policy")
+    means = {}
+    for jitter in (False, True):
+        policy = crop_policy(dataclasses.replace(crops, intensity_jitter=jitter))
+        views = [run(jax.random.key(s), images, policy=policy)["global"] for s in range(8)]
+        means[jitter] = np.stack([np.median(np.asarray(g), (2, 3)) for g in views])  # [8,3,G]
+    # noise std 0.02 over 256 pixels: the median of a view is v within ~0.005
+    np.testing.assert_allclose(
+        means[False], np.broadcast_to(v[None, :, None], means[False].shape), atol=0.006
+    )
+    assert (means[True] / v[None, :, None]).std() > 0.05  # brightness U[0.8, 1.2] and gamma

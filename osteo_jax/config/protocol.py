@@ -34,6 +34,10 @@ class CropConfig:
       custom: the paper's customised multi-crop: every view keeps at least
         ``min_bone_fraction`` bone (non-zero) pixels; False is ordinary multi-crop.
       min_bone_fraction: see ``custom``.
+      intensity_jitter: the views' brightness, contrast and gamma are jittered (SimCLR's
+        photometric views, ``data/photometric.py``). False keeps each view's grey levels
+        (blur and noise only), so the features need not be invariant to a bone's brightness,
+        which on a calibrated detector is its density.
     """
 
     n_global: int = 2
@@ -44,6 +48,7 @@ class CropConfig:
     local_scale: tuple[float, float] = (0.1, 0.4)
     custom: bool = True
     min_bone_fraction: float = 0.10
+    intensity_jitter: bool = True
 
     def __post_init__(self):
         check_positive(self, "n_global", "global_size", "local_size")

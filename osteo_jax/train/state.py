@@ -28,6 +28,7 @@ from osteo_jax.config import (
     SSLConfig,
 )
 from osteo_jax.data.augment import CropPolicy
+from osteo_jax.data.photometric import PhotometricPolicy
 from osteo_jax.losses.ssl_methods import ssl_method
 from osteo_jax.models.backbones import compute_dtype, make_backbone
 from osteo_jax.models.heads import LinearClassifier, Projector, Prototypes
@@ -138,6 +139,11 @@ def crop_policy(cfg: CropConfig) -> CropPolicy:
         local_scale=tuple(cfg.local_scale),
         min_bone_fraction=cfg.min_bone_fraction,
         custom=cfg.custom,
+        photometric=(
+            PhotometricPolicy()
+            if cfg.intensity_jitter
+            else PhotometricPolicy(brightness=0.0, contrast=0.0, gamma=0.0)
+        ),
     )
 
 
