@@ -63,6 +63,9 @@ class PredictModel:
       ValueError: ``run`` is not a finished experiment folder.
     """
 
+    #: bit depth of the training data's 16-bit images (:func:`training_bits_stored`)
+    bits_stored: int | None = None
+
     def __init__(self, run: str | os.PathLike):
         import jax
 
