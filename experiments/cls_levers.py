@@ -37,6 +37,8 @@ core at a time), 3 seeds x 19 test subjects and 5-fold cross-validation over all
 | Youden + stored, 16x too dark (*) | 0.791 (0.66-0.91) | 0.72 | 0.646 (0.57-0.72) | 0.59 |
 | the same, 2 cores (``make demo``) (*) | 0.672 (0.48-0.86) | 0.67 | - | - |
 | Youden + stored (12-bit, fixed) | 0.577 (0.27-0.85) | 0.60 | 0.617 (0.52-0.71) | 0.53 |
+| the same, no intensity jitter | - | - | 0.623 (0.53-0.71) | 0.56 |
+| the same, fine-tuned from SSL | - | - | 0.644 (0.56-0.73) | 0.69 |
 
 On the same 5 folds: radiogrammetry 0.729, clinical 0.861, Bayes image posterior 0.875. Paired
 (5 folds, 192 subjects): stored (12-bit) - percentile +0.018 (-0.070, +0.108).
