@@ -43,7 +43,7 @@ core at a time), 3 seeds x 19 test subjects and 5-fold cross-validation over all
 On the same 5 folds: radiogrammetry 0.729, clinical 0.861, Bayes image posterior 0.875. Paired
 (5 folds, 192 subjects): stored (12-bit) - percentile +0.018 (-0.070, +0.108).
 
-(*) Before commit c916256 the dataset's 12-bit PNGs were read as 16-bit, so stored-scale segments
+(*) Before commit efc9025 the dataset's 12-bit PNGs were read as 16-bit, so stored-scale segments
 were divided by 65535 instead of 4095 (bone at 0.01-0.04; SimCLR's loss hardly moved). Those
 rows measured that, not the detector's scale.
 
