@@ -28,10 +28,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 
+from osteo_jax.data.errors import DatasetError
 from osteo_jax.data.folder import dumps_json
 from osteo_jax.data.segments import load_segments
 from osteo_jax.eval.cls_stats import summarise_folds, summarise_seeds
@@ -76,10 +78,23 @@ def main(argv=None) -> dict:
     p.add_argument("--features", default="pixels", choices=FEATURES)
     p.add_argument("--bootstrap", type=int, default=1000)
     args = p.parse_args(argv)
+    try:
+        return run(args)
+    except (DatasetError, OSError, ValueError, KeyError) as e:  # one line, exit 2
+        print(f"segment_linear: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def run(args: argparse.Namespace) -> dict:
+    """The fits and the outputs of :func:`main` (errors name the file)."""
     seg, cls, out = load_segments(args.segments), Path(args.cls), Path(args.out)
     if out.exists() and not (out / "segment_linear.json").exists() and any(out.iterdir()):
-        raise SystemExit(f"{out}: holds files this script did not write; choose another --out")
-    meta = json.loads((cls / "cls_metrics.json").read_text())
+        raise ValueError(f"{out}: holds files this script did not write; choose another --out")
+    metrics = cls / "cls_metrics.json"
+    try:
+        meta = json.loads(metrics.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{metrics}: not a finished protocol folder ({e})") from e
     parts = [q.get("dir", f"seed{q['seed']}") for q in meta["per_seed"]]
     folds = int(meta["config"]["cls"].get("folds", 0))
     images = np.where(seg.valid[:, :, None, None], seg.images, 0.0)
