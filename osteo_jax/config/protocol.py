@@ -68,6 +68,13 @@ class BackboneConfig:
       arch: ``"resnet"`` or ``"vgg"`` (the crop-based baselines of the paper's Table 8).
       norm: ``"group"`` (GroupNorm after every convolution) or, VGG only, ``"none"`` (the
         original VGG: convolutions with biases, no normalisation).
+      grey_levels: append each segment's grey-level statistics (its mean and the 10th, 25th,
+        50th, 75th and 90th percentiles of its pixels) to the pooled features. A GroupNorm CNN
+        with bias-free convolutions cannot see a brightness factor (features of ``x`` and
+        ``c * x`` are equal up to the norm's epsilon), and a bone's density darkens or
+        brightens it close to multiplicatively; these 6 numbers carry that level. Only
+        meaningful with ``SegmentConfig.intensity="stored"``: percentile segments have had
+        their level normalised away.
     """
 
     depth: int = 18
@@ -76,6 +83,7 @@ class BackboneConfig:
     dtype: str = "auto"
     arch: str = "resnet"
     norm: str = "group"
+    grey_levels: bool = False
 
     def __post_init__(self):
         check_choice(self, "arch", BACKBONE_ARCHS)
@@ -92,7 +100,8 @@ class BackboneConfig:
     def label(self) -> str:
         """Table label, e.g. ``"ResNet-18 (width 16)"`` or ``"VGG-16 (width 8)"``."""
         name = "VGG" if self.arch == "vgg" else "ResNet"
-        return f"{name}-{self.depth} (width {self.width})"
+        grey = " + grey levels" if self.grey_levels else ""
+        return f"{name}-{self.depth} (width {self.width}){grey}"
 
 
 @dataclasses.dataclass(frozen=True)
