@@ -13,6 +13,7 @@ from osteo_jax.config import CohortConfig, PhysicsConfig, SynthConfig
 from osteo_jax.data.dataset import read_dataset
 from osteo_jax.data.errors import DatasetError
 from osteo_jax.data.folder import read_csv, write_labels
+from osteo_jax.data.imageio import read_image
 from osteo_jax.data.synth.synthetic import write_dataset
 
 
@@ -197,7 +198,10 @@ def test_read_dataset_is_cached_until_a_file_changes(ds):
 
 
 def test_stored_grey_levels_read_on_the_folders_bit_depth(tiny_folder, tmp_path):
-    """12-bit PNGs (no sBIT) are scaled by dataset.json's bits_stored, as their DICOM would be."""
+    """12-bit PNGs are scaled by dataset.json's bits_stored, as their DICOM would be.
+
+    The generator also writes sBIT, so a loose PNG of the folder reads the same on its own.
+    """
     from osteo_jax.config import SegmentConfig
     from osteo_jax.data.folder import read_labels, read_png
     from osteo_jax.data.segments import cut_segments, load_segments
@@ -209,6 +213,9 @@ def test_stored_grey_levels_read_on_the_folders_bit_depth(tiny_folder, tmp_path)
     assert max(im.max() for im in raw) > 255  # 12-bit values, stored in 16-bit PNGs
     for row, im in zip(index.rows, raw, strict=True):
         np.testing.assert_allclose(index.read_image(row)[0], im / 4095, rtol=1e-6)
+        loose, meta = read_image(index.path(row))
+        assert (meta["bits_stored"], meta["bits_stored_source"]) == (12, "sBIT")
+        np.testing.assert_allclose(loose, im / 4095, rtol=1e-6)
     cfg = SegmentConfig(size=8, intensity="stored", min_area_mm2=0.0, dilate_mm=0.0)
     seg = load_segments(
         extract_segments(tiny_folder, tmp_path / "seg", source="exact", cfg=cfg, workers=1)

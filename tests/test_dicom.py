@@ -424,7 +424,7 @@ def test_16bit_png_tiff_exact(rng, tmp_path, suffix):
 def test_12bit_png_from_dataset_folder(rng, tmp_path):
     src = rng.integers(0, 4096, size=(12, 20)).astype(np.uint16)
     path = tmp_path / "x.png"
-    write_png16(path, src)  # the synthetic generator's writer: no sBIT chunk
+    write_png16(path, src)  # no sBIT chunk, as synthetic folders written before it had one
     image, meta = read_image(path, bits_stored=12)
     assert meta["bits_stored_source"] == "argument"
     np.testing.assert_allclose(image, src / 4095, atol=1e-7)
@@ -434,6 +434,14 @@ def test_12bit_png_from_dataset_folder(rng, tmp_path):
     image, meta = read_image(path)
     assert (meta["bits_stored"], meta["bits_stored_source"]) == (12, "sBIT")
     np.testing.assert_allclose(image, src / 4095, atol=1e-7)
+    # The generator's writer now says its bit depth itself; the pixels are unchanged.
+    write_png16(path, src, bits_stored=12)
+    image, meta = read_image(path)
+    assert (meta["bits_stored"], meta["bits_stored_source"]) == (12, "sBIT")
+    np.testing.assert_allclose(image, src / 4095, atol=1e-7)
+    np.testing.assert_array_equal(np.asarray(Image.open(path)), src)
+    with pytest.raises(ValueError, match="does not fit in bits_stored=12"):
+        write_png16(path, np.full((2, 2), 4096, np.uint16), bits_stored=12)
 
 
 def test_8bit_png(rng, tmp_path):

@@ -29,7 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from osteo_jax.config import CLASS_NAMES
 from osteo_jax.data.errors import DatasetError
@@ -57,12 +57,35 @@ def mask_relpath(annotator: str, image_id: str) -> str:
     return f"masks/{annotator}/{image_id}.png"
 
 
-def write_png16(path: str | os.PathLike, image: np.ndarray) -> None:
-    """Writes a 2-D uint16 array as a 16-bit grayscale PNG (fast, lossless compression)."""
+def write_png16(
+    path: str | os.PathLike, image: np.ndarray, *, bits_stored: int | None = None
+) -> None:
+    """Writes a 2-D uint16 array as a 16-bit grayscale PNG (fast, lossless compression).
+
+    Args:
+      path: the file to write.
+      image: ``[H, W]`` uint16 stored values.
+      bits_stored: the detector's bit depth (1-16): written as the PNG's ``sBIT`` chunk, so the
+        file says on its own that its values span ``[0, 2**bits_stored - 1]``
+        (:func:`~osteo_jax.data.imageio.read_image` reads it). None: no ``sBIT``.
+
+    Raises:
+      ValueError: a non-2-D or non-uint16 image, a bit depth outside 1-16, or a value above it.
+    """
     image = np.asarray(image)
     if image.ndim != 2 or image.dtype != np.uint16:
         raise ValueError(f"{path}: expected a 2-D uint16 image, got {image.dtype} {image.shape}")
-    Image.fromarray(image).save(path, compress_level=1)
+    info = None
+    if bits_stored is not None:
+        if not 1 <= bits_stored <= 16:
+            raise ValueError(f"{path}: bits_stored must be in 1-16, got {bits_stored}")
+        if image.size and int(image.max()) >= 2**bits_stored:
+            raise ValueError(
+                f"{path}: value {int(image.max())} does not fit in bits_stored={bits_stored}"
+            )
+        info = PngImagePlugin.PngInfo()
+        info.add(b"sBIT", bytes([bits_stored]))
+    Image.fromarray(image).save(path, compress_level=1, pnginfo=info)
 
 
 def write_labels(path: str | os.PathLike, labels: np.ndarray) -> None:

@@ -79,9 +79,10 @@ class DatasetIndex:
     def read_image(self, row: ImageRow) -> tuple[np.ndarray, dict]:
         """``row``'s image and metadata, 16-bit values scaled by the folder's ``bits_stored``.
 
-        :func:`~osteo_jax.data.imageio.read_image` with ``dataset.json``'s ``bits_stored``: the
-        synthetic folders' 12-bit PNGs carry no ``sBIT``, so read without it their values would
-        be divided by 65535 instead of 4095, 16 times darker than the same radiograph as DICOM.
+        :func:`~osteo_jax.data.imageio.read_image` with ``dataset.json``'s ``bits_stored``:
+        synthetic folders written before the generator wrote ``sBIT`` (and PNGs from elsewhere)
+        carry no bit depth, so read without it 12-bit values would be divided by 65535 instead
+        of 4095, 16 times darker than the same radiograph as DICOM.
         """
         return read_image(self.path(row), bits_stored=self.bits_stored)
 

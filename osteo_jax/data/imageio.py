@@ -8,8 +8,9 @@ PNG signature, a TIFF byte-order mark), falling back to the ``.dcm`` extension, 
 * PNG and TIFF (Pillow), single-channel single-frame only. 8-bit images are divided by 255.
   16-bit images are divided by ``2**bits_stored - 1``, with ``bits_stored`` taken from the
   argument, else from the PNG ``sBIT`` chunk, else ``default_bits_stored``, else 16 (the dtype
-  maximum) — the dataset folder's 12-bit PNGs carry no ``sBIT``, so pass ``bits_stored=12``
-  for them (:meth:`~osteo_jax.data.folder_index.DatasetIndex.read_image` does). A value above
+  maximum). The synthetic generator writes ``sBIT`` into its 12-bit PNGs; folders written
+  before it did carry none, so pass the folder's ``bits_stored`` for them
+  (:meth:`~osteo_jax.data.folder_index.DatasetIndex.read_image` does). A value above
   that range is an error. 32-bit float TIFFs must already lie in ``[0, 1]``. TIFF
   ``WhiteIsZero`` (the MONOCHROME1 of TIFF) is inverted for 16-bit and float images; Pillow
   already inverts 8-bit ones. PNG/TIFF resolution tags are not trusted as detector spacing:

@@ -216,7 +216,7 @@ def _render_and_write(i: int) -> tuple[list[dict], list[dict]]:
     fmt = _WORKER["image_format"]
     photometric = IMAGE_FORMATS[fmt][1]
     if photometric is None:
-        write_png16(tmp / image_relpath(sid), rad.image)
+        write_png16(tmp / image_relpath(sid), rad.image, bits_stored=cfg.physics.bits_stored)
     else:
         from osteo_jax.data.dicom import write_dicom
 
