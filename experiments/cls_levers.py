@@ -63,6 +63,7 @@ import ast
 import dataclasses
 import hashlib
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -85,6 +86,12 @@ def main(argv=None) -> dict:
     p.add_argument("--run", required=True, help="a finished osteo-jax run / demo folder")
     p.add_argument("--work", default="runs/cls_levers", help="output folder")
     p.add_argument("--bootstrap", type=int, default=300)
+    p.add_argument(
+        "--ssl-from",
+        metavar="ROW",
+        help="reuse the SSL pretraining of an earlier row WORK/cls_ROW (copied, same SSL "
+        "settings required): the rows then differ only after pretraining, a paired comparison",
+    )
     p.add_argument("name")
     p.add_argument("overrides", nargs="*", help="KEY=VALUE, e.g. protocol.cls.mode='finetune'")
     args = p.parse_args(argv)
@@ -105,9 +112,19 @@ def main(argv=None) -> dict:
             )
     out = work / f"cls_{args.name}"
     proto = cfg.protocol
+    ssl_dir = None
+    if args.ssl_from:  # earlier row's WORK/cls_ROW/<part>/ssl -> WORK/ssl_NAME/<part>
+        ssl_dir = work / f"ssl_{args.name}"
+        source = work / f"cls_{args.ssl_from}"
+        parts = sorted(d.name for d in source.iterdir() if (d / "ssl" / "config.json").exists())
+        if not parts:
+            raise SystemExit(f"cls_levers: {source}: no finished SSL run to reuse")
+        for part in parts:
+            if not (ssl_dir / part).exists():
+                shutil.copytree(source / part / "ssl", ssl_dir / part)
     run_protocol(
         seg_dir, out, ssl=proto.ssl, cls=proto.cls, backbone=proto.backbone, name=args.name,
-        progress=False, overwrite=True,
+        ssl_dir=ssl_dir, progress=False, overwrite=True,
     )  # fmt: skip
     comp = compare_rows(
         out, run / "data", radiogrammetry=run / "radiogrammetry.json", segments=seg_dir,

@@ -1,14 +1,18 @@
-"""Subject aggregation of segment probabilities: the mean rule, and the per-bone logistic head
-against scikit-learn fitted directly on a hand-built, hand-standardised design matrix."""
+"""Subject aggregation of segments: the mean rule, the per-bone logistic head and the feature head,
+each against scikit-learn fitted directly on a hand-built, hand-standardised design matrix."""
 
 import numpy as np
 import pytest
-from sklearn.linear_model import LogisticRegression
+from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+from sklearn.model_selection import StratifiedKFold
 
 from osteo_jax.config import ClsConfig
 from osteo_jax.eval.aggregate import (
+    FEATURE_CS,
+    FeatureHead,
     aggregate_subjects,
     bone_logits,
+    fit_feature_head,
     fit_logistic_head,
     load_head,
 )
@@ -126,3 +130,81 @@ def test_errors(tmp_path):
         load_head(tmp_path / "bad.json")
     with pytest.raises(ValueError, match="ClsConfig.aggregate must be one of"):
         ClsConfig(aggregate="median")
+
+
+def _features(seed, n_subjects=40, per_subject=2, dim=4):
+    """``[n_images, 3, dim]`` features; feature 0 of bone 0 carries the label, missing segments."""
+    probs, valid, ids, y = _images(seed, n_subjects, per_subject)
+    rng = np.random.default_rng(seed + 100)
+    feats = rng.normal(0, 1, (len(ids), len(BONES), dim))
+    feats[:, 0, 0] += 1.5 * y
+    feats[~valid] = np.nan  # invalid segments may hold anything
+    return feats, valid, ids, y
+
+
+def _feature_design(feats, valid, ids, fill=None):
+    """Per subject: each bone's mean valid features (loops), missing filled, flattened."""
+    subjects = sorted(set(ids.tolist()))
+    b, d = feats.shape[1:]
+    x = np.full((len(subjects), b, d), np.nan)
+    for i, s in enumerate(subjects):
+        for k in range(b):
+            rows = [feats[j, k] for j in range(len(ids)) if ids[j] == s and valid[j, k]]
+            if rows:
+                x[i, k] = np.mean(rows, axis=0)
+    fill = np.nanmean(x, axis=0) if fill is None else fill
+    return np.array(subjects), np.where(np.isnan(x), fill, x).reshape(len(subjects), -1), fill
+
+
+def test_feature_head_equals_sklearn_on_the_hand_built_design():
+    feats, valid, ids, y = _features(6)
+    head = fit_feature_head(feats, valid, ids, y, BONES)
+    subjects, x, fill = _feature_design(feats, valid, ids)
+    y_subj = np.array([y[list(ids).index(s)] for s in subjects])
+    np.testing.assert_allclose(head.fill, fill)
+    # The strength: scikit-learn's own cross-validation over the same grid and folds.
+    z = (x - x.mean(0)) / x.std(0)
+    cv = LogisticRegressionCV(
+        Cs=list(FEATURE_CS), cv=StratifiedKFold(5), scoring="neg_log_loss", l1_ratios=(0.0,),
+        max_iter=10_000, tol=1e-8, use_legacy_attributes=False,
+    ).fit(z, y_subj)  # fmt: skip
+    assert head.C == float(np.ravel(cv.C_)[0]) and head.C in FEATURE_CS
+    ref = LogisticRegression(C=head.C, tol=1e-10, max_iter=10_000).fit(z, y_subj)
+    # New subjects, with missing bones, scored through the folded raw-feature weights.
+    feats_t, valid_t, ids_t, _ = _features(7, n_subjects=12)
+    subj_t, p = aggregate_subjects(None, valid_t, ids_t, head, features=feats_t)
+    _, xt, _ = _feature_design(feats_t, valid_t, ids_t, fill)
+    want = ref.predict_proba((xt - x.mean(0)) / x.std(0))[:, 1]
+    assert subj_t.tolist() == sorted(set(ids_t.tolist()))
+    np.testing.assert_allclose(p, want, rtol=1e-4, atol=1e-6)
+    coef = np.abs(head.coef * x.std(0).reshape(head.coef.shape))  # standardised weights
+    assert coef[0, 0] == coef.max()  # the label-bearing feature outweighs the noise
+
+
+def test_feature_head_round_trip_and_errors(tmp_path):
+    feats, valid, ids, y = _features(8)
+    head = fit_feature_head(feats, valid, ids, y, BONES)
+    head.save(tmp_path / "aggregate.json")
+    again = load_head(tmp_path / "aggregate.json")
+    assert isinstance(again, FeatureHead) and again.bones == BONES and again.C == head.C
+    a = aggregate_subjects(None, valid, ids, head, features=feats)[1]
+    np.testing.assert_array_equal(a, aggregate_subjects(None, valid, ids, again, features=feats)[1])
+    # No valid segment at all: 0.5, as the other rules.
+    none = aggregate_subjects(None, np.zeros((1, 3), bool), ["z"], head, features=feats[:1])
+    assert none[1][0] == 0.5
+    with pytest.raises(ValueError, match="needs the segments' backbone features"):
+        aggregate_subjects(None, valid, ids, head)
+    with pytest.raises(ValueError, match="features must be"):
+        aggregate_subjects(None, valid, ids, head, features=feats[:, :, :2])
+    with pytest.raises(ValueError, match=">= 2 subjects of each class"):
+        y1 = np.zeros_like(y)
+        y1[ids == ids[0]] = 1
+        fit_feature_head(feats, valid, ids, y1, BONES)
+    with pytest.raises(ValueError, match="bone\\(s\\) \\['MC3'\\]"):
+        valid2 = valid.copy()
+        valid2[:, 1] = False
+        fit_feature_head(feats, valid2, ids, y, BONES)
+    with pytest.raises(ValueError, match="non-finite"):
+        bad = feats.copy()
+        bad[valid.nonzero()[0][0], valid.nonzero()[1][0], 0] = np.nan
+        fit_feature_head(bad, valid, ids, y, BONES)

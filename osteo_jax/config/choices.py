@@ -28,7 +28,7 @@ NORMS = ("group", "none")
 CLS_MODES = ("probe", "finetune")
 CLASS_WEIGHTS = (None, "balanced")
 THRESHOLD_RULES = ("fixed", "youden", "f1")
-AGGREGATES = ("mean", "logistic")
+AGGREGATES = ("mean", "logistic", "features")
 
 
 def check_choice(config: Any, field: str, allowed: Collection) -> None:

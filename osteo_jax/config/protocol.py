@@ -183,9 +183,11 @@ class ClsConfig:
         ``"fixed"`` (0.5), or chosen per seed / fold on its validation subjects by
         ``"youden"`` (max sensitivity + specificity - 1) or ``"f1"`` (max macro-F1)
         (``eval/thresholds.py``); AUC and ECE do not depend on it.
-      aggregate: subject score from its segment probabilities: ``"mean"`` (of the valid
-        segments) or ``"logistic"`` (a logistic regression over the per-bone logits, fitted
-        per seed / fold on the training subjects; ``eval/aggregate.py``).
+      aggregate: subject score from its segments: ``"mean"`` (of the valid segments'
+        probabilities), ``"logistic"`` (a logistic regression over the per-bone logits) or
+        ``"features"`` (a logistic regression over the per-bone backbone features side by side,
+        its L2 strength cross-validated); heads are fitted per seed / fold on the training
+        subjects (``eval/aggregate.py``).
     """
 
     mode: str = "probe"

@@ -136,11 +136,12 @@ class PredictModel:
         """``[len(segments), n_models]`` subject probability of each segment set and model.
 
         Each model combines its segments as the protocol did: the mean of the valid segments,
-        or the part's saved logistic head (``aggregate.json``); NaN without a valid segment.
+        or the part's saved logistic or feature head (``aggregate.json``); NaN without a valid
+        segment.
         """
         from osteo_jax.data.segments import SegmentSet
-        from osteo_jax.eval.aggregate import aggregate_subjects
-        from osteo_jax.train.cls_loop import predict_segments
+        from osteo_jax.eval.aggregate import FeatureHead, aggregate_subjects
+        from osteo_jax.train.cls_loop import predict_segments, segment_features
 
         n = len(segments)
         names = _roi_names(self.cfg.segment.roi)
@@ -157,9 +158,14 @@ class PredictModel:
         out = np.full((n, len(self.models)), np.nan)
         valid = sset.valid
         for m, (params, head) in enumerate(zip(self.models, self.heads, strict=True)):
-            probs = predict_segments(params, self.backbone, sset)  # [n, B], 0.5 where invalid
-            if head is not None:  # the protocol's logistic head, each segment set one subject
-                _, p = aggregate_subjects(probs, valid, np.arange(n), head)
+            feats = None
+            if isinstance(head, FeatureHead):
+                feats = segment_features(params["backbone"], self.backbone, sset)
+            probs = predict_segments(  # [n, B], 0.5 where invalid
+                params, self.backbone, sset, features=None if feats is None else feats[valid]
+            )
+            if head is not None:  # the protocol's fitted head, each segment set one subject
+                _, p = aggregate_subjects(probs, valid, np.arange(n), head, features=feats)
                 out[:, m] = np.where(valid.any(1), p, np.nan)
                 continue
             with np.errstate(invalid="ignore"):

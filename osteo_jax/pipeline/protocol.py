@@ -12,13 +12,13 @@ folder::
 
     OUT/seed<k>/ (or fold<i>/) {split.json, ssl/, cls/, val_predictions.csv,
                  test_predictions.csv, test_segments.csv, model.msgpack,
-                 aggregate.json (with ClsConfig.aggregate="logistic")}
+                 aggregate.json (with ClsConfig.aggregate "logistic" or "features")}
 
 A subject's probability is the mean of its segments' or, with ``ClsConfig.aggregate =
-"logistic"``, a per-bone logistic head fitted on the part's training subjects
-(:mod:`osteo_jax.eval.aggregate`). F1, accuracy, sensitivity and specificity threshold it at 0.5
-or at a threshold chosen on the part's validation subjects (``ClsConfig.threshold``,
-:mod:`osteo_jax.eval.thresholds`).
+"logistic"`` / ``"features"``, a head over the per-bone logits / backbone features fitted on the
+part's training subjects (:mod:`osteo_jax.eval.aggregate`). F1, accuracy, sensitivity and
+specificity threshold it at 0.5 or at a threshold chosen on the part's validation subjects
+(``ClsConfig.threshold``, :mod:`osteo_jax.eval.thresholds`).
     OUT/cls_metrics.json  OUT/table.md  OUT/roc.png  OUT/reliability.png
 """
 
@@ -41,8 +41,10 @@ from osteo_jax.data.segments import SegmentSet, load_segments
 from osteo_jax.data.splits import stratified_subject_folds, stratified_subject_split
 from osteo_jax.eval.aggregate import (
     AGGREGATE_FILE,
+    FeatureHead,
     LogisticHead,
     aggregate_subjects,
+    fit_feature_head,
     fit_logistic_head,
     load_head,
 )
@@ -51,13 +53,14 @@ from osteo_jax.eval.cls_metrics import binary_metrics, paper_table, subject_metr
 from osteo_jax.eval.cls_stats import CI_METHOD, FOLD_CI_METHOD, summarise_folds, summarise_seeds
 from osteo_jax.eval.thresholds import DEFAULT_THRESHOLD, choose_threshold, threshold_words
 from osteo_jax.train import distributed
-from osteo_jax.train.cls_loop import predict_segments, train_classifier
+from osteo_jax.train.cls_loop import predict_segments, segment_features, train_classifier
 from osteo_jax.train.ssl_loop import train_ssl
 
 __all__ = [
     "MODEL_FILE",
     "TEST_PREDICTIONS",
     "VAL_PREDICTIONS",
+    "classifier_backbone",
     "load_heads",
     "load_models",
     "protocol_parts",
@@ -110,7 +113,7 @@ def load_models(out: str | Path) -> tuple[list[dict], BackboneConfig, tuple[str,
     return models, backbone, bones, metrics
 
 
-def load_heads(out: str | Path, metrics: dict) -> list[LogisticHead | None]:
+def load_heads(out: str | Path, metrics: dict) -> list[LogisticHead | FeatureHead | None]:
     """Per part of a finished protocol folder, its saved aggregation head or None (the mean).
 
     Args:
@@ -121,17 +124,30 @@ def load_heads(out: str | Path, metrics: dict) -> list[LogisticHead | None]:
       One entry per part, in the order of :func:`load_models`' models.
 
     Raises:
-      ValueError: the run used ``aggregate="logistic"`` and a part's head is missing.
+      ValueError: the run used a fitted head (``aggregate`` "logistic" or "features") and a
+        part's head is missing.
     """
     out = Path(out)
-    logistic = metrics["config"]["cls"].get("aggregate", "mean") == "logistic"
+    fitted = metrics["config"]["cls"].get("aggregate", "mean") != "mean"
     heads = []
     for row in metrics["per_seed"]:
         file = out / row.get("dir", f"seed{row['seed']}") / AGGREGATE_FILE
-        if logistic and not file.exists():
+        if fitted and not file.exists():
             raise ValueError(f"{file}: missing (re-run the protocol to write it)")
-        heads.append(load_head(file) if logistic else None)
+        heads.append(load_head(file) if fitted else None)
     return heads
+
+
+def classifier_backbone(ssl: SSLConfig | None, backbone: BackboneConfig | None) -> BackboneConfig:
+    """The classifier's backbone: ``ssl.backbone`` with pretraining, else ``backbone``.
+
+    With SSL the classifier starts from the pretrained parameters, so it must be the network
+    they were trained in: a ``ProtocolConfig.backbone`` that differs (say only
+    ``ssl.backbone.width`` or ``ssl.backbone.grey_levels`` was changed) is not used.
+    """
+    if ssl is not None:
+        return ssl.backbone
+    return backbone or BackboneConfig()
 
 
 def protocol_parts(
@@ -196,7 +212,9 @@ def run_protocol(
       ssl: pretraining settings, or None for no pretraining (the backbone starts random:
         supervised from scratch with ``cls.mode="finetune"``).
       cls: classifier and protocol settings.
-      backbone: the backbone without SSL (default: ``ssl.backbone`` or ``BackboneConfig()``).
+      backbone: the backbone without SSL (default ``BackboneConfig()``). With SSL the
+        classifier is always ``ssl.backbone``, the network the pretrained parameters belong to
+        (:func:`classifier_backbone`); this argument is then ignored.
       name: model name in the table.
       roi: region-of-interest description in the table (e.g. "segmentation (mixture)").
       ceiling_auc: the synthetic cohort's image Bayes ceiling (``oracle.json``), shown beside
@@ -226,7 +244,7 @@ def run_protocol(
         print(f"protocol: {len(seg) - len(labelled)} images without a label are left out")
     seg = seg.take(labelled)
     out = distributed.claim_shared_dir(out, "evaluate", overwrite=overwrite).path
-    backbone = backbone or (ssl.backbone if ssl is not None else BackboneConfig())
+    backbone = classifier_backbone(ssl, backbone)
     per_seed, seed_rows, thresholds = [], [], []
     for part, seed, (tr, va, te) in protocol_parts(seg.subject_ids, seg.labels, cls):
         folder = out / part
@@ -257,23 +275,36 @@ def run_protocol(
             progress=progress,
         )
         head = None
-        if cls.aggregate == "logistic":  # fitted on the training subjects' segments
+        if cls.aggregate != "mean":  # fitted on the training subjects' segments
             train_set = seg.take(tr)
-            train_probs = predict_segments(res["params"], backbone, train_set)
-            head = fit_logistic_head(
-                train_probs,
-                train_set.valid,
-                train_set.subject_ids,
-                train_set.labels,
-                tuple(seg.bones),
-            )
+            if cls.aggregate == "features":
+                head = fit_feature_head(
+                    segment_features(res["params"]["backbone"], backbone, train_set),
+                    train_set.valid,
+                    train_set.subject_ids,
+                    train_set.labels,
+                    tuple(seg.bones),
+                )
+            else:
+                head = fit_logistic_head(
+                    predict_segments(res["params"], backbone, train_set),
+                    train_set.valid,
+                    train_set.subject_ids,
+                    train_set.labels,
+                    tuple(seg.bones),
+                )
             distributed.on_main(head.save, folder / AGGREGATE_FILE)
         scores = {}
         for file, idx in ((VAL_PREDICTIONS, va), (TEST_PREDICTIONS, te)):
             part_set = seg.take(idx)
-            probs = predict_segments(res["params"], backbone, part_set)
+            feats = segment_features(res["params"]["backbone"], backbone, part_set)
+            probs = predict_segments(
+                res["params"], backbone, part_set, features=feats[part_set.valid]
+            )
             _, y = subject_scores(probs, part_set)
-            _, p = aggregate_subjects(probs, part_set.valid, part_set.subject_ids, head)
+            _, p = aggregate_subjects(
+                probs, part_set.valid, part_set.subject_ids, head, features=feats
+            )
             scores[file] = (np.round(p, 6), y)  # the threshold is chosen on what is written
             subjects = np.unique(part_set.subject_ids)
             distributed.on_main(

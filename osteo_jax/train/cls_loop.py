@@ -49,6 +49,7 @@ __all__ = [
     "backbone_features",
     "fold_standardisation",
     "predict_segments",
+    "segment_features",
     "train_classifier",
 ]
 
@@ -98,6 +99,19 @@ def backbone_features(
             chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
         out.append(np.asarray(embed(backbone_params, jnp.asarray(chunk)))[: batch_size - pad])
     return np.concatenate(out) if out else np.zeros((0, backbone.features_dim), np.float32)
+
+
+def segment_features(
+    backbone_params, backbone_cfg: BackboneConfig, segments: SegmentSet, batch_size: int = 128
+) -> np.ndarray:
+    """``[n, B, D]`` pooled backbone features of every valid segment (0 where invalid)."""
+    img, bone = _valid_pairs(segments)
+    dim = make_backbone(backbone_cfg).features_dim
+    out = np.zeros(segments.valid.shape + (dim,), np.float32)
+    out[img, bone] = backbone_features(
+        backbone_params, backbone_cfg, segments.images[img, bone], batch_size
+    )
+    return out
 
 
 def predict_segments(
