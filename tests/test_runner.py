@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from osteo_jax.train.runner import Checkpointer, Schedule, data_mesh, run
+from osteo_jax.train.runner import Checkpointer, Schedule, data_mesh, run, write_config
 from osteo_jax.train.state import TrainState
 
 X = np.arange(12, dtype=np.float32).reshape(6, 2)  # batch b is X[b]: 3 steps an epoch, 2 epochs
@@ -177,3 +177,21 @@ def test_state_replicated_and_batch_sharded_on_two_devices(tmp_path):
     assert [json.loads(x) for x in out["specs"]] == [[[], ["data"]]]  # on both meshes
     assert out["w"]["1"] == pytest.approx(out["w"]["2"], rel=1e-6)
     assert out["raised"] == "batch_size 3 is not divisible by 2 devices"
+
+
+def test_a_folder_written_before_a_config_field_existed_resumes_on_its_default(tmp_path):
+    import dataclasses
+
+    from osteo_jax.config import SSLConfig
+
+    cfg = SSLConfig()
+    write_config(tmp_path, cfg, "data")
+    path = tmp_path / "config.json"
+    recorded = json.loads(path.read_text())
+    del recorded["config"]["backbone"]["grey_levels"]  # as written before the field existed
+    path.write_text(json.dumps(recorded))
+    write_config(tmp_path, cfg, "data")  # the default: the same run, resumed
+    grey = dataclasses.replace(cfg, backbone=dataclasses.replace(cfg.backbone, grey_levels=True))
+    with pytest.raises(ValueError, match="different configuration"):
+        write_config(tmp_path, grey, "data")
+    assert "grey_levels" not in json.loads(path.read_text())["config"]["backbone"]  # untouched

@@ -157,9 +157,31 @@ def _plain(x):
     return {k: _plain(v) for k, v in x.items()} if isinstance(x, dict) else x
 
 
+def _fill_new_fields(old, cfg):
+    """``old`` (a recorded config dict) with the fields it lacks taken from ``cfg``'s defaults.
+
+    A folder written before a config field existed records no value for it; the run it holds
+    used what is now that field's default, so the field is filled with the default (not with
+    ``cfg``'s value): a run resumed with another value still counts as another configuration.
+    """
+    if isinstance(cfg, dict) and isinstance(old, dict):
+        return {k: _fill_new_fields(v, cfg[k]) if k in cfg else v for k, v in old.items()}
+    if not (dataclasses.is_dataclass(cfg) and isinstance(old, dict)):
+        return old
+    out = dict(old)
+    for f in dataclasses.fields(cfg):
+        if f.name in out:
+            out[f.name] = _fill_new_fields(out[f.name], getattr(cfg, f.name))
+        elif f.default is not dataclasses.MISSING:
+            out[f.name] = f.default
+        elif f.default_factory is not dataclasses.MISSING:
+            out[f.name] = f.default_factory()
+    return json.loads(dumps_json(_plain(out)))
+
+
 def _check_config(path: Path, cfg) -> None:
     """Raises ``ValueError`` if ``path`` (a ``config.json``) records another configuration."""
-    old = resolve_dtypes(json.loads(path.read_text())["config"])
+    old = resolve_dtypes(_fill_new_fields(json.loads(path.read_text())["config"], cfg))
     new = resolve_dtypes(json.loads(dumps_json(_plain(cfg))))
     # max_steps only stops a run early, expert_parallel only moves it to another mesh;
     # any other change would make a different run.
@@ -179,7 +201,8 @@ def write_config(run_dir: Path, cfg, data: str) -> None:
     ``max_steps`` (it only stops a run early) and ``expert_parallel`` (the same run on
     another mesh) may differ, and a ``dtype`` of ``"auto"`` equals the dtype it resolves to
     here (a folder started with ``"float32"`` before ``"auto"`` became the default resumes on a
-    CPU); any other change raises ``ValueError``.
+    CPU). A field the folder's ``config.json`` lacks (added to the config since) counts as its
+    default. Any other change raises ``ValueError``.
     """
     path = run_dir / "config.json"
     if path.exists():
