@@ -190,19 +190,23 @@ def test_rerun_resumes_and_refuses_another_config(run):
 def test_png_without_a_bit_depth_is_read_on_the_training_scale(run, tmp_path):
     """Stored grey levels: a loose 12-bit PNG reads like its DICOM, not 16 times darker."""
     from osteo_jax.data.dicom import write_dicom
-    from osteo_jax.data.folder import read_png
+    from osteo_jax.data.folder import read_png, write_png16
     from osteo_jax.data.imageio import read_image
     from osteo_jax.pipeline.predict import training_bits_stored
 
     out, _ = run
     assert training_bits_stored(out) == 12  # recorded in segments.json by extract_segments
-    png = out / "data" / "images" / "S0000.png"
-    raw = read_png(png).astype(np.float64)
+    synthetic = out / "data" / "images" / "S0000.png"
+    raw = read_png(synthetic)
+    assert read_image(synthetic)[1]["bits_stored_source"] == "sBIT"  # the generator's says 12
+    png = tmp_path / "S0000.png"
+    write_png16(png, raw)  # the same pixels from a writer that records no bit depth
     dcm = tmp_path / "S0000.dcm"
-    write_dicom(dcm, read_png(png), pixel_spacing_mm=204.8 / 192, bits_stored=12)
+    write_dicom(dcm, raw, pixel_spacing_mm=204.8 / 192, bits_stored=12)
     on_training, meta = read_image(png, default_bits_stored=12)
     assert meta["bits_stored_source"] == "default"
     np.testing.assert_allclose(on_training, raw / 4095, rtol=1e-6)
     np.testing.assert_allclose(on_training, read_image(dcm)[0], atol=1e-6)
+    np.testing.assert_allclose(on_training, read_image(synthetic)[0], atol=1e-7)
     assert read_image(png)[1]["bits_stored"] == 16  # the file alone does not say
     assert read_image(png, bits_stored=16, default_bits_stored=12)[1]["bits_stored"] == 16
