@@ -166,7 +166,7 @@ def test_feature_head_equals_sklearn_on_the_hand_built_design():
     z = (x - x.mean(0)) / x.std(0)
     cv = LogisticRegressionCV(
         Cs=list(FEATURE_CS), cv=StratifiedKFold(5), scoring="neg_log_loss", l1_ratios=(0.0,),
-        max_iter=10_000, tol=1e-8, use_legacy_attributes=False,
+        solver="newton-cholesky", max_iter=100, tol=1e-8, use_legacy_attributes=False,
     ).fit(z, y_subj)  # fmt: skip
     assert head.C == float(np.ravel(cv.C_)[0]) and head.C in FEATURE_CS
     ref = LogisticRegression(C=head.C, tol=1e-10, max_iter=10_000).fit(z, y_subj)
