@@ -43,6 +43,28 @@ core at a time), 3 seeds x 19 test subjects and 5-fold cross-validation over all
 On the same 5 folds: radiogrammetry 0.729, clinical 0.861, Bayes image posterior 0.875. Paired
 (5 folds, 192 subjects): stored (12-bit) - percentile +0.018 (-0.070, +0.108).
 
+Grey levels and the feature head (2026-12-02; ``BackboneConfig.grey_levels``,
+``ClsConfig.aggregate="features"``; stored 12-bit segments; the grey rows share one SSL run per
+part through ``--ssl-from``; 2,000 subjects: ``--run runs/pipeline_2000 --work runs/lev2000``,
+3 seeds x ~200 test subjects, 2 cores; 192: ``--run runs/demo3 --work runs/lev2``, Youden
+threshold, 5 folds, one core):
+
+| row | 2,000: AUC | 192, 5 folds: AUC |
+|---|---|---|
+| percentile segments, probe (the run's settings) | 0.776 (0.73-0.82) | 0.600 (0.51-0.69) |
+| stored, probe | 0.770 (0.73-0.81) | 0.617 (0.52-0.71) |
+| stored, feature head (same SSL as the probe) | 0.769 (0.72-0.81) | 0.605 (0.51-0.70) |
+| stored, SSL with grey levels, probe without (**) | 0.768 (0.72-0.80) | 0.565 (0.48-0.67) |
+| stored + grey levels, probe | 0.796 (0.74-0.84) | 0.639 (0.56-0.74) |
+| stored + grey levels, feature head | 0.799 (0.73-0.85) | 0.689 (0.60-0.78) |
+
+Paired at 2,000: grey probe - percentile probe +0.020 (+0.004, +0.035); grey feature head -
+stored probe +0.029 (-0.006, +0.068); feature head - probe, both with grey levels, +0.002
+(-0.011, +0.018). At 192: grey feature head - stored probe +0.072 (-0.011, +0.155). Fusion with
+age and sex stays at 0.885-0.888 (clinical 0.870). (**) Overriding only
+``protocol.ssl.backbone`` used to leave the classifier on ``protocol.backbone``; fixed in
+``pipeline.protocol.classifier_backbone``; that row measured the old behaviour.
+
 (*) Before commit efc9025 the dataset's 12-bit PNGs were read as 16-bit, so stored-scale segments
 were divided by 65535 instead of 4095 (bone at 0.01-0.04; SimCLR's loss hardly moved). Those
 rows measured that, not the detector's scale.
