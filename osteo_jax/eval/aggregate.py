@@ -93,8 +93,18 @@ def bone_logits(
     return subjects, np.stack(columns, axis=1)
 
 
+class _SavedHead:
+    """What the heads share: :meth:`save` writes their ``to_dict()`` for :func:`load_head`."""
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Writes the head as strict JSON (atomically; a NaN is written as null)."""
+        from osteo_jax.data.folder import write_json
+
+        write_json(path, self.to_dict())
+
+
 @dataclasses.dataclass(frozen=True)
-class LogisticHead:
+class LogisticHead(_SavedHead):
     """A fitted per-bone logistic head: ``P = sigmoid(b + w . (x - mean) / scale)``.
 
     Attributes:
@@ -150,12 +160,6 @@ class LogisticHead:
             raise ValueError(f"aggregate head: {bad} do not have one value per bone of {bones}")
         return cls(bones=bones, intercept=float(d["intercept"]), eps=float(d["eps"]), **arrays)
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Writes the head as strict JSON (atomically; a NaN median is written as null)."""
-        from osteo_jax.data.folder import write_json
-
-        write_json(path, self.to_dict())
-
 
 def bone_features(
     features: np.ndarray, valid: np.ndarray, subject_ids: np.ndarray
@@ -193,7 +197,7 @@ def bone_features(
 
 
 @dataclasses.dataclass(frozen=True)
-class FeatureHead:
+class FeatureHead(_SavedHead):
     """A fitted subject head on per-bone features: ``P = sigmoid(b + sum(w * x))``.
 
     ``x`` is ``[B, D]``: the subject's mean features per bone (:func:`bone_features`), ``fill``
@@ -247,12 +251,6 @@ class FeatureHead:
         if coef.ndim != 2 or coef.shape[0] != len(bones) or fill.shape != coef.shape:
             raise ValueError(f"aggregate head: coef and fill are not [B, D] for bones {bones}")
         return cls(bones, coef, float(d["intercept"]), fill, float(d["C"]))
-
-    def save(self, path: str | os.PathLike) -> None:
-        """Writes the head as strict JSON (atomically)."""
-        from osteo_jax.data.folder import write_json
-
-        write_json(path, self.to_dict())
 
 
 def fit_feature_head(
