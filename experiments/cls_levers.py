@@ -3,6 +3,12 @@ r"""Classification levers on a finished run's segmenter: one config override per
     .venv/bin/python experiments/cls_levers.py --run runs/demo NAME KEY=VALUE ...
     .venv/bin/python experiments/cls_levers.py --run runs/demo stored \
         "segment.intensity='stored'" "protocol.cls.threshold='youden'"
+    .venv/bin/python experiments/cls_levers.py --run runs/demo --ssl-from stored stored_feat \
+        "segment.intensity='stored'" "protocol.cls.aggregate='features'"
+
+``--ssl-from ROW`` reuses the finished pretraining of row ``WORK/cls_ROW`` (copied; its SSL
+settings must be the same), so the two rows differ only after SSL: a paired comparison of
+the classifier settings, minutes instead of a new pretraining.
 
 Re-cuts the segments of ``RUN/data`` with ``RUN/seg`` (the run's segmenter) when the segment
 settings differ from the run's (kept under ``--work``, keyed by the settings), runs the protocol
