@@ -114,6 +114,7 @@ def test_resume_after_a_partial_write_gives_the_same_file(tiny, tmp_path):
     assert s["written"] == 0 and part.read_text() == text
 
 
+@pytest.mark.e2e  # a subprocess SIGKILLed then re-run (~17 s): make e2e
 def test_sigkill_then_rerun_gives_the_uninterrupted_file(tiny, tmp_path):
     """The real CLI in a subprocess, SIGKILLed as soon as its first batch is on disk (its
     decode workers with it), then run again: the same file as one uninterrupted run."""

@@ -141,6 +141,7 @@ _TWO_DEVICE_SCRIPT = textwrap.dedent("""
 """)
 
 
+@pytest.mark.e2e  # a two-device subprocess (~22 s): make e2e
 def test_same_step_on_two_cpu_devices_matches_one(tmp_path):
     env = dict(
         os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu"
