@@ -25,6 +25,9 @@ from osteo_jax.config import (
 )
 from osteo_jax.data.errors import DatasetError
 
+# The whole pipeline on a tiny cohort (~70 s before the first test): make e2e, which CI runs.
+pytestmark = pytest.mark.e2e
+
 BACKBONE = BackboneConfig(depth=18, width=4)
 TINY = ExperimentConfig(
     name="tiny",

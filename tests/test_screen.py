@@ -61,6 +61,7 @@ def _num(v):
     return float(v) if v != "" else math.nan
 
 
+@pytest.mark.e2e  # needs the tiny experiment run (~70 s, shared): make e2e
 def test_rows_errors_and_batching(tiny, tmp_path):
     run, images, _ = tiny
     out3 = tmp_path / "b3.csv"
@@ -97,6 +98,7 @@ def test_rows_errors_and_batching(tiny, tmp_path):
         assert float(r["probability"]) == pytest.approx(p["probability"], abs=1e-5)
 
 
+@pytest.mark.e2e  # needs the tiny experiment run (~70 s, shared): make e2e
 def test_resume_after_a_partial_write_gives_the_same_file(tiny, tmp_path):
     run, images, _ = tiny
     ref = tmp_path / "ref.csv"
@@ -153,6 +155,7 @@ def test_sigkill_then_rerun_gives_the_uninterrupted_file(tiny, tmp_path):
     assert out.read_text() == ref.read_text()
 
 
+@pytest.mark.e2e  # needs the tiny experiment run (~70 s, shared): make e2e
 def test_jsonl_is_strict_json_with_the_csv_values(tiny, tmp_path):
     run, images, _ = tiny
     out = tmp_path / "r.jsonl"
@@ -172,6 +175,7 @@ def test_jsonl_is_strict_json_with_the_csv_values(tiny, tmp_path):
             assert (r[k] is None) if math.isnan(want) else r[k] == pytest.approx(want)
 
 
+@pytest.mark.e2e  # needs the tiny experiment run (~70 s, shared): make e2e
 def test_refuses_an_output_it_did_not_write(tiny, tmp_path):
     run, images, _ = tiny
     other = tmp_path / "notes.csv"
@@ -186,6 +190,7 @@ def test_refuses_an_output_it_did_not_write(tiny, tmp_path):
     assert not fresh.exists() and not (tmp_path / "fresh.csv.qc.json").exists()
 
 
+@pytest.mark.e2e  # needs the tiny experiment run (~70 s, shared): make e2e
 def test_qc_flags_non_hand_radiographs(tiny, tmp_path):
     run, _, others = tiny
     out = tmp_path / "others.csv"
@@ -198,6 +203,7 @@ def test_qc_flags_non_hand_radiographs(tiny, tmp_path):
     assert [r for r in leg if not r.startswith("spacing unknown")], leg
 
 
+@pytest.mark.e2e  # needs the tiny experiment run (~70 s, shared): make e2e
 def test_cli_screen_and_its_errors(tiny, tmp_path, capsys):
     run, images, _ = tiny
     out = tmp_path / "cli.csv"
