@@ -92,6 +92,7 @@ import dataclasses
 import hashlib
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -144,9 +145,11 @@ def main(argv=None) -> dict:
     if args.ssl_from:  # earlier row's WORK/cls_ROW/<part>/ssl -> WORK/ssl_NAME/<part>
         ssl_dir = work / f"ssl_{args.name}"
         source = work / f"cls_{args.ssl_from}"
-        parts = sorted(d.name for d in source.iterdir() if (d / "ssl" / "config.json").exists())
+        found = source.iterdir() if source.is_dir() else ()
+        parts = sorted(d.name for d in found if (d / "ssl" / "config.json").exists())
         if not parts:
-            raise SystemExit(f"cls_levers: {source}: no finished SSL run to reuse")
+            print(f"cls_levers: {source}: no finished SSL run to reuse", file=sys.stderr)
+            raise SystemExit(2)
         for part in parts:
             if not (ssl_dir / part).exists():
                 shutil.copytree(source / part / "ssl", ssl_dir / part)
