@@ -298,7 +298,8 @@ def test_radiogrammetry_of_run_measures_every_subject_and_spreads_only_val(tmp_p
     assert [r["image_id"] for r in recs] == [r["image_id"] for r in images]
     keys = {"image_id", "subject_id", "split", "MC2_ci", "MC3_ci", "MC4_ci", "radius_ci",
             "MC2_ci_sd", "MC2_ci_lo", "MC2_ci_hi", "true_MC2_ci", "t_score",
-        *ABSORPTIOMETRY_KEYS}  # fmt: skip
+        *ABSORPTIOMETRY_KEYS, "MC2_porosity", "MC3_porosity", "MC4_porosity",
+        "radius_porosity"}  # fmt: skip
     assert all(set(r) == keys for r in recs)
     assert all(r["split"] == part_of[r["subject_id"]] for r in recs)
     n_val = sum(r["split"] == "val" for r in recs)

@@ -194,10 +194,16 @@ def test_stacked_row_is_image_and_measurements_weighed_on_validation(tmp_path, g
     ci = 0.6 - 0.08 * label + rng.normal(0, 0.06, N)  # a measured index that knows the label
     ci[5] = np.nan  # a failed measurement: the train median stands in
     absorb = 0.5 - 0.05 * label[:, None] + rng.normal(0, 0.05, (N, len(ABSORPTIOMETRY_KEYS)))
+    porosity = 0.06 + 0.02 * label[:, None] + rng.normal(0, 0.01, (N, 4))
+    porosity[7, 1] = np.nan  # a block fit that failed
     records = []
     for i, s in enumerate(ids):
         rec = {"subject_id": s, "MC2_ci": ci[i], "MC3_ci": ci[i] + 0.01, "MC4_ci": ci[i]}
         rec["radius_ci"] = ci[i] - 0.1
+        # Porosity: fitted with a detector calibration (grey), or NaN without one.
+        por = porosity[i] if grey else np.full(4, np.nan)
+        bones = ("MC2", "MC3", "MC4", "radius")
+        rec |= {f"{b}_porosity": v for b, v in zip(bones, por.tolist(), strict=True)}
         if grey:  # a file with the absorptiometry keys
             rec |= dict(zip(ABSORPTIOMETRY_KEYS, absorb[i].tolist(), strict=True))
         records.append(rec)
@@ -207,15 +213,21 @@ def test_stacked_row_is_image_and_measurements_weighed_on_validation(tmp_path, g
     res = compare_rows(out, data, radiogrammetry=tmp_path / "radio.json", covariates=(), n_boot=50)
     absorption_row = "radiogrammetry + absorptiometry (CI, grey levels, areas)"
     image_age_row = "radiogrammetry + image age (CI; age regressed on grey levels)"
+    porosity_row = (
+        "radiogrammetry + porosity (CI, cortical porosity fitted on a calibrated detector)"
+    )
     assert (absorption_row in res["rows"]) == grey
     assert (absorption_row in res["skipped"]) == (not grey)  # an older file: said, not hidden
+    assert (porosity_row in res["rows"]) == grey
+    if not grey:  # every porosity NaN: the row would repeat the CI row, and says why not
+        assert "no detector calibration" in res["skipped"][porosity_row]
     split = json.loads((out / "seed0" / "split.json").read_text())
     index = {s: i for i, s in enumerate(ids)}
     tr, va = [index[s] for s in split["train"]], [index[s] for s in split["val"]]
     te = [index[s] for s in sorted(split["test"])]
     # Reference: the measurements fitted on train (median-imputed), then [logit image, logit
     # measurements] fitted on validation, both standardised L2 logistic regressions.
-    x = np.column_stack([ci, ci + 0.01, ci, ci - 0.1] + ([absorb] if grey else []))
+    x = np.column_stack([ci, ci + 0.01, ci, ci - 0.1] + ([absorb, porosity] if grey else []))
     x = np.where(np.isnan(x), np.nanmedian(x[tr], axis=0), x)
 
     def logistic(features):
@@ -224,12 +236,16 @@ def test_stacked_row_is_image_and_measurements_weighed_on_validation(tmp_path, g
 
     candidates = [logistic(x[:, :4])]  # CI only
     if grey:
-        candidates.append(logistic(x))
+        n_abs = 4 + len(ABSORPTIOMETRY_KEYS)
+        candidates.append(logistic(x[:, :n_abs]))
         got = res["rows"][absorption_row]["per_part"][0]["probability"]
+        np.testing.assert_allclose(got, candidates[-1][te], atol=1e-6)
+        candidates.append(logistic(np.column_stack([x[:, :4], x[:, n_abs:]])))
+        got = res["rows"][porosity_row]["per_part"][0]["probability"]
         np.testing.assert_allclose(got, candidates[-1][te], atol=1e-6)
         # CI + an image age regressed on the grey levels.
         age = _col(data, "age").astype(float)
-        candidates.append(_image_age_reference(x[:, :4], x[:, 4:], age, label, tr))
+        candidates.append(_image_age_reference(x[:, :4], x[:, 4:n_abs], age, label, tr))
         got = res["rows"][image_age_row]["per_part"][0]["probability"]
         np.testing.assert_allclose(got, candidates[-1][te], atol=1e-6)
     # The stacked row takes the candidate with the best validation AUC (the last of equals).

@@ -15,6 +15,7 @@ __all__ = [
     "COMPARISON_JSON",
     "COMPARISON_MD",
     "IMAGE_ROW",
+    "POROSITY_ROW",
     "RADIO_ROW",
     "STACKED_ROW",
     "ceiling_table",
@@ -30,6 +31,7 @@ IMAGE_ROW = "image model"
 CLINICAL_ROW = "clinical"
 RADIO_ROW = "radiogrammetry (measured CI)"
 ABSORPTIOMETRY_ROW = "radiogrammetry + absorptiometry (CI, grey levels, areas)"
+POROSITY_ROW = "radiogrammetry + porosity (CI, cortical porosity fitted on a calibrated detector)"
 IMAGE_AGE_ROW = "radiogrammetry + image age (CI; age regressed on grey levels)"
 # Image only: the image model's score and the measurement baseline best on val, stacked on val.
 STACKED_ROW = "image model + measurements (stacked)"

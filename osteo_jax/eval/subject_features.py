@@ -183,6 +183,7 @@ def radiogrammetry_features(
     bones: Sequence[str] = RADIOGRAMMETRY_BONES,
     *,
     absorptiometry: bool = False,
+    porosity: bool = False,
 ) -> SubjectFeatures:
     """Per-subject cortical indices from a ``radiogrammetry.json`` (or its loaded content).
 
@@ -192,6 +193,8 @@ def radiogrammetry_features(
       bones: bones whose ``<bone>_ci`` are read.
       absorptiometry: also read the grey levels, areas and soft-tissue level
         (:data:`~osteo_jax.eval.radiogrammetry.absorptiometry.ABSORPTIOMETRY_KEYS`).
+      porosity: also read each of ``bones``' fitted cortical porosity (``<bone>_porosity``,
+        :mod:`~osteo_jax.eval.radiogrammetry.porosity`; NaN without a detector calibration).
 
     Returns:
       ``SubjectFeatures(subject_ids [n] sorted, values [n, d], names)``: per subject the mean
@@ -204,6 +207,7 @@ def radiogrammetry_features(
     if not isinstance(radio, Mapping):
         radio = nulls_to_nan(json.loads(Path(radio).read_text()))  # NaN is null in JSON
     names = tuple(f"{b}_ci" for b in bones) + (ABSORPTIOMETRY_KEYS if absorptiometry else ())
+    names += tuple(f"{b}_porosity" for b in bones) if porosity else ()
     records = radio.get("per_image", [])
     for k, r in enumerate(records):
         absent = [n for n in ("subject_id", *names) if n not in r]

@@ -67,6 +67,7 @@ from osteo_jax.eval.headline import (
     COMPARISON_MD,
     IMAGE_AGE_ROW,
     IMAGE_ROW,
+    POROSITY_ROW,
     RADIO_ROW,
     STACKED_ROW,
     headline_table,
@@ -149,6 +150,24 @@ def _val_predictions(cls_dir: Path, part: dict, segments) -> dict[str, tuple[int
     return _read_predictions(path)
 
 
+def _porosity_features(radiogrammetry, skipped: dict[str, str]) -> SubjectFeatures | None:
+    """The cortical indices with the fitted porosities, or None (the reason in ``skipped``).
+
+    Without a detector calibration (any real dataset) every porosity is NaN, and the row would
+    only repeat the radiogrammetry row: it is left out.
+    """
+    try:
+        feats = radiogrammetry_features(radiogrammetry, porosity=True)
+    except ValueError as err:  # a file measured before the porosity fit existed
+        skipped[POROSITY_ROW] = str(err)
+        return None
+    cols = [i for i, n in enumerate(feats.names) if n.endswith("_porosity")]
+    if not np.isfinite(feats.values[:, cols]).any():
+        skipped[POROSITY_ROW] = "no porosity measured (the dataset records no detector calibration)"
+        return None
+    return feats
+
+
 def compare_rows(
     cls_dir: str | Path,
     data: str | Path,
@@ -193,12 +212,13 @@ def compare_rows(
     rule = metrics["config"]["cls"].get("threshold", "fixed")
     rows: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray, float]]] = {}
     skipped: dict[str, str] = {}  # rows that cannot be fitted on some part, and why
-    radio_abs = None
+    radio_abs = radio_por = None
     if radiogrammetry:
         try:
             radio_abs = radiogrammetry_features(radiogrammetry, absorptiometry=True)
         except ValueError as err:  # a file measured before absorptiometry existed
             skipped[ABSORPTIOMETRY_ROW] = str(err)
+        radio_por = _porosity_features(radiogrammetry, skipped)
     ages = None
     if radio_abs is not None:
         try:
@@ -246,7 +266,11 @@ def compare_rows(
                 _scores_of(clinical, val_ids),
             )
         measured = []  # image-only measurement baselines, candidates of the stacked row
-        for feats, row in ((radio, RADIO_ROW), (radio_abs, ABSORPTIOMETRY_ROW)):
+        for feats, row in (
+            (radio, RADIO_ROW),
+            (radio_abs, ABSORPTIOMETRY_ROW),
+            (radio_por, POROSITY_ROW),
+        ):
             if feats is None:
                 continue
             alone = radiogrammetry_scores(split, labels, feats)

@@ -17,11 +17,14 @@ The result (``out_json``)::
                  the suffix "_all"},
      "per_image": [{"image_id", "subject_id", "split", "MC2_ci", "MC3_ci", "MC4_ci",
                     "radius_ci", "MC2_ci_sd", "MC2_ci_lo", "MC2_ci_hi", "<bone>_grey",
-                    "<bone>_area_mm2" (the 7 bones), "soft_grey", "true_MC2_ci"
-                    (with bones.csv), "t_score"}]}
+                    "<bone>_area_mm2" (the 7 bones), "soft_grey", "<bone>_porosity" (MC2,
+                    MC3, MC4, radius), "true_MC2_ci" (with bones.csv), "t_score"}]}
 
 The ``_grey`` and ``_area_mm2`` keys are radiographic absorptiometry of the same mixture-mean
 segmentation on the stored grey scale (:mod:`osteo_jax.eval.radiogrammetry.absorptiometry`).
+``_porosity`` is the cortical porosity of each measured shaft from a Beer-Lambert fit of its
+profiles (:mod:`osteo_jax.eval.radiogrammetry.porosity`); it needs the detector's calibration,
+which only a synthetic dataset records (``dataset.json``), and is NaN elsewhere.
 """
 
 from __future__ import annotations
@@ -37,6 +40,11 @@ from osteo_jax.data.segments import labels_from_probs
 from osteo_jax.eval.radiogrammetry.absorptiometry import absorptiometry
 from osteo_jax.eval.radiogrammetry.hypotheses import measure_hypotheses
 from osteo_jax.eval.radiogrammetry.measure import DEFAULT_BONES, measure_radiograph
+from osteo_jax.eval.radiogrammetry.porosity import (
+    DetectorCalibration,
+    calibration_of_dataset,
+    measure_porosity,
+)
 
 __all__ = ["DEFAULT_SPACING", "radiogrammetry_of_run"]
 
@@ -104,6 +112,7 @@ def radiogrammetry_of_run(
         raise ValueError(f"hypotheses must be >= 0 (0 = all), got {hypotheses}")
     split_of = _subject_split(parts)
     bits = bits_stored(data)  # the grey levels absorptiometry reads: the DICOM scale
+    calib = calibration_of_dataset(data)  # None: no porosity (not a calibrated detector)
     rows = [
         r
         for r in read_csv(data / IMAGES_CSV)
@@ -142,6 +151,7 @@ def radiogrammetry_of_run(
                 float(spacing),
                 hypotheses=hypotheses,
                 spread=spread_split == "all" or part == spread_split,
+                calib=calib,
             )
             per_image.append(rec)
         bar.update(len(chunk))
@@ -190,6 +200,7 @@ def _measure_image(
     *,
     hypotheses: int,
     spread: bool,
+    calib: DetectorCalibration | None = None,
 ) -> dict[str, float]:
     """Cortical indices of one radiograph from a mixture segmenter's prediction.
 
@@ -201,10 +212,12 @@ def _measure_image(
       spacing_mm: pixel spacing (mm).
       hypotheses: the spread is over this many heaviest hypotheses (0 = all).
       spread: measure the 2MCI's spread (else its fields are NaN).
+      calib: the detector's calibration, for the cortical porosity (None: NaN).
 
     Returns:
-      ``{"<bone>_ci"}`` for ``DEFAULT_BONES`` on the mixture-mean segmentation,
-      ``{"MC2_ci_sd", "MC2_ci_lo", "MC2_ci_hi"}`` and the absorptiometry keys.
+      ``{"<bone>_ci"}`` and ``{"<bone>_porosity"}`` for ``DEFAULT_BONES`` on the
+      mixture-mean segmentation, ``{"MC2_ci_sd", "MC2_ci_lo", "MC2_ci_hi"}`` and the
+      absorptiometry keys.
     """
     w = weights / weights.sum()
     labels = labels_from_probs(np.tensordot(w.astype(np.float32), probs, axes=1), image.shape)
@@ -212,6 +225,13 @@ def _measure_image(
     rec = {f"{b}_ci": float(mean[b].cortical_index) for b in DEFAULT_BONES}
     rec |= {f"MC2_ci_{k}": float("nan") for k in _SPREAD}
     rec |= absorptiometry(stored, labels, spacing_mm=spacing_mm)
+    nepers = calib.nepers(stored) if calib is not None else None
+    for b in DEFAULT_BONES:
+        rec[f"{b}_porosity"] = (
+            measure_porosity(nepers, labels, mean[b], calib, spacing_mm=spacing_mm)
+            if calib is not None
+            else float("nan")
+        )
     if spread:
         # Each hypothesis costs a profile fit: only the heaviest, and only the 2MCI.
         top = np.argsort(-weights, kind="stable")[: hypotheses or len(weights)]

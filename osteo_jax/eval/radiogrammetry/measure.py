@@ -27,6 +27,7 @@ __all__ = [
     "BoneMeasurement",
     "RadiogrammetryConfig",
     "check_bones",
+    "block_profile",
     "measure_bone",
     "measure_radiograph",
 ]
@@ -167,7 +168,13 @@ def _distal_sign(labels, pts, centre, u, s) -> float:
     return 1.0 if border[0] >= border[1] else -1.0
 
 
-def _block_profile(image, labels, cls, centre, u, n, s0, t_lo, t_hi, pad, block, step):
+def block_profile(image, labels, cls, centre, u, n, s0, t_lo, t_hi, pad, block, step):
+    """Mean profile across a shaft: ``block`` rows along ``u`` around ``centre + u s0``.
+
+    Samples run along ``n`` from ``t_lo - pad`` to ``t_hi + pad`` (pixels) every ``step``;
+    pixels of other classes than ``cls`` and the background are left out. Returns ``(t,
+    profile)``, NaN where fewer than half of the rows have a sample.
+    """
     t = np.arange(t_lo - pad, t_hi + pad + step / 2, step)
     rows = s0 + np.arange(-(block - 1) / 2, (block - 1) / 2 + 0.5, 1.0)
     pts = (
@@ -273,7 +280,7 @@ def measure_bone(
         if any(not (0 <= e[0] <= h - 1 and 0 <= e[1] <= w - 1) for e in ends):
             continue
         n_inside += 1
-        t, prof = _block_profile(
+        t, prof = block_profile(
             image, labels, cls, centre, u, n, s0, t_lo, t_hi, pad, block, cfg.step_px
         )
         origin = centre + u * s0
