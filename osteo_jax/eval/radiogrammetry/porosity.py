@@ -283,31 +283,38 @@ def measure_porosity(
     if not measurement.valid or not measurement.block_fits:
         return float("nan")
     u = np.asarray(measurement.axis, np.float64)
-    origins = np.array([o for _, o, _, _ in measurement.block_fits], np.float64)
+    fits = measurement.block_fits
+    origins = np.array([o for _, o, _, _ in fits], np.float64)
     if len(origins) > 1:
         gap = np.median(np.abs(np.diff((origins - origins[0]) @ u)))
         block = max(int(round(gap)), 1)
     else:
         block = max(int(round(1.0 / spacing_mm)), 1)
     cls = CLASS_NAMES.index(measurement.bone)
-    pad = pad_mm / spacing_mm
-    values = []
-    for _, origin, n, params in measurement.block_fits:
-        c, big, q, v, sigma = (float(params[i]) for i in (5, 6, 7, 8, 9))
-        small = q * big
+    params = np.array([p for _, _, _, p in fits], np.float64)
+    big = float(np.median(params[:, 6]))
+    small = float(np.median(params[:, 7] * params[:, 6]))
+    offset = float(np.median(params[:, 8] * params[:, 6] * (1.0 - params[:, 7])))
+    sigma = float(np.median(params[:, 9]))
+    # One mean profile over the window: each block's profiles centred on its own tube fit.
+    profiles = []
+    for _, origin, n, p in fits:
+        centre = np.asarray(origin, np.float64) + np.asarray(n, np.float64) * float(p[5])
         t, prof = block_profile(
-            nepers, labels, cls, origin, u, n, 0.0, c - big, c + big, pad, block, step_px
+            nepers, labels, cls, centre, u, n, 0.0, -big, big, pad_mm / spacing_mm, block, step_px
         )
-        fit = fit_porosity(
-            t * spacing_mm,
-            prof,
-            calib,
-            centre_mm=c * spacing_mm,
-            outer_mm=big * spacing_mm,
-            inner_mm=small * spacing_mm,
-            offset_mm=v * (big - small) * spacing_mm,
-            sigma_mm=sigma * spacing_mm,
-        )
-        if fit is not None and fit[1] <= max_residual:
-            values.append(fit[0])
-    return float(np.median(values)) if values else float("nan")
+        profiles.append(prof)
+    prof = np.nanmean(np.stack(profiles), axis=0) if len(profiles) > 1 else profiles[0]
+    fit = fit_porosity(
+        t * spacing_mm,
+        prof,
+        calib,
+        centre_mm=0.0,
+        outer_mm=big * spacing_mm,
+        inner_mm=small * spacing_mm,
+        offset_mm=offset * spacing_mm,
+        sigma_mm=sigma * spacing_mm,
+    )
+    if fit is None or fit[1] > max_residual:
+        return float("nan")
+    return fit[0]
