@@ -11,6 +11,10 @@ outer (periosteal) width and ``M`` the medullary (endosteal) width (Barnett & No
   a tube to a mean intensity profile across the shaft, which gives the sub-pixel widths.
 * :mod:`~osteo_jax.eval.radiogrammetry.hypotheses`: every segmentation hypothesis of a mixture
   segmenter measured, each index summarised by its weighted spread.
+* :mod:`~osteo_jax.eval.radiogrammetry.absorptiometry`: each bone's grey level and area on the
+  detector's stored scale.
+* :mod:`~osteo_jax.eval.radiogrammetry.porosity`: the cortical porosity of a measured shaft, from
+  a Beer-Lambert fit of its profile on a calibrated detector (spectrum, attenuation, gain).
 """
 
 from osteo_jax.eval.radiogrammetry.hypotheses import (
