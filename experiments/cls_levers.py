@@ -67,7 +67,10 @@ threshold, 5 folds, one core):
 Paired at 2,000: grey probe - percentile probe +0.020 (+0.004, +0.035); grey feature head -
 stored probe +0.029 (-0.006, +0.068); feature head - probe, both with grey levels, +0.002
 (-0.011, +0.018). At 192: grey feature head - stored probe +0.072 (-0.011, +0.155). Fusion with
-age and sex stays at 0.885-0.888 (clinical 0.870). (**) Overriding only
+age and sex stays at 0.885-0.888 (clinical 0.870). On the demo's own protocol (192, 3 seeds x 19
+test subjects, Youden; ``--work runs/lev2 grey_feat_3s``, 2026-12-01) the grey feature head
+gives 0.735 (0.56-0.89), accuracy 0.63, against the demo settings' 0.757: the demo keeps its
+settings. (**) Overriding only
 ``protocol.ssl.backbone`` used to leave the classifier on ``protocol.backbone``; fixed in
 ``pipeline.protocol.classifier_backbone``; that row measured the old behaviour.
 
