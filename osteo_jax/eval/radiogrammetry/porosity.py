@@ -304,7 +304,9 @@ def measure_porosity(
             nepers, labels, cls, centre, u, n, 0.0, -big, big, pad_mm / spacing_mm, block, step_px
         )
         profiles.append(prof)
-    prof = np.nanmean(np.stack(profiles), axis=0) if len(profiles) > 1 else profiles[0]
+    stack = np.stack(profiles)
+    count = np.isfinite(stack).sum(axis=0)
+    prof = np.where(count > 0, np.nansum(stack, axis=0) / np.maximum(count, 1), np.nan)
     fit = fit_porosity(
         t * spacing_mm,
         prof,
