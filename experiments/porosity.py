@@ -42,18 +42,21 @@ r = 0.980 (0.975 at 192) and age with r = 0.70 (the true mean: 0.73). Ignoring b
 (one effective energy) reads a porosity of 0.04 as 0.17-0.19 (``tests/test_porosity.py``'s
 tubes). What it buys the classification (``--cls RUN/cls --work DIR``: the run's protocol
 folder re-scored with this file's porosity into a copy; same test subjects; "stacked" is
-image only: the image model's score and the best measurement row, weighed on validation):
+image only: the image model's score and the best measurement row, weighed on validation;
+"grey": stored segments with grey levels and the feature head):
 
 | cohort, protocol | radiogrammetry (CI) | + porosity | image model | stacked | target |
 |---|---|---|---|---|---|
 | 2,000, 3 seeds x ~200 | 0.772 | **0.857** (0.81-0.89) | 0.776 | **0.855** (0.80-0.89) | 0.854 |
-| 192, 5 folds | 0.729 | **0.824** (0.76-0.88) | 0.689 (grey feature head) | 0.801 | 0.815 |
+| 2,000, 5 folds | 0.786 | **0.866** (0.85-0.88) | 0.800 (grey) | **0.866** (0.85-0.88) | 0.854 |
+| 192, 5 folds | 0.729 | **0.824** (0.76-0.88) | 0.689 (grey) | 0.801 | 0.815 |
 | 192, 3 seeds x 19 (demo) | 0.769 | **0.893** (0.75-0.99) | 0.756 | 0.850 (0.70-0.97) | 0.795 |
 
-Paired at 2,000: porosity row - image model +0.081 (+0.049, +0.113); the image ceiling is
-0.884 (Bayes image posterior on these subjects 0.880). With age and sex it gives 0.887 against
-the clinical 0.870, +0.018 (-0.006, +0.039): porosity is mostly age, which the clinical row
-already has.
+With 5 folds at 2,000 the fusion (image model + age, sex) is 0.889, +0.029 (+0.020, +0.038)
+over clinical (0.860). Paired at 2,000, 3 seeds: porosity row - image model +0.081 (+0.049,
++0.113); the image ceiling is 0.884 (Bayes image posterior on these subjects 0.880). With age and
+sex the porosity row gives 0.887 against the clinical 0.870, +0.018 (-0.006, +0.039) on 3 seeds
+and +0.032 (+0.022, +0.042) on 5 folds.
 """
 
 from __future__ import annotations
