@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import textwrap
 from collections.abc import Sequence
 
 import matplotlib
@@ -16,6 +17,7 @@ from osteo_jax.eval.cls_metrics import reliability_curve, roc_curve
 __all__ = ["comparison_figure", "reliability_figure", "roc_figure"]
 
 _NOTE = "synthetic data: method development only, no clinical claim"
+_LABEL_WIDTH = 44  # characters per line of a row name in the comparison figure
 
 
 def roc_figure(
@@ -129,7 +131,10 @@ def comparison_figure(comparison: dict, path: str | os.PathLike, *, title: str =
       zero are drawn filled.
     """
     names = list(comparison["rows"])
-    fig, ax = plt.subplots(figsize=(7.5, 0.45 * len(names) + 1.6))
+    # Long row names (the measurement rows) wrapped, so the axes keep most of the width.
+    labels = [textwrap.fill(n, _LABEL_WIDTH) for n in names]
+    lines = sum(label.count("\n") + 1 for label in labels)
+    fig, ax = plt.subplots(figsize=(8.5, 0.3 * lines + 0.15 * len(names) + 1.6))
     for i, name in enumerate(names):
         auc = comparison["rows"][name]["summary"]["auc"]
         lo, hi = auc["ci95"]
@@ -149,15 +154,15 @@ def comparison_figure(comparison: dict, path: str | os.PathLike, *, title: str =
                 ceilings[key], color="k", ls=style, lw=1, label=f"{words} {ceilings[key]:.2f}"
             )
     ax.axvline(0.5, color="0.8", lw=1)
-    ax.set_yticks(range(len(names)), names)
+    ax.set_yticks(range(len(names)), labels, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel("AUC (mean over seeds, 95 % interval); filled: differs from clinical")
     ax.set_xlim(0.3, 1.0)
     if ceilings:
         ax.legend(loc="lower left", fontsize=8)
     ax.set_title(title or "The model beside the baselines, same test subjects", fontsize=10)
-    fig.text(0.99, 0.01, _NOTE, ha="right", va="bottom", fontsize=7, color="0.4")
-    fig.tight_layout()
+    fig.text(0.99, 0.005, _NOTE, ha="right", va="bottom", fontsize=7, color="0.4")
+    fig.tight_layout(rect=(0, 0.02, 1, 1))  # room for the note under the axis label
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return str(path)
