@@ -65,7 +65,9 @@ import argparse
 import json
 import math
 import shutil
+import sys
 from pathlib import Path
+from typing import NoReturn
 
 import numpy as np
 
@@ -144,6 +146,38 @@ def figure(res: dict, path: Path) -> None:
     plt.close(fig)
 
 
+MARK = ".osteo-jax-porosity"  # this script's folders: it writes into no other non-empty one
+
+
+def _fail(message: str) -> NoReturn:
+    print(f"porosity: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _claim(folder: Path) -> None:
+    """Creates and marks ``folder``; refuses a non-empty one this script did not write."""
+    if folder.exists() and not folder.is_dir():
+        _fail(f"{folder}: exists and is not a folder")
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / MARK).exists():
+        _fail(f"{folder}: holds files this script did not write; choose a new folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / MARK).touch()
+
+
+def _read_radio(path: Path) -> dict:
+    try:
+        radio = nulls_to_nan(json.loads(path.read_text()))
+        records = radio["per_image"]
+        ok = isinstance(records, list) and all("subject_id" in r for r in records)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        _fail(f"{path}: not a readable radiogrammetry.json ({type(e).__name__}: {e})")
+    if not ok:
+        _fail(f"{path}: per_image must be a list of records with a subject_id")
+    if not any(f"{b}_porosity" in r for r in records for b in DEFAULT_BONES):
+        _fail(f"{path}: no porosity in its records (measured before commit 964f34f?)")
+    return radio
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", required=True, help="synthetic dataset folder (bones.csv)")
@@ -153,15 +187,21 @@ def main() -> None:
     parser.add_argument("--work", help="where the re-scored copy goes (with --cls)")
     args = parser.parse_args()
     if bool(args.cls) != bool(args.work):
-        raise SystemExit("porosity: --cls and --work go together")
+        _fail("--cls and --work go together")
     data, out = Path(args.data), Path(args.out)
     if not (data / "bones.csv").is_file():
-        raise SystemExit(f"porosity: {data / 'bones.csv'} not found (synthetic data only)")
-    radio = nulls_to_nan(json.loads(Path(args.radio).read_text()))
-    if not any(f"{b}_porosity" in r for r in radio["per_image"] for b in DEFAULT_BONES):
-        raise SystemExit(f"porosity: {args.radio} has no porosity (measured before 964f34f?)")
-    res = agreement(radio, data)
-    out.mkdir(parents=True, exist_ok=True)
+        _fail(f"{data / 'bones.csv'}: not found (synthetic data only)")
+    if args.cls and not (Path(args.cls) / "cls_metrics.json").is_file():
+        _fail(f"{args.cls}: not a finished protocol folder (no cls_metrics.json)")
+    work = Path(args.work) / "cls" if args.work else None
+    if work is not None and work.exists() and not (work / MARK).exists():
+        _fail(f"{work}: exists and was not written by this script; choose a new --work")
+    radio = _read_radio(Path(args.radio))
+    try:
+        res = agreement(radio, data)
+    except (OSError, KeyError, ValueError) as e:
+        _fail(f"{data}: bones.csv / subjects.csv unreadable or missing a column ({e})")
+    _claim(out)
     figure(res, out / "porosity.png")
     summary = {k: v for k, v in res.items() if k not in ("pairs", "age_pairs")}
     write_json(out / "porosity.json", summary)
@@ -173,19 +213,27 @@ def main() -> None:
     print(json.dumps(res["subject"], indent=1))
     print(f"wrote {out / 'porosity.json'} and {out / 'porosity.png'}")
     if args.cls:
-        rescore(Path(args.cls), data, Path(args.radio), Path(args.work) / "cls")
+        rescore(Path(args.cls), data, Path(args.radio), work)
 
 
 def rescore(cls_dir: Path, data: Path, radio: Path, dst: Path) -> dict:
-    """``compare_rows`` of a copy of ``cls_dir`` (weights left out) with ``radio``; prints it."""
+    """``compare_rows`` of a copy of ``cls_dir`` (weights left out) with ``radio``; prints it.
+
+    The copy is made once and marked; a ``dst`` this script did not write is refused.
+    """
+    from osteo_jax.data.errors import DatasetError
     from osteo_jax.pipeline.comparison import compare_rows
 
-    if not (cls_dir / "cls_metrics.json").is_file():
-        raise SystemExit(f"porosity: {cls_dir} is not a finished protocol folder")
+    if dst.exists() and not (dst / MARK).exists():
+        _fail(f"{dst}: exists and was not written by this script; choose a new --work")
     if not dst.exists():
         skip = shutil.ignore_patterns("*.msgpack", "checkpoints", "ssl", "tensorboard")
         shutil.copytree(cls_dir, dst, ignore=skip)
-    res = compare_rows(dst, data, radiogrammetry=radio)
+        (dst / MARK).touch()
+    try:
+        res = compare_rows(dst, data, radiogrammetry=radio)
+    except (DatasetError, ValueError, KeyError) as e:
+        _fail(f"{cls_dir}: cannot be re-scored with {radio} ({e})")
     for name, row in res["rows"].items():
         auc = row["summary"]["auc"]
         lo, hi = auc["ci95"]

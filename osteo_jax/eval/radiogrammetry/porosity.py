@@ -88,7 +88,11 @@ class DetectorCalibration:
         return (np.asarray(stored, np.float64) * top - self.dn_open) / self.dn_per_neper
 
     def transmission(self, bone_mm, soft_mm, marrow_mm) -> np.ndarray:
-        """Fraction of the open beam through the given path lengths (mm), spectrum-weighted."""
+        """Fraction of the open beam through the given path lengths (mm), spectrum-weighted.
+
+        The generator's ``data.synth.xray.transmission`` computes the same in float32 in place;
+        the fit needs float64 (its forward differences step by ~1e-8), so it is not reused.
+        """
         w = np.asarray(self.spectrum, np.float64)
         w = w / w.sum()
         out = 0.0
@@ -243,7 +247,7 @@ def fit_porosity(
         )
     except (ValueError, np.linalg.LinAlgError):
         return None
-    s0, s1, s2, p, f, c, big, small, d, sigma = res.x
+    p, big, small = res.x[3], res.x[6], res.x[7]
     if not small < big or not np.all(np.isfinite(res.x)):
         return None
     rms = float(np.sqrt(np.mean(res.fun**2)))
