@@ -12,6 +12,7 @@ from osteo_jax.data.folder import write_csv
 from osteo_jax.eval.baselines import (
     DEFAULT_C,
     clinical_scores,
+    cross_validated_auc,
     fit_logistic,
     fusion_scores,
     predict_probability,
@@ -193,6 +194,63 @@ def test_radiogrammetry_imputes_with_the_train_median():
     )
     np.testing.assert_allclose(res.model.named_steps["scale"].mean_, scaler.mean_, atol=1e-12)
     assert res.probabilities[1] == res.probabilities[2]
+
+
+def _misleading_validation(seed=0):
+    """Two measurements: A knows the label on train and not on val; B the other way round."""
+    rng = np.random.default_rng(seed)
+    n_tr, n_va = 120, 16
+    y_tr, y_va = (np.arange(n_tr) % 3 == 0).astype(int), (np.arange(n_va) % 3 == 0).astype(int)
+    a = np.concatenate([y_tr + rng.normal(0, 0.7, n_tr), -y_va + rng.normal(0, 0.3, n_va)])
+    b = np.concatenate([0.3 * y_tr + rng.normal(0, 1.0, n_tr), y_va + rng.normal(0, 0.2, n_va)])
+    a[3] = np.nan  # a failed measurement, imputed inside every fold
+    ids = [f"T{i:03d}" for i in range(n_tr)] + [f"V{i:03d}" for i in range(n_va)]
+    split = {"train": ids[:n_tr], "val": ids[n_tr:], "test": []}
+    labels = dict(zip(ids, np.concatenate([y_tr, y_va]).tolist(), strict=True))
+    feats = [
+        SubjectFeatures(np.array(ids), v[:, None], (name,)) for v, name in ((a, "A"), (b, "B"))
+    ]
+    return split, labels, feats
+
+
+def test_cross_validated_auc_equals_sklearn_out_of_fold_predictions():
+    from sklearn.impute import SimpleImputer
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.pipeline import make_pipeline
+
+    split, labels, feats = _misleading_validation()
+    y = np.array([labels[s] for s in split["train"]])
+    for f in feats:
+        res = radiogrammetry_scores(split, labels, f)
+        x = f.rows(split["train"])
+        model = make_pipeline(
+            SimpleImputer(strategy="median"),
+            StandardScaler(),
+            LogisticRegression(C=DEFAULT_C, tol=1e-10, max_iter=10_000),
+        )
+        folds = StratifiedKFold(5, shuffle=True, random_state=0)
+        p = cross_val_predict(model, x, y, cv=folds, method="predict_proba")[:, 1]
+        assert cross_validated_auc(res) == pytest.approx(roc_auc_score(y, p), abs=1e-9)
+    # Fewer than 2 fitting subjects of a class: no folds, NaN.
+    tiny = {"train": ["a", "b", "c", "d"], "val": ["v"], "test": []}
+    one_pos = {"a": 1, "b": 0, "c": 0, "d": 0, "v": 1}
+    x = SubjectFeatures(np.array(["a", "b", "c", "d", "v"]), np.arange(5.0)[:, None], ("A",))
+    assert np.isnan(cross_validated_auc(radiogrammetry_scores(tiny, one_pos, x)))
+
+
+def test_stacked_measurement_is_chosen_by_training_cv_not_validation():
+    from osteo_jax.pipeline.comparison import _best_by_training_cv
+
+    split, labels, feats = _misleading_validation()
+    a, b = (radiogrammetry_scores(split, labels, f) for f in feats)
+    y_va = [labels[s] for s in split["val"]]
+    # The 16 validation subjects would pick B; the 120 training subjects' folds pick A.
+    assert roc_auc_score(y_va, b.probability(split["val"])) > 0.9
+    assert roc_auc_score(y_va, a.probability(split["val"])) < 0.2
+    assert cross_validated_auc(a) > cross_validated_auc(b) + 0.1
+    assert _best_by_training_cv([a, b]) is a and _best_by_training_cv([b, a]) is a
+    twin = radiogrammetry_scores(split, labels, feats[0])  # equal AUCs: the last of equals
+    assert _best_by_training_cv([a, twin]) is twin
 
 
 def test_radiogrammetry_features_average_finite_values_per_subject():

@@ -27,9 +27,11 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 
 import numpy as np
+from sklearn.base import clone
 from sklearn.impute import SimpleImputer
 from sklearn.linear_model import LogisticRegression, RidgeCV
-from sklearn.model_selection import KFold, cross_val_predict
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import KFold, StratifiedKFold, cross_val_predict
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -39,6 +41,7 @@ __all__ = [
     "DEFAULT_C",
     "BaselineScores",
     "clinical_scores",
+    "cross_validated_auc",
     "fit_logistic",
     "fusion_scores",
     "image_age_scores",
@@ -50,6 +53,7 @@ __all__ = [
 DEFAULT_C = 1.0  # inverse L2 strength on standardised features (see the module docstring)
 MIN_PER_CLASS = 2  # fewest fitting subjects of each class a stacker is fitted on
 SCORE_EPS = 1e-6  # image scores are clipped to [eps, 1 - eps] before the logit
+CV_FOLDS = 5  # folds of cross_validated_auc
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +67,9 @@ class BaselineScores:
       fit_subjects: the subjects whose features and labels the model was fitted on.
       feature_names: ``[d]`` the model's input features, in order.
       model: the fitted scikit-learn pipeline.
+      fit_design: ``[n, d]`` the fitting subjects' features as ``model`` was fitted on them
+        (NaN where it imputes), aligned with ``fit_subjects``.
+      fit_labels: ``[n]`` their labels.
     """
 
     name: str
@@ -71,6 +78,8 @@ class BaselineScores:
     fit_subjects: tuple[str, ...]
     feature_names: tuple[str, ...]
     model: Pipeline = dataclasses.field(repr=False, compare=False)
+    fit_design: np.ndarray = dataclasses.field(repr=False, compare=False)
+    fit_labels: np.ndarray = dataclasses.field(repr=False, compare=False)
 
     def probability(self, subject_ids: Sequence[str]) -> np.ndarray:
         """``[m]`` probabilities of ``subject_ids`` (KeyError for a subject not predicted)."""
@@ -151,7 +160,7 @@ def _labels_of(labels: Mapping[str, int], ids: Sequence[str], part: str) -> np.n
     return np.array([int(labels[s]) for s in ids], np.int64)
 
 
-def _scores(name, model, X_pred, pred_ids, fit_ids, names) -> BaselineScores:
+def _scores(name, model, X_pred, pred_ids, fit_ids, names, X_fit, y) -> BaselineScores:
     return BaselineScores(
         name=name,
         subject_ids=tuple(pred_ids),
@@ -159,7 +168,38 @@ def _scores(name, model, X_pred, pred_ids, fit_ids, names) -> BaselineScores:
         fit_subjects=tuple(fit_ids),
         feature_names=tuple(names),
         model=model,
+        fit_design=np.asarray(X_fit, np.float64),
+        fit_labels=np.asarray(y),
     )
+
+
+def cross_validated_auc(baseline: BaselineScores, folds: int = CV_FOLDS, seed: int = 0) -> float:
+    """AUC of a baseline's out-of-fold probabilities on the subjects it was fitted on.
+
+    Its model is refitted (a fresh copy: imputer, scaler and logistic regression) on all but
+    one of ``folds`` stratified folds of its fitting subjects and predicts the one left out.
+    With a hundred or more training subjects this ranks candidate baselines far more stably
+    than the AUC on a validation part of 17-40 subjects (a handful of positives), and it
+    reads no validation or test subject.
+
+    Args:
+      baseline: a train-fitted baseline (:func:`radiogrammetry_scores`, :func:`image_age_scores`,
+        :func:`clinical_scores`).
+      folds: at most this many folds (fewer where a class has fewer subjects).
+      seed: the fold shuffle.
+
+    Returns:
+      The AUC, or NaN where a class has fewer than 2 fitting subjects.
+    """
+    y = baseline.fit_labels
+    k = min(folds, int(np.bincount(y, minlength=2).min()))
+    if k < 2:
+        return float("nan")
+    cv = StratifiedKFold(k, shuffle=True, random_state=seed)
+    p = cross_val_predict(
+        clone(baseline.model), baseline.fit_design, y, cv=cv, method="predict_proba"
+    )[:, 1]
+    return float(roc_auc_score(y, p))
 
 
 def clinical_scores(
@@ -182,9 +222,10 @@ def clinical_scores(
     """
     parts = _check_split(split)
     fit_ids, pred_ids = parts["train"], parts["val"] + parts["test"]
-    model = fit_logistic(covariates.rows(fit_ids), _labels_of(labels, fit_ids, "train"), C=C)
+    X_fit, y = covariates.rows(fit_ids), _labels_of(labels, fit_ids, "train")
+    model = fit_logistic(X_fit, y, C=C)
     return _scores(
-        "clinical", model, covariates.rows(pred_ids), pred_ids, fit_ids, covariates.names
+        "clinical", model, covariates.rows(pred_ids), pred_ids, fit_ids, covariates.names, X_fit, y
     )
 
 
@@ -229,7 +270,7 @@ def radiogrammetry_scores(
         names += covariates.names
     y = _labels_of(labels, fit_ids, "train")
     model = fit_logistic(X_fit, y, C=C, impute_median=True)
-    return _scores("radiogrammetry", model, X_pred, pred_ids, fit_ids, names)
+    return _scores("radiogrammetry", model, X_pred, pred_ids, fit_ids, names, X_fit, y)
 
 
 AGE_ALPHAS = np.logspace(-2, 4, 25)  # ridge penalties of the image-age regression (by CV)
@@ -302,7 +343,7 @@ def image_age_scores(
     names = tuple(np.asarray(features.names)[direct]) + ("image_age",)
     y = _labels_of(labels, fit_ids, "train")
     model = fit_logistic(design_fit, y, C=C, impute_median=True)
-    return _scores("image age", model, design_pred, pred_ids, fit_ids, names)
+    return _scores("image age", model, design_pred, pred_ids, fit_ids, names, design_fit, y)
 
 
 def fusion_scores(
@@ -359,5 +400,6 @@ def fusion_scores(
         return x if covariates is None else np.concatenate([x, covariates.rows(ids)], axis=1)
 
     names = ("image_logit",) + (() if covariates is None else covariates.names)
-    model = fit_logistic(design(fit_ids), y, C=C)
-    return _scores("fusion", model, design(pred_ids), pred_ids, fit_ids, names)
+    X_fit = design(fit_ids)
+    model = fit_logistic(X_fit, y, C=C)
+    return _scores("fusion", model, design(pred_ids), pred_ids, fit_ids, names, X_fit, y)

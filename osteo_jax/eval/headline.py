@@ -33,7 +33,7 @@ RADIO_ROW = "radiogrammetry (measured CI)"
 ABSORPTIOMETRY_ROW = "radiogrammetry + absorptiometry (CI, grey levels, areas)"
 POROSITY_ROW = "radiogrammetry + porosity (CI, cortical porosity fitted on a calibrated detector)"
 IMAGE_AGE_ROW = "radiogrammetry + image age (CI; age regressed on grey levels)"
-# Image only: the image model's score and the measurement baseline best on val, stacked on val.
+# Image only: the image model's score and the measurement row best by train CV, stacked on val.
 STACKED_ROW = "image model + measurements (stacked)"
 
 _CEILINGS = (
@@ -109,8 +109,9 @@ def rows_table(
         f"Δ: paired difference on the same subjects ({comparison['paired_method']}); * = the "
         f"interval excludes 0. {_threshold_sentence(comparison)} "
         "Baselines are logistic regressions fitted on the training subjects (fusion and the "
-        "stacked image model + measurements, which weighs the image model's score against the "
-        "measurement baseline's: on the validation subjects), never on a test subject. "
+        "stacked image model + measurements, which weighs the image model's score against that "
+        "of the measurement baseline with the best cross-validated AUC on the training "
+        "subjects: on the validation subjects), never on a test subject. "
         "Bayes posterior rows: the generator's "
         "exact posteriors on the same test subjects (the ceilings, measured like any row)."
     )
