@@ -188,6 +188,7 @@ def test_run_refuses_data_without_a_covariate_before_training(tmp_path):
 @pytest.mark.parametrize("grey", [False, True])
 def test_stacked_row_is_image_and_measurements_weighed_on_validation(tmp_path, grey):
     from osteo_jax.eval.radiogrammetry.absorptiometry import ABSORPTIOMETRY_KEYS
+    from osteo_jax.eval.stacker import STACKER_FILE, ImageStacker
 
     data, ids, label, score = _dataset(tmp_path)
     rng = np.random.default_rng(3)
@@ -248,11 +249,9 @@ def test_stacked_row_is_image_and_measurements_weighed_on_validation(tmp_path, g
         np.testing.assert_allclose(got, candidates[-1][te], atol=1e-6)
         # CI + an image age regressed on the grey levels.
         age = _col(data, "age").astype(float)
-        p_age, design_age = _image_age_reference(x[:, :4], x[:, 4:n_abs], age, label, tr)
-        candidates.append(p_age)
-        train_designs.append(np.column_stack([x_raw[tr, :4], design_age[tr, -1]]))
+        p_age, _ = _image_age_reference(x[:, :4], x[:, 4:n_abs], age, label, tr)
         got = res["rows"][image_age_row]["per_part"][0]["probability"]
-        np.testing.assert_allclose(got, candidates[-1][te], atol=1e-6)
+        np.testing.assert_allclose(got, p_age[te], atol=1e-6)  # not a stacked candidate
     # The stacked row takes the candidate with the best 5-fold cross-validated AUC on the
     # training subjects (the last of equals), never the validation subjects' AUC.
     cv_auc = [_cv_auc_reference(d, label[tr]) for d in train_designs]
@@ -264,6 +263,16 @@ def test_stacked_row_is_image_and_measurements_weighed_on_validation(tmp_path, g
     row = res["rows"]["image model + measurements (stacked)"]["per_part"][0]
     np.testing.assert_allclose(row["probability"], want, atol=1e-6)
     assert row["threshold"] == 0.5  # fitted on validation: no out-of-sample validation scores
+    # The saved stacker (what predict applies) gives the row's probabilities from the image
+    # score and the raw measurements (NaN included) of the test subjects.
+    stacker = ImageStacker.load(out / "seed0" / STACKER_FILE)
+    names = ["MC2_ci", "MC3_ci", "MC4_ci", "radius_ci"]
+    names += (list(ABSORPTIOMETRY_KEYS) + [f"{b}_porosity" for b in bones]) if grey else []
+    columns = {n: x_raw[:, i] for i, n in enumerate(names)}
+    assert set(stacker.features) <= set(columns)
+    measurements = np.column_stack([columns[n][te] for n in stacker.features])
+    got = stacker.probability(score[te], measurements)
+    np.testing.assert_allclose(got, want, atol=1e-6)
 
 
 def _image_age_reference(direct, grey, age, label, tr):

@@ -15,7 +15,10 @@ scores on exactly the same test subjects of every part:
   (:func:`~osteo_jax.eval.baselines.image_age_scores`: image only at prediction);
 * ``image model + measurements (stacked)``: image only, the image model's score and that of
   the measurement baseline with the highest 5-fold cross-validated AUC on the training subjects
-  (both out-of-sample on validation and test), weighed on the validation subjects;
+  (both out-of-sample on validation and test; the image-age row is not a candidate), weighed
+  on the validation subjects. Each part's two regressions are saved as its ``stacker.json``
+  (:class:`~osteo_jax.eval.stacker.ImageStacker`), which ``predict`` and ``screen`` apply to a
+  new radiograph;
 * ``Bayes posterior (...)``: on a synthetic cohort, the generator's exact posteriors
   (``ceiling.csv``): the ceilings evaluated on the same test subjects.
 
@@ -44,6 +47,7 @@ from osteo_jax.data.errors import DatasetError
 from osteo_jax.data.folder import read_csv, rows_from, write_csv, write_json
 from osteo_jax.data.synth.ceiling import read_ceilings, read_posteriors
 from osteo_jax.eval.baselines import (
+    SCORE_EPS,
     BaselineScores,
     clinical_scores,
     cross_validated_auc,
@@ -73,6 +77,7 @@ from osteo_jax.eval.headline import (
     headline_table,
 )
 from osteo_jax.eval.radiogrammetry.absorptiometry import ABSORPTIOMETRY_KEYS
+from osteo_jax.eval.stacker import STACKER_FILE, ImageStacker, LinearLogistic
 from osteo_jax.eval.subject_features import (
     DEFAULT_COVARIATES,
     SubjectFeatures,
@@ -277,7 +282,7 @@ def compare_rows(
             alone = radiogrammetry_scores(split, labels, feats)
             fitted.append(alone)
             add(row, test_ids, alone.probability(test_ids), _scores_of(alone, val_ids))
-            measured.append(alone)
+            measured.append((row, alone))
             if cov is not None:
                 with_cov = radiogrammetry_scores(split, labels, feats, cov)
                 fitted.append(with_cov)
@@ -298,9 +303,12 @@ def compare_rows(
                 image_age.probability(test_ids),
                 _scores_of(image_age, val_ids),
             )
-            measured.append(image_age)
+            # Not a candidate of the stacked row: its ridge regression of age is not part of
+            # the saved stacker that predict applies.
+        stacker_file = cls_dir / part["dir"] / STACKER_FILE
         if measured:
-            best = _best_by_training_cv(measured)
+            row_of = {id(b): row for row, b in measured}
+            best = _best_by_training_cv([b for _, b in measured])
             # Image-only stacking: the image model's score and the measurement baseline's
             # (out-of-sample on val and test: it was fitted on train), weighed on val.
             r_ids = val_ids + test_ids
@@ -317,6 +325,15 @@ def compare_rows(
             else:
                 fitted.append(stacked)
                 add(STACKED_ROW, test_ids, stacked.probability(test_ids))
+                ImageStacker(
+                    row=row_of[id(best)],
+                    measurement=LinearLogistic.from_pipeline(best.model, best.feature_names),
+                    stack=LinearLogistic.from_pipeline(stacked.model, stacked.feature_names),
+                    eps=SCORE_EPS,
+                ).save(stacker_file)
+                stacker_file = None
+        if stacker_file is not None:  # no stacked score here: an older stacker of ours goes
+            stacker_file.unlink(missing_ok=True)
         for b in fitted:  # the test subjects are never fitted on (also tested)
             seen = set(b.fit_subjects) & set(test_ids)
             if seen:
