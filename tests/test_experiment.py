@@ -3,6 +3,7 @@
 import csv
 import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -161,6 +162,10 @@ def test_predict_png_and_dicom_agree_and_bad_file_fails(run, tmp_path, capsys):
     # The same pixels as PNG and as DICOM give the same prediction.
     assert res[0]["probability"] == pytest.approx(res[1]["probability"], abs=1e-4)
     assert res[1]["spacing_known"] and not res[0]["spacing_known"]
+    # 2 validation subjects a seed: no stacked row, so no stacker, and predict says why.
+    assert res[0]["probability_stacked"] is None
+    assert "no cls/seed0/stacker.json" in res[0]["probability_stacked_reason"]
+    _check_stacked_prediction(out, [png, dcm], tmp_path)
     bad = tmp_path / "broken.dcm"
     bad.write_bytes(b"DICM" + b"\0" * 50)
     assert (
@@ -173,6 +178,48 @@ def test_predict_png_and_dicom_agree_and_bad_file_fails(run, tmp_path, capsys):
         from osteo_jax.pipeline.predict import predict_images
 
         predict_images([tmp_path / "missing.png"], out)
+
+
+def _check_stacked_prediction(out, paths, tmp_path):
+    """Stackers saved in the run (by hand: the tiny run fits none) reach predict's output."""
+    from osteo_jax.eval.radiogrammetry.porosity import calibration_of_dataset
+    from osteo_jax.eval.stacker import STACKER_FILE, ImageStacker, LinearLogistic
+    from osteo_jax.pipeline.predict import PredictModel, predict_images
+
+    names = ("MC2_ci", "radius_ci", "MC2_porosity", "MC2_grey")
+    stackers = [
+        ImageStacker(
+            row="radiogrammetry + porosity (...)",
+            measurement=LinearLogistic(
+                names, np.array([0.5, 0.4, 0.08, 0.3]), np.array([0.5, 0.4, 0.08, 0.3]),
+                np.array([0.1, 0.1, 0.03, 0.1]), np.array([-1.0, -0.5, 2.0, 0.3]), -0.8 + k,
+            ),
+            stack=LinearLogistic(
+                ("image_logit", "measurements_logit"), None, np.zeros(2), np.ones(2),
+                np.array([0.4, 1.2]), 0.1 * k,
+            ),
+            eps=1e-6,
+        )
+        for k in range(len(TINY.protocol.cls.seeds))
+    ]  # fmt: skip
+    copy = tmp_path / "run_with_stackers"  # the shared run stays as it is
+    shutil.copytree(out, copy, ignore=shutil.ignore_patterns("report"))
+    for st, seed in zip(stackers, TINY.protocol.cls.seeds, strict=True):
+        st.save(copy / "cls" / f"seed{seed}" / STACKER_FILE)
+    model = PredictModel(copy)
+    assert model.calibration == calibration_of_dataset(out / "data")
+    res = predict_images(paths, model)
+    for r in res:
+        m = r["measurements"]
+        assert set(m) == set(names)
+        x = np.array([[np.nan if m[n] is None else m[n] for n in names]])
+        p_models = r["probability_models"]
+        want = [st.probability([p], x)[0] for st, p in zip(stackers, p_models, strict=True)]
+        np.testing.assert_allclose(r["probability_stacked_models"], want, rtol=1e-12)
+        assert r["probability_stacked"] == pytest.approx(np.mean(want), abs=1e-12)
+        assert 0 < r["probability_stacked"] < 1
+    # PNG and its 12-bit DICOM: the same measurements (porosity on both: the detector's depth).
+    assert res[0]["measurements"] == pytest.approx(res[1]["measurements"], abs=1e-6)
 
 
 def test_rerun_resumes_and_refuses_another_config(run):

@@ -229,7 +229,7 @@ def test_light_hypotheses_are_left_out_exactly(small_renders):
     w = np.array([0.5, 0.5 - 1e-6, 1e-6])
     assert w[2] < MIN_HYPOTHESIS_WEIGHT
     cfg = SegmentConfig(size=16)
-    mean_seg, hyp_segs, kept, mean_m, spread = _cut_and_measure(
+    mean_seg, hyp_segs, kept, mean_m, spread, _ = _cut_and_measure(
         cut_job(image, probs, w, 0.8, cfg, 0.9)
     )
     assert list(kept) == [0, 1] and len(hyp_segs) == 2

@@ -1,12 +1,17 @@
-"""The saved image-only stacker: plain numbers that give scikit-learn's probabilities."""
+"""The saved image-only stacker: plain numbers that give scikit-learn's, and predict applies."""
 
 import json
 
 import numpy as np
 import pytest
 
+from osteo_jax.config import BONE_NAMES, CLASS_NAMES, ExperimentConfig, SynthConfig
+from osteo_jax.data.folder import write_png16
+from osteo_jax.data.synth.synthetic import render_subject, sample_cohort
 from osteo_jax.eval.baselines import fit_logistic, predict_probability
+from osteo_jax.eval.radiogrammetry.porosity import calibration_of_dataset
 from osteo_jax.eval.stacker import ImageStacker, LinearLogistic
+from osteo_jax.pipeline.predict import PredictModel, predict_images, summary_line
 
 
 def _data(seed=0, n=60, d=3):
@@ -78,3 +83,70 @@ def test_malformed_stacker_file_names_the_file(tmp_path):
     bad.write_text(json.dumps({"row": "r", "measurement": lin, "stack": lin, "eps": 1e-6}))
     with pytest.raises(ValueError, match="coef has shape"):
         ImageStacker.load(bad)
+
+
+class _ExactSegmenter(PredictModel):
+    """A PredictModel whose hypotheses are all one exact label map; its 2 models say 0.3."""
+
+    def __init__(self, exact, calibration, stackers):
+        self.cfg = ExperimentConfig()
+        self.bones = ("MC2", "MC3")
+        onehot = np.eye(len(CLASS_NAMES), dtype=np.float32)[exact]
+        self.probs, self.weights = np.stack([onehot] * 2), np.array([0.6, 0.4])
+        self.calibration, self.stackers = calibration, stackers
+
+    def model_input(self, image):
+        return np.zeros((8, 8), np.float32)
+
+    def segment_batch(self, inputs, batch_size=None):
+        return np.stack([self.probs] * len(inputs)), np.stack([self.weights] * len(inputs))
+
+    def classify(self, segments):
+        return np.array([[0.3 if s.valid.any() else np.nan] * 2 for s in segments])
+
+
+def test_predict_stacked_score_measures_the_radiograph(tmp_path):
+    """predict's stacked score on a whole synthetic hand (0.4 mm, exact masks): the measured
+    porosity is the cohort's (within 0.025, as in test_porosity), the score is the stacker's
+    composition, and a file not on the detector's bit depth gets no porosity (median)."""
+    import dataclasses
+    import math
+
+    cfg = SynthConfig()
+    cfg = dataclasses.replace(cfg, physics=dataclasses.replace(cfg.physics, size=512))
+    cohort = sample_cohort(cfg.cohort, seed=cfg.seed)
+    rg = render_subject(cohort, 1, cfg)
+    bits = cfg.physics.bits_stored
+    calib = calibration_of_dataset(
+        {"image_format": "png", "bits_stored": bits,
+         "generator": {"config": {"physics": dataclasses.asdict(cfg.physics)}}}
+    )  # fmt: skip
+    detector, other = tmp_path / "hand12.png", tmp_path / "hand16.png"
+    write_png16(detector, rg.image, bits_stored=bits)
+    write_png16(other, rg.image.astype(np.uint16) * 16, bits_stored=16)
+    names = ("MC2_ci", "MC2_porosity", "radius_porosity")
+    measurement = LinearLogistic(names, np.array([0.45, 0.07, 0.07]), np.zeros(3), np.ones(3),
+                                 np.array([-3.0, 20.0, 10.0]), 0.2)  # fmt: skip
+    stack = LinearLogistic(("image_logit", "measurements_logit"), None, np.zeros(2), np.ones(2),
+                           np.array([0.5, 1.5]), -0.1)  # fmt: skip
+    model = _ExactSegmenter(rg.exact, calib, [ImageStacker("r", measurement, stack, 1e-6)] * 2)
+    res = predict_images([detector, other], model, spacing_mm=rg.pixel_spacing_mm)
+    m = res[0]["measurements"]
+    for b in ("MC2", "radius"):
+        want = cohort.porosity[1, BONE_NAMES.index(b)]
+        assert m[f"{b}_porosity"] == pytest.approx(want, abs=0.025)
+    assert 0.3 < m["MC2_ci"] < 0.7
+    logit = lambda p: math.log(p / (1 - p))  # noqa: E731
+    z = 0.2 - 3.0 * m["MC2_ci"] + 20.0 * m["MC2_porosity"] + 10.0 * m["radius_porosity"]
+    want = 1 / (1 + math.exp(-(-0.1 + 0.5 * logit(0.3) + 1.5 * logit(1 / (1 + math.exp(-z))))))
+    assert res[0]["probability_stacked"] == pytest.approx(want, rel=1e-9)
+    assert res[0]["probability_stacked_models"] == pytest.approx([want, want], rel=1e-9)
+    assert "with measurements" in summary_line(res[0])
+    # The same pixels at 16 bits: the CI is the same, the porosities are not measured.
+    other_m = res[1]["measurements"]
+    assert other_m["MC2_ci"] == pytest.approx(m["MC2_ci"], abs=1e-3)
+    assert other_m["MC2_porosity"] is None and other_m["radius_porosity"] is None
+    model.stackers = None  # a run without stackers: None, and why
+    (res,) = predict_images([detector], model, spacing_mm=rg.pixel_spacing_mm)
+    assert res["probability_stacked"] is None and res["probability_stacked_reason"]
+    assert "with measurements" not in summary_line(res)

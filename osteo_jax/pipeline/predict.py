@@ -28,9 +28,11 @@ from osteo_jax.data.limits import MAX_IMAGE_PIXELS
 __all__ = [
     "PredictModel",
     "analyse_images",
+    "load_stackers",
     "predict_images",
     "summary_line",
     "training_bits_stored",
+    "training_data_folder",
 ]
 
 
@@ -53,6 +55,49 @@ def training_bits_stored(run: str | os.PathLike) -> int | None:
     return bits_stored(run / "data") if (run / "data").is_dir() else None
 
 
+def training_data_folder(run: str | os.PathLike) -> Path | None:
+    """The dataset folder ``run``'s segmenter was trained on (None: not found).
+
+    The recorded path, else ``run/data``, else a folder of that name inside ``run`` (a run
+    folder moved with its data).
+    """
+    run = Path(run)
+    cfg = run / "seg" / "config.json"
+    if not cfg.exists():
+        return None
+    data = Path(json.loads(cfg.read_text())["data"])
+    for cand in (data, run / "data", run / data.name):
+        if (cand / "dataset.json").exists() or (cand / "images.csv").exists():
+            return cand
+    return None
+
+
+def load_stackers(cls_dir: str | os.PathLike, metrics: dict) -> tuple[list | None, str | None]:
+    """Per protocol part its saved :class:`~osteo_jax.eval.stacker.ImageStacker`.
+
+    Returns:
+      ``(stackers, None)`` in the order of ``metrics["per_seed"]`` (that of the models), or
+      ``(None, reason)`` when a part has none (the comparison ran without radiogrammetry, or
+      before stackers were saved).
+
+    Raises:
+      ValueError: a stacker file is malformed (named).
+    """
+    from osteo_jax.eval.stacker import STACKER_FILE, ImageStacker
+
+    cls_dir = Path(cls_dir)
+    stackers = []
+    for row in metrics["per_seed"]:
+        file = cls_dir / row.get("dir", f"seed{row['seed']}") / STACKER_FILE
+        if not file.is_file():
+            return None, (
+                f"no {file.relative_to(cls_dir.parent)}: the run's comparison fitted no "
+                "stacked image model + measurements (no radiogrammetry, or an older run)"
+            )
+        stackers.append(ImageStacker.load(file))
+    return stackers, None
+
+
 class PredictModel:
     """The trained parts of an experiment folder, restored once.
 
@@ -65,6 +110,11 @@ class PredictModel:
 
     #: bit depth of the training data's 16-bit images (:func:`training_bits_stored`)
     bits_stored: int | None = None
+    #: per seed model its image-only stacker (:func:`load_stackers`), or None with the reason
+    stackers: list | None = None
+    stacker_reason: str = "the run has no stackers"
+    #: the training detector's calibration (cortical porosity), None where not recorded
+    calibration = None
 
     def __init__(self, run: str | os.PathLike):
         import jax
@@ -85,6 +135,14 @@ class PredictModel:
         self.models, self.backbone, self.bones, metrics = load_models(self.run / "cls")
         # Per seed model: its subject aggregation head (None: the mean of the valid segments).
         self.heads = load_heads(self.run / "cls", metrics)
+        # Per seed model: the image-only stacked score's regressions (None: not fitted).
+        self.stackers, self.stacker_reason = load_stackers(self.run / "cls", metrics)
+        data = training_data_folder(self.run)
+        self.calibration = None  # the detector's, for cortical porosity (synthetic data only)
+        if data is not None and self.stackers is not None:
+            from osteo_jax.eval.radiogrammetry.porosity import calibration_of_dataset
+
+            self.calibration = calibration_of_dataset(data)
         self.key = jax.random.fold_in(jax.random.key(self.seg_cfg.seed), 17)
 
         def one(params, x, key):  # one image [s, s, 1], the same latent draws for every image
@@ -92,6 +150,26 @@ class PredictModel:
             return probs[0], weights[0]
 
         self._predict_batch = jax.jit(jax.vmap(one, in_axes=(None, 0, None)))
+
+    def measurement_job(self, meta: dict) -> tuple | None:
+        """What :func:`_cut_and_measure` measures for the stackers of one image (None: nothing).
+
+        ``(absorptiometry, calibration)``: the absorptiometry keys only when a stacker reads
+        them; the training detector's calibration only when a stacker reads a porosity and the
+        image has that detector's bit depth (porosity is otherwise NaN and the stacker imputes
+        the training median, as for a failed fit).
+        """
+        if self.stackers is None:
+            return None
+        from osteo_jax.eval.radiogrammetry.absorptiometry import ABSORPTIOMETRY_KEYS
+
+        names = {n for st in self.stackers for n in st.features}
+        calib = self.calibration
+        if not any(n.endswith("_porosity") for n in names) or (
+            calib is not None and meta.get("bits_stored") != calib.bits_stored
+        ):
+            calib = None
+        return bool(names & set(ABSORPTIOMETRY_KEYS)), calib
 
     @property
     def image_size(self) -> int:
@@ -200,12 +278,19 @@ def _fmt(x: float | None) -> str:
 
 
 def summary_line(res: dict) -> str:
-    """One line of a :func:`predict_images` result: probability and 2MCI with intervals."""
+    """One line of a :func:`predict_images` result: probability and 2MCI with intervals.
+
+    With the run's stackers, also the image-only stacked probability (image model +
+    measurements), the score the comparison's stacked row evaluated.
+    """
     lo, hi = res["probability_interval"]
     clo, chi = res["2MCI_interval"]
+    stacked = ""
+    if res.get("probability_stacked") is not None:
+        stacked = f", with measurements {_fmt(res['probability_stacked'])}"
     return (
-        f"{res['path']}: p(osteoporosis) = {_fmt(res['probability'])} [{_fmt(lo)}, {_fmt(hi)}], "
-        f"2MCI = {_fmt(res['2MCI'])} [{_fmt(clo)}, {_fmt(chi)}]"
+        f"{res['path']}: p(osteoporosis) = {_fmt(res['probability'])} [{_fmt(lo)}, {_fmt(hi)}]"
+        f"{stacked}, 2MCI = {_fmt(res['2MCI'])} [{_fmt(clo)}, {_fmt(chi)}]"
     )
 
 
@@ -245,7 +330,11 @@ def predict_images(
       One dict per image: ``path``, ``probability`` (mixture-mean segmentation, mean over
       the seed models), ``probability_interval`` (weighted quantiles over the hypotheses),
       ``probability_models`` (per seed model), ``hypotheses`` (weight and probability of
-      each), ``2MCI`` with ``2MCI_interval`` and ``2MCI_sd``, ``spacing_mm``, ``note``.
+      each), ``2MCI`` with ``2MCI_interval`` and ``2MCI_sd``, ``spacing_mm``, ``note``;
+      ``probability_stacked`` (the image-only stacked score: each seed model's probability
+      and the radiogrammetry measurements through that part's saved
+      :class:`~osteo_jax.eval.stacker.ImageStacker`, averaged; None with a reason for a run
+      without stackers) with ``probability_stacked_models`` and the ``measurements`` read.
 
       A value that cannot be computed (e.g. a hypothesis without any valid bone segment, or
       an unmeasurable MC2) is None with a ``<key>_reason`` string next to it.
@@ -334,7 +423,8 @@ def analyse_images(
     for (_, image, meta), probs, weights in zip(images, all_probs, all_weights, strict=True):
         known = isotropic_spacing(meta)
         spacing = known or spacing_mm or _train_spacing(model)
-        jobs.append(cut_job(image, probs, weights / weights.sum(), spacing, cfg, interval))
+        job = cut_job(image, probs, weights / weights.sum(), spacing, cfg, interval)
+        jobs.append(job + (model.measurement_job(meta),))
     cut = list(pool.map(_cut_and_measure, jobs)) if pool is not None and jobs else None
     if cut is None:
         cut = [_cut_and_measure(job) for job in jobs]
@@ -346,7 +436,7 @@ def analyse_images(
     ):
         w, spacing = weights / weights.sum(), jobs[i][5]
         known = isotropic_spacing(meta)
-        mean_seg, hyp_segs, kept, mean_m, spread = cut[i]
+        mean_seg, hyp_segs, kept, mean_m, spread, measured = cut[i]
         p_all = p_sets[start : start + 1 + len(hyp_segs)]  # [1 + kept, models]
         start += 1 + len(hyp_segs)
         p_mean_models = p_all[0]
@@ -396,6 +486,7 @@ def analyse_images(
             "segments_valid": {b: bool(v) for b, v in zip(bones, mean_seg.valid, strict=True)},
             "note": "research software trained on synthetic data; not a diagnosis",
         }
+        res.update(_stacked(model, p_mean_models, measured, None if segmented else no_bones))
         if qc is not None:
             from osteo_jax.eval.qc import qc_check, qc_features
 
@@ -412,6 +503,32 @@ def analyse_images(
             res.update({k: (v if math.isfinite(v) else None) for k, v in scores.items()})
         out.append((res, probs, w, p_hyp))
     return out
+
+
+def _stacked(model: PredictModel, p_models, measured: dict | None, failed: str | None) -> dict:
+    """The image-only stacked score of one image: each part's stacker on its model's score.
+
+    ``probability_stacked`` (mean over the parts), ``probability_stacked_models`` and the
+    ``measurements`` the stackers read (None where unmeasurable); None with a reason where
+    the run has no stackers or ``failed`` says why the image has no score.
+    """
+    if model.stackers is None:
+        return _with_reason("probability_stacked", math.nan, model.stacker_reason)
+    names = sorted({n for st in model.stackers for n in st.features})
+    out = {"measurements": {n: _finite_or_none(measured.get(n, math.nan)) for n in names}}
+    if failed is not None:
+        return out | _with_reason("probability_stacked", math.nan, failed)
+    p = [
+        float(st.probability([p_m], [[measured.get(n, math.nan) for n in st.features]])[0])
+        for st, p_m in zip(model.stackers, p_models, strict=True)
+    ]
+    out |= _with_reason("probability_stacked", float(np.mean(p)), "a stacker gave no probability")
+    return out | {"probability_stacked_models": p}
+
+
+def _finite_or_none(x: float) -> float | None:
+    x = float(x)
+    return x if math.isfinite(x) else None
 
 
 #: Hypotheses lighter than this are not cut, classified or measured (:func:`analyse_images`).
@@ -436,15 +553,22 @@ def _cut_and_measure(job: tuple) -> tuple:
     measurement (what ``segments_from_prediction`` and ``measure_prediction`` would each
     compute again).
 
+    A job may end with ``(absorptiometry, calibration)`` (:meth:`PredictModel.measurement_job`):
+    then the stackers' measurements of the mixture mean are taken too
+    (:func:`~osteo_jax.pipeline.radiogrammetry_run.measurements_of`, on the image normalised as
+    the cohort's was).
+
     Returns:
-      ``(mean_seg, hyp_segs, kept, mean_measure, spread)`` with ``kept`` the indices of the
-      hypotheses cut and measured.
+      ``(mean_seg, hyp_segs, kept, mean_measure, spread, measured)`` with ``kept`` the
+      indices of the hypotheses cut and measured and ``measured`` the stackers' measurements
+      (None when not asked).
     """
     from osteo_jax.data.segments import cut_segments, labels_from_probs, segment_intensity
     from osteo_jax.eval.radiogrammetry.hypotheses import measure_hypotheses
     from osteo_jax.eval.radiogrammetry.measure import measure_radiograph
 
-    image, mean_probs, kept_probs, kept, kept_w, spacing, cfg, interval = job
+    image, mean_probs, kept_probs, kept, kept_w, spacing, cfg, interval, *extra = job
+    measure = extra[0] if extra else None
     grey = segment_intensity(image, cfg)
     mean_labels = labels_from_probs(mean_probs, image.shape)
     maps = np.stack([labels_from_probs(p, image.shape) for p in kept_probs])
@@ -456,7 +580,18 @@ def _cut_and_measure(job: tuple) -> tuple:
     spread = measure_hypotheses(
         image, maps, kept_w, spacing_mm=spacing, bones=bones, interval=interval, start=mean_m
     )
-    return mean_seg, hyp_segs, kept, mean_m, spread
+    measured = None
+    if measure is not None:
+        from osteo_jax.data.inmemory import normalise
+        from osteo_jax.pipeline.radiogrammetry_run import measurements_of
+
+        absorb, calib = measure
+        stored = np.asarray(job[0], np.float32)
+        measured = measurements_of(
+            normalise(stored), stored, mean_labels, spacing, calib=calib,
+            absorptiometry_keys=absorb,
+        )  # fmt: skip
+    return mean_seg, hyp_segs, kept, mean_m, spread, measured
 
 
 def _train_spacing(model: PredictModel) -> float:

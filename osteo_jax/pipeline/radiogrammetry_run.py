@@ -46,7 +46,7 @@ from osteo_jax.eval.radiogrammetry.porosity import (
     measure_porosity,
 )
 
-__all__ = ["DEFAULT_SPACING", "radiogrammetry_of_run"]
+__all__ = ["DEFAULT_SPACING", "measurements_of", "radiogrammetry_of_run"]
 
 DEFAULT_SPACING = 0.2  # mm; the synthetic detector's, used when a file carries none
 NO_SPLIT = "none"  # per-image split of a subject absent from the run's split.json
@@ -221,10 +221,48 @@ def _measure_image(
     """
     w = weights / weights.sum()
     labels = labels_from_probs(np.tensordot(w.astype(np.float32), probs, axes=1), image.shape)
+    rec = measurements_of(image, stored, labels, spacing_mm, calib=calib)
+    rec |= {f"MC2_ci_{k}": float("nan") for k in _SPREAD}
+    if spread:
+        # Each hypothesis costs a profile fit: only the heaviest, and only the 2MCI.
+        top = np.argsort(-weights, kind="stable")[: hypotheses or len(weights)]
+        maps = np.stack([labels_from_probs(p, image.shape) for p in probs[top]])
+        ci = measure_hypotheses(image, maps, weights[top], spacing_mm=spacing_mm, bones=("MC2",))
+        rec |= {f"MC2_ci_{k}": float(ci["MC2"]["cortical_index"][k]) for k in _SPREAD}
+    return rec
+
+
+def measurements_of(
+    image: np.ndarray,
+    stored: np.ndarray,
+    labels: np.ndarray,
+    spacing_mm: float,
+    *,
+    calib: DetectorCalibration | None = None,
+    absorptiometry_keys: bool = True,
+) -> dict[str, float]:
+    """The measurements of one radiograph's label map that the radiogrammetry rows read.
+
+    The same numbers for the cohort (:func:`radiogrammetry_of_run`) and for a new radiograph
+    (``predict``, which feeds them to the saved stacker).
+
+    Args:
+      image: ``[H, W]`` radiograph, bone bright, normalised as the cohort's
+        (:func:`~osteo_jax.data.inmemory.normalise` of ``stored``).
+      stored: the same radiograph on its stored scale (``read_image``).
+      labels: ``[H, W]`` integer label map (the mixture-mean segmentation).
+      spacing_mm: pixel spacing (mm).
+      calib: the detector's calibration, for the cortical porosity (None: NaN).
+      absorptiometry_keys: also the grey levels and areas.
+
+    Returns:
+      ``{"<bone>_ci", "<bone>_porosity"}`` for ``DEFAULT_BONES`` (NaN where unmeasurable) and,
+      with ``absorptiometry_keys``, the absorptiometry keys.
+    """
     mean = measure_radiograph(image, labels, spacing_mm=spacing_mm, bones=DEFAULT_BONES)
     rec = {f"{b}_ci": float(mean[b].cortical_index) for b in DEFAULT_BONES}
-    rec |= {f"MC2_ci_{k}": float("nan") for k in _SPREAD}
-    rec |= absorptiometry(stored, labels, spacing_mm=spacing_mm)
+    if absorptiometry_keys:
+        rec |= absorptiometry(stored, labels, spacing_mm=spacing_mm)
     nepers = calib.nepers(stored) if calib is not None else None
     for b in DEFAULT_BONES:
         rec[f"{b}_porosity"] = (
@@ -232,12 +270,6 @@ def _measure_image(
             if calib is not None
             else float("nan")
         )
-    if spread:
-        # Each hypothesis costs a profile fit: only the heaviest, and only the 2MCI.
-        top = np.argsort(-weights, kind="stable")[: hypotheses or len(weights)]
-        maps = np.stack([labels_from_probs(p, image.shape) for p in probs[top]])
-        ci = measure_hypotheses(image, maps, weights[top], spacing_mm=spacing_mm, bones=("MC2",))
-        rec |= {f"MC2_ci_{k}": float(ci["MC2"]["cortical_index"][k]) for k in _SPREAD}
     return rec
 
 

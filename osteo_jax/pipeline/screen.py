@@ -31,7 +31,7 @@ import numpy as np
 
 from osteo_jax.data.errors import DatasetError
 from osteo_jax.data.limits import MAX_IMAGE_PIXELS
-from osteo_jax.pipeline.predict import PredictModel
+from osteo_jax.pipeline.predict import PredictModel, training_data_folder
 
 __all__ = [
     "COLUMNS",
@@ -53,6 +53,7 @@ COLUMNS = (
     "probability_lo",
     "probability_hi",
     "probability_models",
+    "probability_stacked",
     "2MCI",
     "2MCI_lo",
     "2MCI_hi",
@@ -102,6 +103,7 @@ def result_row(res: dict | None, path: str, meta: dict | None, error: str | None
         probability_lo=lo,
         probability_hi=hi,
         probability_models=res["probability_models"],
+        probability_stacked=res.get("probability_stacked"),
         **{"2MCI": res["2MCI"], "2MCI_lo": clo, "2MCI_hi": chi},
         spacing_mm=res["spacing_mm"],
         spacing_known=res["spacing_known"],
@@ -276,17 +278,6 @@ def _analysis_pool(jobs: int):
     )
 
 
-def _data_folder(run: Path) -> Path | None:
-    cfg = run / "seg" / "config.json"
-    if not cfg.exists():
-        return None
-    data = Path(json.loads(cfg.read_text())["data"])
-    for cand in (data, run / "data", run / data.name):
-        if (cand / "dataset.json").exists() or (cand / "images.csv").exists():
-            return cand
-    return None
-
-
 def qc_calibration_path(out: str | os.PathLike) -> Path:
     """Where ``screen`` keeps the QC calibration of the results file ``out`` (beside it)."""
     out = Path(out)
@@ -318,7 +309,7 @@ def load_qc_calibration(model, path: str | os.PathLike, *, data: str | os.PathLi
                 f"{path}: exists and is not a QC calibration of osteo-jax screen ({e}); "
                 "choose another --out"
             ) from e
-    folder = Path(data) if data is not None else _data_folder(model.run)
+    folder = Path(data) if data is not None else training_data_folder(model.run)
     if folder is None or not folder.exists():
         raise DatasetError(
             f"{model.run}: its training data folder is not found to calibrate the QC on; "
