@@ -42,7 +42,8 @@ r = 0.980 (0.975 at 192) and age with r = 0.70 (the true mean: 0.73). Ignoring b
 (one effective energy) reads a porosity of 0.04 as 0.17-0.19 (``tests/test_porosity.py``'s
 tubes). What it buys the classification (``--cls RUN/cls --work DIR``: the run's protocol
 folder re-scored with this file's porosity into a copy; same test subjects; "stacked" is
-image only: the image model's score and the best measurement row, weighed on validation;
+image only: the image model's score and the measurement row best by cross-validation on the
+training subjects, weighed on validation;
 "grey": stored segments with grey levels and the feature head):
 
 | cohort, protocol | radiogrammetry (CI) | + porosity | image model | stacked | target |
@@ -50,7 +51,10 @@ image only: the image model's score and the best measurement row, weighed on val
 | 2,000, 3 seeds x ~200 | 0.772 | **0.857** (0.81-0.89) | 0.776 | **0.855** (0.80-0.89) | 0.854 |
 | 2,000, 5 folds | 0.786 | **0.866** (0.85-0.88) | 0.800 (grey) | **0.866** (0.85-0.88) | 0.854 |
 | 192, 5 folds | 0.729 | **0.824** (0.76-0.88) | 0.689 (grey) | 0.801 | 0.815 |
-| 192, 3 seeds x 19 (demo) | 0.769 | **0.893** (0.75-0.99) | 0.756 | 0.850 (0.70-0.97) | 0.795 |
+| 192, 3 seeds x 19 (demo) | 0.769 | **0.893** (0.75-0.99) | 0.756 | **0.902** (0.78-0.99) | 0.795 |
+
+(The stacked row's measurement is the one with the best cross-validated AUC on the training
+subjects, since 2026-12-02; chosen on the 19 validation subjects it was 0.850 on the demo row.)
 
 With 5 folds at 2,000 the fusion (image model + age, sex) is 0.889, +0.029 (+0.020, +0.038)
 over clinical (0.860). Paired at 2,000, 3 seeds: porosity row - image model +0.081 (+0.049,
