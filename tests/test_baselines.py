@@ -375,3 +375,12 @@ def test_radiogrammetry_of_run_measures_every_subject_and_spreads_only_val(tmp_p
     )
     assert {r["split"] for r in val["per_image"]} == {"val"} and len(val["per_image"]) == n_val
     assert calls == [4] * n_val  # hypotheses=0: all K * S
+    # Measured in 2 worker processes (batch 2: one batch measured while the next segments):
+    # the same records, in the same order.
+    pooled = radiogrammetry_run.radiogrammetry_of_run(
+        data, tmp_path / "seg", tmp_path / "pooled.json", split="all", hypotheses=3,
+        progress=False, jobs=2,
+    )  # fmt: skip
+    assert [list(r) for r in pooled["per_image"]] == [list(r) for r in recs]
+    for got, want in zip(pooled["per_image"], recs, strict=True):
+        np.testing.assert_equal(got, want)  # NaN where NaN

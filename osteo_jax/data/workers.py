@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 
-__all__ = ["exit_with_parent", "init_child"]
+__all__ = ["exit_with_parent", "init_child", "spawn_pool"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -54,3 +54,20 @@ def init_child(parent_pid: int, init, *args) -> None:
     exit_with_parent(parent_pid)
     if init is not None:
         init(*args)
+
+
+def spawn_pool(jobs: int):
+    """A pool of ``jobs`` spawned worker processes that exit with this one.
+
+    Spawned, not forked: a parent that has started JAX is multithreaded, and a forked child of
+    it can deadlock. The workers run numpy / scipy work (no JAX); each costs ~1-2 s to start.
+    """
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(
+        max_workers=jobs,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=init_child,
+        initargs=(os.getpid(), None),
+    )

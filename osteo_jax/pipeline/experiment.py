@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import time
 from pathlib import Path
 
@@ -73,7 +74,8 @@ def run_experiment(
       data: a dataset folder (``osteo-jax validate`` it first); None synthesises
         ``cfg.synth`` into ``out/data``.
       progress: progress bars.
-      workers: processes for rendering the synthetic cohort (default: all cores).
+      workers: processes for rendering the synthetic cohort and for measuring radiogrammetry
+        (default: all cores; up to 4 for radiogrammetry).
       report: write ``report.md`` / ``report.html`` at the end.
       overwrite: start afresh, replacing only the files ``run`` writes (others stay).
       allow_outside_paths: accept paths of ``data`` leaving its folder
@@ -143,6 +145,7 @@ def run_experiment(
             progress=progress,
             report=report,
             allow_outside_paths=allow_outside_paths,
+            jobs=_measure_jobs(workers),
         )
 
 
@@ -155,7 +158,7 @@ def _check_covariates(data: Path, cfg: ExperimentConfig) -> None:
 
 
 def _stages(
-    cfg, out, data, claim, *, stage, stages, t0, progress, report, allow_outside_paths
+    cfg, out, data, claim, *, stage, stages, t0, progress, report, allow_outside_paths, jobs
 ) -> dict:
     """The stages after the data of :func:`run_experiment`, each skipped or resumed if done."""
     from osteo_jax.eval.seg_eval import evaluate_segmenter
@@ -245,6 +248,7 @@ def _stages(
             spread_split="val",
             hypotheses=cfg.hypotheses,
             progress=progress,
+            jobs=jobs,
         )
     stage("radiogrammetry", t)
 
@@ -338,3 +342,12 @@ def demo_config() -> ExperimentConfig:
             backbone=backbone,
         ),
     )
+
+
+def _measure_jobs(workers: int | None) -> int:
+    """Radiogrammetry's measuring processes: ``workers``, by default the cores (up to 4).
+
+    0 on one core, where a worker would only add its start-up.
+    """
+    n = workers if workers is not None else min(os.cpu_count() or 1, 4)
+    return n if n > 1 else 0

@@ -37,6 +37,7 @@ import numpy as np
 
 from osteo_jax.data.folder import IMAGES_CSV, SUBJECTS_CSV, read_csv, write_json
 from osteo_jax.data.segments import labels_from_probs
+from osteo_jax.data.workers import spawn_pool
 from osteo_jax.eval.radiogrammetry.absorptiometry import absorptiometry
 from osteo_jax.eval.radiogrammetry.hypotheses import measure_hypotheses
 from osteo_jax.eval.radiogrammetry.measure import DEFAULT_BONES, measure_radiograph
@@ -62,6 +63,7 @@ def radiogrammetry_of_run(
     spread_split: str | None = "val",
     hypotheses: int = 4,
     progress: bool = True,
+    jobs: int = 0,
 ) -> dict:
     """2MCI and cortical indices measured on a segmenter's predicted masks.
 
@@ -82,6 +84,8 @@ def radiogrammetry_of_run(
         spread; None for none.
       hypotheses: number of heaviest hypotheses the spread is taken over (0 = all).
       progress: show a progress bar.
+      jobs: worker processes that measure (spawned; a batch is measured while the next one
+        is segmented); 0 measures in this process. The result does not depend on it.
 
     Returns:
       ``{"summary": {...}, "per_image": [...]}``. The unsuffixed agreement keys of the
@@ -126,35 +130,54 @@ def radiogrammetry_of_run(
     size, bs = cfg.model.image_size, cfg.batch_size
     per_image = []
     bar = tqdm(total=len(rows), desc="radiogrammetry", unit="img", disable=not progress)
-    for start in range(0, len(rows), bs):
-        chunk = rows[start : start + bs]
-        full = [read_image(data / r["path"], bits_stored=bits) for r in chunk]
-        images = [normalise(im) for im, _ in full]
-        x = np.stack([resize_image(im, size) for im in images])[..., None].astype(np.float32)
-        # Padded to the training batch: the compile is shared with validation and extraction.
-        _, probs, weights = next(
-            predict_batches(model, params, x, jax.random.fold_in(key, start), bs, predict)
-        )
-        for j, row in enumerate(chunk):
-            spacing = (
-                isotropic_spacing(full[j][1])
-                or float(row.get("pixel_spacing_mm") or 0)
-                or DEFAULT_SPACING
-            )
-            part = split_of.get(row["subject_id"], NO_SPLIT)
-            rec = {"image_id": row["image_id"], "subject_id": row["subject_id"], "split": part}
-            rec |= _measure_image(
-                images[j],
-                full[j][0],
-                np.asarray(probs[j]),
-                np.asarray(weights[j], np.float64),
-                float(spacing),
-                hypotheses=hypotheses,
-                spread=spread_split == "all" or part == spread_split,
-                calib=calib,
-            )
+    pool = spawn_pool(jobs) if jobs > 0 else None
+
+    def finish(batch: list) -> None:
+        for rec, measured in batch:
+            rec |= measured.result() if pool is not None else measured
             per_image.append(rec)
-        bar.update(len(chunk))
+        bar.update(len(batch))
+
+    pending: list = []  # the previous batch, measured in the pool while this one segments
+    try:
+        for start in range(0, len(rows), bs):
+            chunk = rows[start : start + bs]
+            full = [read_image(data / r["path"], bits_stored=bits) for r in chunk]
+            images = [normalise(im) for im, _ in full]
+            x = np.stack([resize_image(im, size) for im in images])[..., None]
+            # Padded to the training batch: the compile is shared with validation and extraction.
+            _, probs, weights = next(
+                predict_batches(
+                    model, params, x.astype(np.float32), jax.random.fold_in(key, start), bs,
+                    predict,
+                )
+            )  # fmt: skip
+            batch = []
+            for j, row in enumerate(chunk):
+                spacing = (
+                    isotropic_spacing(full[j][1])
+                    or float(row.get("pixel_spacing_mm") or 0)
+                    or DEFAULT_SPACING
+                )
+                part = split_of.get(row["subject_id"], NO_SPLIT)
+                rec = {"image_id": row["image_id"], "subject_id": row["subject_id"], "split": part}
+                args = (images[j], full[j][0], np.asarray(probs[j]))
+                args += (np.asarray(weights[j], np.float64), float(spacing))
+                kw = dict(
+                    hypotheses=hypotheses,
+                    spread=spread_split == "all" or part == spread_split,
+                    calib=calib,
+                )
+                if pool is not None:
+                    batch.append((rec, pool.submit(_measure_image, *args, **kw)))
+                else:
+                    batch.append((rec, _measure_image(*args, **kw)))
+            finish(pending)
+            pending = batch
+        finish(pending)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     bar.close()
 
     truth = _truth(data)

@@ -31,6 +31,7 @@ import numpy as np
 
 from osteo_jax.data.errors import DatasetError
 from osteo_jax.data.limits import MAX_IMAGE_PIXELS
+from osteo_jax.data.workers import spawn_pool
 from osteo_jax.pipeline.predict import PredictModel, training_data_folder
 
 __all__ = [
@@ -263,21 +264,6 @@ def _records(
     return it
 
 
-def _analysis_pool(jobs: int):
-    """Worker processes for the per-image cutting and measuring (spawned; no JAX in them)."""
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    from osteo_jax.data.workers import init_child
-
-    return ProcessPoolExecutor(
-        max_workers=jobs,
-        mp_context=multiprocessing.get_context("spawn"),
-        initializer=init_child,
-        initargs=(os.getpid(), None),
-    )
-
-
 def qc_calibration_path(out: str | os.PathLike) -> Path:
     """Where ``screen`` keeps the QC calibration of the results file ``out`` (beside it)."""
     out = Path(out)
@@ -405,7 +391,7 @@ def screen(
     }
     records = _records(todo, model.image_size, max_pixels, jobs, model.bits_stored)
     it = iter(records)
-    pool = _analysis_pool(jobs) if jobs > 0 and todo else None
+    pool = spawn_pool(jobs) if jobs > 0 and todo else None
     bar = tqdm(total=len(todo), desc="screen", unit="img", disable=not progress)
     t_start = time.perf_counter()
     try:
