@@ -11,6 +11,8 @@ of ``--images`` radiographs is written under ``OUT`` and screened three ways wit
 * ``one_at_a_time``: batch 1, decoding in this process: the path ``predict`` took per image
   before batching (one segmenter call, one classifier call per image);
 * ``batched``: batch ``--batch-size``, decoding in ``--jobs`` grain worker processes;
+* ``batched_no_stacked``: the same without the stacked score (``--no-stacked``: no
+  radiogrammetry and porosity of the mixture mean beyond the 2MCI);
 * ``batched_2x``: the same over twice the images, to show memory is flat in the image count
   (peak resident memory of the screening process, read from ``/proc``).
 
@@ -69,7 +71,7 @@ def _peak_rss_mb() -> float:
     return float("nan")
 
 
-def _screen_child(queue, inputs, run, out, batch_size, jobs, all_hypotheses=False):
+def _screen_child(queue, inputs, run, out, batch_size, jobs, all_hypotheses=False, stacked=True):
     """One screening in a fresh process (its own peak memory and compile)."""
     from osteo_jax.pipeline import predict
     from osteo_jax.pipeline.screen import screen
@@ -77,18 +79,18 @@ def _screen_child(queue, inputs, run, out, batch_size, jobs, all_hypotheses=Fals
     if all_hypotheses:  # every hypothesis cut and measured, as predict did before screen
         predict.MIN_HYPOTHESIS_WEIGHT = 0.0
     t0 = time.perf_counter()
-    s = screen(inputs, run, out, batch_size=batch_size, jobs=jobs, progress=False)
+    s = screen(inputs, run, out, batch_size=batch_size, jobs=jobs, progress=False, stacked=stacked)
     s["total_s"] = round(time.perf_counter() - t0, 2)
     s["peak_rss_mb"] = round(_peak_rss_mb(), 1)
     s["s_per_image"] = round(s["wall_s"] / max(s["written"], 1), 3)
     queue.put(s)
 
 
-def run_screen(inputs, run, out, *, batch_size, jobs, all_hypotheses=False) -> dict:
+def run_screen(inputs, run, out, *, batch_size, jobs, all_hypotheses=False, stacked=True) -> dict:
     """:func:`screen` in a spawned process; its summary with peak memory."""
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    args = (q, inputs, run, out, batch_size, jobs, all_hypotheses)
+    args = (q, inputs, run, out, batch_size, jobs, all_hypotheses, stacked)
     p = ctx.Process(target=_screen_child, args=args)
     p.start()
     s = q.get()
@@ -192,17 +194,19 @@ def main(argv=None) -> dict:
         images = synth(cohort, size, args.images, args.seed)
         images_2x = synth(out / f"cohort_{size}_2x", size, 2 * args.images, args.seed + 1)
         res = {}
-        for name, inputs, bs, jobs, every in (
-            ("one_at_a_time", images, 1, 0, False),
-            ("batched", images, args.batch_size, args.jobs, False),
-            ("batched_2x", images_2x, args.batch_size, args.jobs, False),
-            ("batched_all_hypotheses", images, args.batch_size, args.jobs, True),
+        for name, inputs, bs, jobs, every, stacked in (
+            ("one_at_a_time", images, 1, 0, False, True),
+            ("batched", images, args.batch_size, args.jobs, False, True),
+            ("batched_no_stacked", images, args.batch_size, args.jobs, False, False),
+            ("batched_2x", images_2x, args.batch_size, args.jobs, False, True),
+            ("batched_all_hypotheses", images, args.batch_size, args.jobs, True, True),
         ):
             csv_path = out / f"screen_{size}_{name}.csv"
             csv_path.unlink(missing_ok=True)  # this script's own output
             res[name] = run_screen(
-                [str(inputs)], args.run, csv_path, batch_size=bs, jobs=jobs, all_hypotheses=every
-            )
+                [str(inputs)], args.run, csv_path, batch_size=bs, jobs=jobs,
+                all_hypotheses=every, stacked=stacked,
+            )  # fmt: skip
             print(size, name, json.dumps(res[name]))
         if args.before:
             res["before_predict"] = run_before(args.before, args.run, images)

@@ -206,6 +206,7 @@ def _check_stacked_prediction(out, paths, tmp_path):
     shutil.copytree(out, copy, ignore=shutil.ignore_patterns("report"))
     for st, seed in zip(stackers, TINY.protocol.cls.seeds, strict=True):
         st.save(copy / "cls" / f"seed{seed}" / STACKER_FILE)
+    assert PredictModel(copy, stacked=False).stackers is None  # --no-stacked
     model = PredictModel(copy)
     assert model.calibration == calibration_of_dataset(out / "data")
     res = predict_images(paths, model)

@@ -150,7 +150,7 @@ def test_predict_refuses_an_image_without_usable_bones(hand, monkeypatch, capsys
 
     # Through the CLI: exit 2, one line naming the file, no 'nan' printed.
     class FromRun(_StubModel):
-        def __init__(self, run):
+        def __init__(self, run, stacked=True):
             super().__init__(labels, empty=set(range(N_HYP)))
 
     monkeypatch.setattr(predict_mod, "PredictModel", FromRun)

@@ -97,6 +97,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         figure=args.figure,
         spacing_mm=args.spacing,
         max_pixels=max_pixels(args),
+        stacked=not args.no_stacked,
     )
     for r in results:
         print(summary_line(r))
@@ -125,6 +126,7 @@ def cmd_screen(args: argparse.Namespace) -> int:
         spacing_mm=args.spacing,
         max_pixels=max_pixels(args),
         qc_data=args.qc_data,
+        stacked=not args.no_stacked,
     )
     rate = f", {s['images_per_s']:.2f} images/s" if s["images_per_s"] else ""
     print(
@@ -157,7 +159,12 @@ def add_demo(sub) -> None:
     p.add_argument("--data", default=None, help="dataset folder instead of the synthetic one")
     p.add_argument("--subjects", type=int, default=None, help="cohort size (default 192)")
     p.add_argument("--seed", type=int, default=None, help="synthetic cohort seed (default 0)")
-    p.add_argument("--workers", type=int, default=None, help="render processes")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes that render the cohort and measure radiogrammetry (default: the cores)",
+    )
     add_overwrite(p)
     add_allow_outside_paths(p)
     p.set_defaults(func=cmd_demo)
@@ -177,10 +184,21 @@ def add_predict(sub) -> None:
         "--spacing", type=float, default=None, help="pixel spacing (mm) if the file has none"
     )
     add_max_megapixels(p)
+    add_no_stacked(p)
     p.add_argument(
         "--overwrite", action="store_true", help="replace existing --out / --figure files"
     )
     p.set_defaults(func=cmd_predict)
+
+
+def add_no_stacked(p) -> None:
+    """``--no-stacked``: skip the image-only stacked score and its measurements."""
+    p.add_argument(
+        "--no-stacked",
+        action="store_true",
+        help="skip probability_stacked (image model + measurements) and the radiogrammetry it "
+        "measures on each image (~0.5 s an image)",
+    )
 
 
 def add_screen(sub) -> None:
@@ -220,6 +238,7 @@ def add_screen(sub) -> None:
         help="training dataset folder to calibrate the QC on (default: the run's own)",
     )
     add_max_megapixels(p)
+    add_no_stacked(p)
     p.set_defaults(func=cmd_screen)
 
 
@@ -231,7 +250,12 @@ def add_run(sub) -> None:
     p.add_argument(
         "--data", default=None, help="dataset folder (default: the config's synthetic cohort)"
     )
-    p.add_argument("--workers", type=int, default=None, help="render processes")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="processes that render the cohort and measure radiogrammetry (default: the cores)",
+    )
     add_overwrite(p)
     add_allow_outside_paths(p)
     add_cluster_args(p)

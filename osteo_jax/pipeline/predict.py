@@ -103,6 +103,8 @@ class PredictModel:
 
     Args:
       run: an experiment folder (``osteo-jax run`` / ``demo``) holding ``seg/`` and ``cls/``.
+      stacked: apply the run's saved stackers (:func:`load_stackers`), which measures each
+        image's radiogrammetry (~0.5 s an image); False skips both.
 
     Raises:
       ValueError: ``run`` is not a finished experiment folder.
@@ -116,7 +118,7 @@ class PredictModel:
     #: the training detector's calibration (cortical porosity), None where not recorded
     calibration = None
 
-    def __init__(self, run: str | os.PathLike):
+    def __init__(self, run: str | os.PathLike, *, stacked: bool = True):
         import jax
 
         from osteo_jax.config import ExperimentConfig, from_dict
@@ -137,6 +139,8 @@ class PredictModel:
         self.heads = load_heads(self.run / "cls", metrics)
         # Per seed model: the image-only stacked score's regressions (None: not fitted).
         self.stackers, self.stacker_reason = load_stackers(self.run / "cls", metrics)
+        if not stacked:
+            self.stackers, self.stacker_reason = None, "not computed (stacked=False, --no-stacked)"
         data = training_data_folder(self.run)
         self.calibration = None  # the detector's, for cortical porosity (synthetic data only)
         if data is not None and self.stackers is not None:
@@ -312,6 +316,7 @@ def predict_images(
     figure: str | os.PathLike | None = None,
     spacing_mm: float | None = None,
     max_pixels: int | None = MAX_IMAGE_PIXELS,
+    stacked: bool = True,
 ) -> list[dict]:
     """Probability of osteoporosis and 2MCI, each with an interval, for each image.
 
@@ -325,6 +330,8 @@ def predict_images(
       spacing_mm: pixel spacing when the file does not carry it (DICOM usually does; PNG
         does not); unknown spacing uses the model's training spacing.
       max_pixels: refuse larger images, judged from the header (:mod:`osteo_jax.data.limits`).
+      stacked: give ``probability_stacked`` (measures each image; a restored ``run`` keeps
+        its own setting).
 
     Returns:
       One dict per image: ``path``, ``probability`` (mixture-mean segmentation, mean over
@@ -355,7 +362,7 @@ def predict_images(
         # DatasetError naming the file
         image, meta = read_image(p, max_pixels=max_pixels, default_bits_stored=bits)
         images.append((p, image, meta))
-    model = run if isinstance(run, PredictModel) else PredictModel(run)
+    model = run if isinstance(run, PredictModel) else PredictModel(run, stacked=stacked)
     inputs = np.stack([model.model_input(image) for _, image, _ in images])
     analysed = analyse_images(
         model, images, inputs, interval=interval, spacing_mm=spacing_mm, batch_size=8

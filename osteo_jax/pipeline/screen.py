@@ -325,6 +325,7 @@ def screen(
     max_pixels: int | None = MAX_IMAGE_PIXELS,
     qc_data: str | os.PathLike | None = None,
     progress: bool = True,
+    stacked: bool = True,
 ) -> dict:
     """Screens every radiograph named by ``inputs``, appending one row per image to ``out``.
 
@@ -345,6 +346,8 @@ def screen(
         moved (the calibration is fitted once per results file and kept beside it:
         :func:`qc_calibration_path`).
       progress: show a progress bar.
+      stacked: give ``probability_stacked`` (measures each image's radiogrammetry; a
+        restored ``run`` keeps its own setting).
 
     Returns:
       ``{"out", "images", "skipped", "written", "errors", "flagged", "qc_geometry_check",
@@ -368,7 +371,7 @@ def screen(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     paths = [str(p) for p in find_images(inputs)]
     t0 = time.perf_counter()
-    model = run if isinstance(run, PredictModel) else PredictModel(run)
+    model = run if isinstance(run, PredictModel) else PredictModel(run, stacked=stacked)
     fresh = not out.exists()
     results = _Results(out, fmt)  # refuses a file it did not write, before anything is written
     try:
