@@ -26,6 +26,21 @@ the QC calibration) is timed apart from the per-image cost. Then the QC flag rat
 synthetic cohort, and on pydicom-data's non-hand radiographs (a chest and a lower-leg CR).
 Everything is printed and written to ``OUT/bench_screen.json``.
 
+Measured 2026-12-02 on 2 idle CPU cores with ``runs/demo6`` (the demo run of that day: 3
+experts alive, so 12 live hypotheses, 3 times the cutting and 2MCI fits of the run below; with
+saved stackers), ``--sizes 1024 512 --images 32``, seconds per image after start-up:
+
+| side | batch 1, 0 jobs | batch 8, 2 jobs | same, ``--no-stacked`` | 64 images | all 16 hypotheses |
+|---|---|---|---|---|---|
+| 1024 (0.2 mm) | 1.940 | 1.116 | 0.960 | 1.215 | 1.499 |
+| 512 (0.4 mm) | 1.849 | 1.155 | 0.878 | 0.975 | 1.088 |
+
+The stacked score's measurements (CI of 4 bones, absorptiometry, 4 porosity fits of the
+mixture mean) cost 0.16-0.28 s an image in the batched path; the rest of the rise from the
+figures below is the third of the hypotheses that are alive now. Figures move by ~0.1-0.2 s
+between repeats (512 batched 1.155 against 0.975 on twice the images). Peak memory 1.2-1.3 GB.
+QC flags 0 of 64 new synthetic radiographs at each size, and both non-hand CRs.
+
 Measured 2026-12-01 on 2 idle CPU cores with the demo run (K 4 x S 4, one expert alive, so 4
 live hypotheses and 12 of weight < 1e-4; 3 seed models), ``--images 48 --before`` a checkout
 of 085eac6; seconds per image after start-up (the first batch's compile included in screen's
