@@ -30,7 +30,7 @@ Measured 2026-12-02 on 2 idle CPU cores with ``runs/demo6`` (the demo run of tha
 experts alive, so 12 live hypotheses, 3 times the cutting and 2MCI fits of the run below; with
 saved stackers), ``--sizes 1024 512 --images 32``, seconds per image after start-up:
 
-| side | batch 1, 0 jobs | batch 8, 2 jobs | same, ``--no-stacked`` | 64 images | all 16 hypotheses |
+| side | batch 1, 0 jobs | batch 8, 2 jobs | same, ``--no-stacked`` | 64 images | all 16 hyp. |
 |---|---|---|---|---|---|
 | 1024 (0.2 mm) | 1.940 | 1.116 | 0.960 | 1.215 | 1.499 |
 | 512 (0.4 mm) | 1.849 | 1.155 | 0.878 | 0.975 | 1.088 |
