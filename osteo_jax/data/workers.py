@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 
-__all__ = ["exit_with_parent", "init_child", "spawn_pool"]
+__all__ = ["exit_with_parent", "init_child", "spawn_pool", "spawnable"]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -54,6 +54,18 @@ def init_child(parent_pid: int, init, *args) -> None:
     exit_with_parent(parent_pid)
     if init is not None:
         init(*args)
+
+
+def spawnable() -> bool:
+    """Whether spawned workers can start here.
+
+    A spawned worker re-imports the parent's ``__main__`` from its file. A program read from
+    standard input (``python - <<EOF``) has the file ``<stdin>``, which the worker cannot
+    import, and every task then fails with ``BrokenProcessPool``. Jupyter, ``python -c`` and
+    script files are fine.
+    """
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    return main_file is None or os.path.exists(main_file)
 
 
 def spawn_pool(jobs: int):

@@ -347,7 +347,10 @@ def demo_config() -> ExperimentConfig:
 def _measure_jobs(workers: int | None) -> int:
     """Radiogrammetry's measuring processes: ``workers``, by default the cores (up to 4).
 
-    0 on one core, where a worker would only add its start-up.
+    0 on one core, where a worker would only add its start-up, and where no worker can be
+    spawned (:func:`~osteo_jax.data.workers.spawnable`).
     """
+    from osteo_jax.data.workers import spawnable
+
     n = workers if workers is not None else min(os.cpu_count() or 1, 4)
-    return n if n > 1 else 0
+    return n if n > 1 and spawnable() else 0
