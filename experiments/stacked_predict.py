@@ -11,9 +11,9 @@ scored for the same subjects (``test_predictions.csv``; the ``image model + meas
 difference. ``predict`` segments with its own latent draws (the pipeline's radiogrammetry with
 others) and reads each file on its own, so the numbers agree closely rather than exactly.
 
-Prints a table and writes ``--json`` (default ``RUN/stacked_predict.json``). Bad input (not a
-run, no stackers, no ``data/``) is one line and exit 2. Synthetic data: nothing here is
-clinical.
+Prints a table and writes ``--json`` (default ``RUN/stacked_predict.json``; a file this
+script did not write is never replaced). Bad input (not a run, no stackers, no ``data/``, an
+unreadable image) is one line and exit 2. Synthetic data: nothing here is clinical.
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ import numpy as np
 
 from osteo_jax.data.folder import IMAGES_CSV, dumps_json, read_csv
 from osteo_jax.eval.headline import STACKED_ROW
+
+WRITTEN_BY = "experiments/stacked_predict.py"
 
 
 def _fail(message: str) -> NoReturn:
@@ -134,10 +136,20 @@ def main(argv=None) -> dict:
     p.add_argument("--json", default=None, help="output (default RUN/stacked_predict.json)")
     args = p.parse_args(argv)
     run = Path(args.run)
-    res = check(run)
-    _print(res)
     out = Path(args.json) if args.json else run / "stacked_predict.json"
-    out.write_text(dumps_json(res) + "\n")
+    if out.exists():  # only a file this script wrote is replaced
+        try:
+            ours = json.loads(out.read_text()).get("written_by") == WRITTEN_BY
+        except (OSError, ValueError, AttributeError):
+            ours = False
+        if not ours:
+            _fail(f"{out}: exists and was not written by this script; choose another --json")
+    try:
+        res = check(run)
+    except (OSError, ValueError, KeyError) as e:  # DatasetError is a ValueError
+        _fail(f"{run}: {type(e).__name__}: {e}")
+    _print(res)
+    out.write_text(dumps_json({"written_by": WRITTEN_BY, **res}) + "\n")
     print(f"wrote {out}")
     return res
 
