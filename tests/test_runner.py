@@ -116,6 +116,35 @@ def test_run_logs_validates_and_checkpoints(tmp_path, split_lines):
     ckpt.close()
 
 
+@pytest.mark.parametrize("every", [2, 5])
+def test_validate_every_skips_epochs_but_always_scores_the_last(tmp_path, every):
+    seen = []
+
+    def evaluate(state, epoch):
+        seen.append((int(state.step), epoch))
+        return {"w": float(state.params["w"])}
+
+    res = _run(tmp_path, evaluate_fn=evaluate, validate_every=every, split_lines=True)
+    assert seen == [(6, 1)]  # epoch 0 is not due; the run's last epoch always is
+    assert [x["step"] for x in _lines(tmp_path) if x.get("split") == "val"] == [6]
+    straight = _run(tmp_path / "every_epoch", evaluate_fn=evaluate)
+    np.testing.assert_array_equal(res.state.params["w"], straight.state.params["w"])
+
+
+def test_a_seg_run_resumes_with_another_validate_every_but_not_other_epochs(tmp_path):
+    import dataclasses
+
+    from osteo_jax.config import SegTrainConfig
+
+    cfg = SegTrainConfig()
+    write_config(tmp_path, cfg, "data")
+    write_config(tmp_path, dataclasses.replace(cfg, validate_every=6), "data")  # same run
+    with pytest.raises(ValueError, match="different configuration"):
+        write_config(tmp_path, dataclasses.replace(cfg, epochs=cfg.epochs + 1), "data")
+    with pytest.raises(ValueError, match="validate_every must be > 0"):
+        SegTrainConfig(validate_every=0)
+
+
 def test_resumed_run_equals_uninterrupted(tmp_path):
     straight = _run(tmp_path / "a", checkpoint_every=1)
     first = _run(tmp_path / "b", max_steps=4, checkpoint_every=1)

@@ -161,6 +161,9 @@ class SegTrainConfig:
       seed: seed of initialisation, split, shuffling and latents.
       checkpoint_every: steps between checkpoints (and always at the end of an epoch).
       max_steps: stop after this many steps (None: run all epochs).
+      validate_every: epochs between validations (the last epoch is always validated). Only
+        how often the run is scored: training and its numbers do not depend on it, and a run
+        may resume with another value.
       expert_parallel: size of the ``"expert"`` mesh axis: the K decoders (parameters,
         optimizer state, compute) are split over this many devices, the batch over the rest
         (a ``data x expert`` mesh; 1: data parallel only). Must divide K and the device count.
@@ -179,11 +182,18 @@ class SegTrainConfig:
     seed: int = 0
     checkpoint_every: int = 100
     max_steps: int | None = None
+    validate_every: int = 1
     expert_parallel: int = 1
 
     def __post_init__(self):
         check_positive(
-            self, "batch_size", "epochs", "learning_rate", "checkpoint_every", "expert_parallel"
+            self,
+            "batch_size",
+            "epochs",
+            "learning_rate",
+            "checkpoint_every",
+            "validate_every",
+            "expert_parallel",
         )
         if not 0 <= self.val_fraction < 1:
             raise ValueError(

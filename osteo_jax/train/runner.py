@@ -183,9 +183,9 @@ def _check_config(path: Path, cfg) -> None:
     """Raises ``ValueError`` if ``path`` (a ``config.json``) records another configuration."""
     old = resolve_dtypes(_fill_new_fields(json.loads(path.read_text())["config"], cfg))
     new = resolve_dtypes(json.loads(dumps_json(_plain(cfg))))
-    # max_steps only stops a run early, expert_parallel only moves it to another mesh;
-    # any other change would make a different run.
-    for key in ("max_steps", "expert_parallel"):
+    # max_steps only stops a run early, expert_parallel only moves it to another mesh,
+    # validate_every only scores it more or less often; any other change makes another run.
+    for key in ("max_steps", "expert_parallel", "validate_every"):
         old.pop(key, None)
         new.pop(key, None)
     if old != new:

@@ -61,7 +61,6 @@ def train_segmenter(
     evaluate_fn: Callable[..., dict[str, float]] | None = None,
     progress: bool = True,
     log_every: int = 10,
-    validate_every: int = 1,
     devices=None,
     stream: bool = False,
     workers: int = 0,
@@ -76,15 +75,15 @@ def train_segmenter(
       run_dir: run folder (``config.json``, ``checkpoints/``, ``metrics.jsonl``,
         ``split.json``, ``val_metrics.json``).
       cfg: training configuration.
-      evaluate_fn: scores the validation subjects at the end of every ``validate_every``-th
-        epoch and at the end of training, called as ``evaluate_fn(model, params, images,
-        masks, key, batch_size=..., annotator_names=...)`` with the segmenter's parameters and
-        the validation images ``[n, S, S, 1]`` and masks ``[n, M, S, S]``; it returns a flat
-        dict of metrics (:func:`osteo_jax.eval.seg_eval.evaluate_segmenter`, which the
-        pipeline and the CLI pass). None: no validation.
+      evaluate_fn: scores the validation subjects at the end of every
+        ``cfg.validate_every``-th epoch and at the end of training, called as
+        ``evaluate_fn(model, params, images, masks, key, batch_size=..., annotator_names=...)``
+        with the segmenter's parameters and the validation images ``[n, S, S, 1]`` and masks
+        ``[n, M, S, S]``; it returns a flat dict of metrics
+        (:func:`osteo_jax.eval.seg_eval.evaluate_segmenter`, which the pipeline and the CLI
+        pass). None: no validation.
       progress: show a progress bar.
       log_every: steps between metric lines in ``metrics.jsonl``.
-      validate_every: epochs between validations.
       devices: devices of the mesh (default: all, of every process of a multi-process run:
         :mod:`osteo_jax.train.distributed`): data-parallel, or ``data x expert`` with
         ``cfg.expert_parallel`` devices on the expert axis.
@@ -203,7 +202,7 @@ def train_segmenter(
         log_every=log_every,
         checkpoint_every=cfg.checkpoint_every,
         evaluate_fn=evaluate,
-        validate_every=validate_every,
+        validate_every=cfg.validate_every,
         split_lines=True,
         to_batch=lambda r: {"image": r["image"], "masks": r["masks"].astype(np.int32)},
         desc="train-seg",
