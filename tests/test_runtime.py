@@ -119,3 +119,52 @@ def test_second_process_hits_the_compile_cache(tmp_path):
     assert hits == 0 and files  # compiled, and written to the cache
     hits, again = once()
     assert hits >= 1 and again == files  # loaded; nothing new written
+
+
+@pytest.mark.parametrize(
+    "environ, platform, libc, tuned",
+    [
+        ({}, "linux", "glibc", True),
+        ({"PATH": "/bin"}, "linux", "glibc", True),  # the rest of the environment is kept
+        ({"GLIBC_TUNABLES": ""}, "linux", "glibc", False),  # the user's choice, even empty
+        ({"GLIBC_TUNABLES": runtime.MALLOC_TUNABLES}, "linux", "glibc", False),  # re-executed
+        ({}, "linux", "", False),  # musl
+        ({}, "darwin", "", False),
+        ({}, "win32", "", False),
+    ],
+)
+def test_malloc_tunables_only_on_glibc_and_never_over_the_users(environ, platform, libc, tuned):
+    env = runtime.malloc_tunables_env(environ, platform=platform, libc=libc)
+    if not tuned:
+        assert env is None
+    else:
+        assert env == {**environ, "GLIBC_TUNABLES": runtime.MALLOC_TUNABLES}
+        assert environ.get("GLIBC_TUNABLES") is None  # the caller's mapping is not changed
+
+
+def test_malloc_tunables_are_ones_glibc_reads():
+    # glibc ignores misspelt tunables silently: each name must be one glibc 2.35+ documents.
+    names = [kv.split("=")[0] for kv in runtime.MALLOC_TUNABLES.split(":")]
+    assert names == ["glibc.malloc.hugetlb", "glibc.malloc.trim_threshold", "glibc.malloc.mmap_max"]
+
+
+@pytest.mark.skipif(
+    runtime.malloc_tunables_env({}) is None, reason="re-execution happens on Linux with glibc"
+)
+@pytest.mark.parametrize("how", ["module", "own program"])
+def test_console_command_reexecutes_with_the_tunables_once(tmp_path, how):
+    env = {k: v for k, v in os.environ.items() if k != "GLIBC_TUNABLES"}
+    env[runtime.CACHE_ENV] = "off"
+    args = ["eval-seg", "--run", str(tmp_path / "none"), "--data", str(tmp_path)]
+    if how == "module":
+        cmd = [sys.executable, "-m", "osteo_jax.cli", *args]
+    else:  # a program of one's own calling main() is never run twice
+        code = "import sys; from osteo_jax.cli import main; print('ran'); sys.exit(main())"
+        cmd = [sys.executable, "-c", code, *args]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert "none/config.json: not found" in res.stderr
+    if how == "module":
+        assert "malloc=tuned" in res.stdout
+    else:
+        assert res.stdout.count("ran") == 1 and "malloc=tuned" not in res.stdout

@@ -1,18 +1,27 @@
-"""What every JAX command does before its work: the compilation cache and a runtime line.
+"""What every JAX command does first: tune glibc's allocator, the compile cache, a runtime line.
 
-Two calls, in this order, from :func:`osteo_jax.cli.main` after the arguments are parsed:
+Three calls, in this order, from :func:`osteo_jax.cli.main` after the arguments are parsed:
 
+0. :func:`reexec_with_malloc_tunables` (the console script only): on Linux with glibc, a
+   command started without ``GLIBC_TUNABLES`` in its environment replaces itself
+   (``os.execve``, same process id, same arguments) by one with :data:`MALLOC_TUNABLES`. XLA on
+   the CPU allocates and frees buffers of tens of megabytes at every step; glibc hands those to
+   the kernel and takes them back, page by page (about 270,000 page faults a second in the
+   demo's segmenter training, a third of its CPU time in the kernel). Kept in a heap with
+   transparent huge pages, the same 140 training steps ran 64 s instead of 80 s, with
+   bitwise-identical parameters. Set ``GLIBC_TUNABLES`` yourself (even to an empty string) to
+   keep glibc's defaults.
 1. :func:`configure_compile_cache` points XLA's persistent compilation cache at a folder
    (``--compile-cache DIR``, else ``$OSTEO_JAX_COMPILE_CACHE``, else
    ``~/.cache/osteo_jax/xla``; ``--no-compile-cache`` or ``OSTEO_JAX_COMPILE_CACHE=off``
    turns it off), so a second run of the same configuration loads its compiled steps instead
    of compiling them again (5-10 s per U-Net step on CPU, more on a GPU). It must come before
    the first compilation.
-2. :func:`start` logs one line to stdout, ``backend=gpu devices=8 (NVIDIA H100) process 0/1``,
-   and warns on stderr when the machine shows a GPU or TPU but jax runs on the CPU (the
-   CPU-only jaxlib of ``make demo`` / ``make test``), naming the extra that installs the
-   plugin. It initialises the backend, so in a multi-process run it must come after
-   ``jax.distributed.initialize``.
+2. :func:`start` logs one line to stdout, ``backend=gpu devices=8 (NVIDIA H100) process 0/1``
+   (and ``malloc=tuned`` under :data:`MALLOC_TUNABLES`), and warns on stderr when the machine
+   shows a GPU or TPU but jax runs on the CPU (the CPU-only jaxlib of ``make demo`` /
+   ``make test``), naming the extra that installs the plugin. It initialises the backend, so
+   in a multi-process run it must come after ``jax.distributed.initialize``.
 
 Only the standard library is imported at module level: ``osteo-jax --help`` stays instant.
 """
@@ -30,10 +39,13 @@ from pathlib import Path
 __all__ = [
     "CACHE_ENV",
     "JAX_COMMANDS",
+    "MALLOC_TUNABLES",
     "add_runtime_args",
     "compile_cache_dir",
     "configure_compile_cache",
     "gpu_visible",
+    "malloc_tunables_env",
+    "reexec_with_malloc_tunables",
     "start",
     "tpu_visible",
     "unused_accelerator",
@@ -54,6 +66,12 @@ JAX_COMMANDS = frozenset(
         "run",
     }
 )
+# glibc malloc for XLA:CPU's large, short-lived buffers: never give memory back to the kernel
+# (no trimming, no mmap'd chunks) and back the heap with transparent huge pages.
+MALLOC_TUNABLES = (
+    "glibc.malloc.hugetlb=1:glibc.malloc.trim_threshold=4294967296:glibc.malloc.mmap_max=0"
+)
+_TUNABLES_ENV = "GLIBC_TUNABLES"
 CACHE_ENV = "OSTEO_JAX_COMPILE_CACHE"
 _CACHE_OFF = ("", "0", "off", "none")
 _DEFAULT_CACHE = Path("~/.cache/osteo_jax/xla")
@@ -120,6 +138,59 @@ def configure_compile_cache(args: argparse.Namespace) -> Path | None:
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", -1)
     return path
+
+
+def malloc_tunables_env(
+    environ: Mapping[str, str], *, platform: str = sys.platform, libc: str | None = None
+) -> dict[str, str] | None:
+    """The environment to re-execute a command with, or None to keep this process.
+
+    Args:
+      environ: this process's environment.
+      platform: ``sys.platform``.
+      libc: the C library's name (default: ``platform.libc_ver()``'s, ``"glibc"`` on most
+        Linux systems, ``""`` on musl).
+
+    Returns:
+      ``environ`` plus ``GLIBC_TUNABLES=`` :data:`MALLOC_TUNABLES` on Linux with glibc when
+      ``GLIBC_TUNABLES`` is not set at all; None otherwise (another system, another C
+      library, or tunables the user chose, which also stops a second re-execution).
+    """
+    if platform != "linux" or _TUNABLES_ENV in environ:
+        return None
+    if libc is None:
+        import platform as platform_module
+
+        libc = platform_module.libc_ver()[0]
+    if libc != "glibc":
+        return None
+    return {**environ, _TUNABLES_ENV: MALLOC_TUNABLES}
+
+
+def _console_program() -> bool:
+    """Whether this process is the ``osteo-jax`` script or ``python -m osteo_jax.cli``."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and spec.name == "osteo_jax.cli.__main__":
+        return True
+    return os.path.basename(getattr(main, "__file__", None) or "") == "osteo-jax"
+
+
+def reexec_with_malloc_tunables() -> None:
+    """Replaces this process by the same command under :data:`MALLOC_TUNABLES`, if needed.
+
+    Only the ``osteo-jax`` script and ``python -m osteo_jax.cli`` re-execute (a program of
+    one's own calling :func:`osteo_jax.cli.main`, e.g. read from standard input, would not run
+    the same way twice). Returns when nothing is to be done (:func:`malloc_tunables_env` is
+    None, or another program); otherwise ``os.execve`` does not return.
+    """
+    env = malloc_tunables_env(os.environ)
+    argv = getattr(sys, "orig_argv", None)
+    if env is None or not argv or not sys.executable or not _console_program():
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, argv, env)
 
 
 def gpu_visible(dev: Path = Path("/dev")) -> bool:
@@ -212,6 +283,8 @@ def start() -> str:
         f"backend={backend} devices={len(devices)} ({devices[0].device_kind}) "
         f"process {jax.process_index()}/{jax.process_count()}"
     )
+    if os.environ.get(_TUNABLES_ENV) == MALLOC_TUNABLES:
+        line += " malloc=tuned"
     logger.info(line)
     warning = unused_accelerator(backend, gpu=gpu_visible(), tpu=tpu_visible())
     if warning is not None:
