@@ -145,6 +145,28 @@ def test_a_seg_run_resumes_with_another_validate_every_but_not_other_epochs(tmp_
         SegTrainConfig(validate_every=0)
 
 
+def test_an_experiment_folder_resumes_with_its_segmenter_scored_more_or_less_often(tmp_path):
+    import dataclasses
+
+    from osteo_jax.pipeline.experiment import demo_config
+
+    cfg = demo_config()
+
+    def with_seg(**kw):
+        return dataclasses.replace(cfg, seg=dataclasses.replace(cfg.seg, **kw))
+
+    write_config(tmp_path, cfg, "data")
+    path = tmp_path / "config.json"
+    recorded = json.loads(path.read_text())
+    del recorded["config"]["seg"]["validate_every"]  # a demo folder from before the field
+    path.write_text(json.dumps(recorded))
+    write_config(tmp_path, cfg, "data")  # resumed: scored every 6 epochs from now on
+    write_config(tmp_path, with_seg(validate_every=2), "data")
+    for other in (with_seg(epochs=cfg.seg.epochs + 1), with_seg(max_steps=10)):
+        with pytest.raises(ValueError, match="different configuration"):
+            write_config(tmp_path, other, "data")
+
+
 def test_resumed_run_equals_uninterrupted(tmp_path):
     straight = _run(tmp_path / "a", checkpoint_every=1)
     first = _run(tmp_path / "b", max_steps=4, checkpoint_every=1)

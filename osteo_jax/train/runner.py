@@ -179,15 +179,26 @@ def _fill_new_fields(old, cfg):
     return json.loads(dumps_json(_plain(out)))
 
 
+def _without(tree, keys: tuple[str, ...]):
+    """``tree`` (nested dicts and lists) with the dict entries named ``keys`` removed."""
+    if isinstance(tree, dict):
+        return {k: _without(v, keys) for k, v in tree.items() if k not in keys}
+    if isinstance(tree, list):
+        return [_without(v, keys) for v in tree]
+    return tree
+
+
 def _check_config(path: Path, cfg) -> None:
     """Raises ``ValueError`` if ``path`` (a ``config.json``) records another configuration."""
     old = resolve_dtypes(_fill_new_fields(json.loads(path.read_text())["config"], cfg))
     new = resolve_dtypes(json.loads(dumps_json(_plain(cfg))))
-    # max_steps only stops a run early, expert_parallel only moves it to another mesh,
-    # validate_every only scores it more or less often; any other change makes another run.
-    for key in ("max_steps", "expert_parallel", "validate_every"):
-        old.pop(key, None)
-        new.pop(key, None)
+    # max_steps only stops a run early (a run's own, not a stage's inside an experiment,
+    # whose later stages would be stale); expert_parallel only moves it to another mesh and
+    # validate_every only scores it more or less often, at any depth (an experiment's
+    # segmenter too); any other change makes another run.
+    old.pop("max_steps", None)
+    new.pop("max_steps", None)
+    old, new = (_without(c, ("expert_parallel", "validate_every")) for c in (old, new))
     if old != new:
         raise ValueError(
             f"{path}: this run folder was started with a different configuration; use a new "
